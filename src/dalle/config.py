@@ -1,0 +1,153 @@
+"""Configuration dataclasses with a JSON round-trip.
+
+Every model takes one config and nothing else (nanoGPT style). Paper-scale presets sit next to the
+tiny ones used by tests, so `DVAEConfig.paper()` is the released dVAE of Ramesh et al. 2021 §2.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="JSONConfig")
+
+
+class JSONConfig:
+    """Mixin for dataclass configs: `to_dict` / `from_dict` / `save` / `load` with clear errors."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        # JSON has no tuples; restore them so that a round trip compares equal.
+        kwargs = {
+            k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v
+            for k, v in data.items()
+        }
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls: type[T], path: str | Path) -> T:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no config file at {path}")
+        try:
+            return cls.from_json(path.read_text())
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise ValueError(f"{path} is not a valid {cls.__name__}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DVAEConfig(JSONConfig):
+    """The discrete VAE of paper §2.1 / appendix A.
+
+    `downsample` is the grid factor f (image_size / grid size); the encoder has log2(f) + 1 groups
+    of `blocks_per_group` bottleneck resblocks, widths `hidden * 2**g`, max-pooled between groups.
+    """
+
+    image_size: int = 256
+    channels: int = 3
+    downsample: int = 8
+    vocab_size: int = 8192
+    hidden: int = 256
+    blocks_per_group: int = 2
+    decoder_init: int = 128
+    # Gumbel-softmax temperature, cosine annealed (paper: 1 -> 1/16).
+    tau_start: float = 1.0
+    tau_end: float = 1.0 / 16
+    tau_steps: int = 150_000
+    # KL weight, cosine ramp (paper: 0 -> 6.6 over the first 5k updates).
+    kl_weight: float = 6.6
+    kl_warmup_steps: int = 5_000
+    # Logit-Laplace pixel mapping (paper: eps = 0.1).
+    logit_laplace_eps: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.downsample < 2 or self.downsample & (self.downsample - 1):
+            raise ValueError(f"downsample must be a power of two >= 2, got {self.downsample}")
+        if self.image_size % self.downsample:
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by downsample {self.downsample}"
+            )
+        if self.hidden % 4 or self.decoder_init < 1 or self.vocab_size < 2:
+            raise ValueError("hidden must be a multiple of 4; decoder_init and vocab_size positive")
+        if not 0 < self.logit_laplace_eps < 0.5:
+            raise ValueError("logit_laplace_eps must be in (0, 0.5)")
+
+    @property
+    def num_groups(self) -> int:
+        return int(math.log2(self.downsample)) + 1
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.downsample
+
+    @classmethod
+    def paper(cls) -> "DVAEConfig":
+        """The released dVAE: 256 px, f = 8, K = 8192, 256 hidden, 2 blocks per group."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> "DVAEConfig":
+        """A few-thousand-parameter model for tests."""
+        return cls(image_size=16, downsample=4, vocab_size=32, hidden=8, blocks_per_group=1,
+                   decoder_init=8, tau_steps=100, kl_warmup_steps=20)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(JSONConfig):
+    """One training run of any stage (the loop in `dalle.train` is shared by every model).
+
+    `batch_size` is the global batch: under torchrun each of N processes takes batch_size / N.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 64
+    lr: float = 1e-3
+    schedule: str = "cosine"  # cosine | linear | constant, after a linear warm-up
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    ema_decay: float = 0.999  # 0 disables the EMA
+    export: str = "ema"  # which weights `model/` receives at the end: ema | raw
+    bf16: bool = False  # bf16 autocast (CPU and CUDA)
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 50
+    log_format: str = "csv"  # csv | tensorboard
+    sample_every: int = 500
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.export not in ("ema", "raw"):
+            raise ValueError(f"export must be ema or raw, got {self.export!r}")
+        if self.log_format not in ("csv", "tensorboard"):
+            raise ValueError(f"log_format must be csv or tensorboard, got {self.log_format!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be positive")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError("ema_decay must be in [0, 1)")

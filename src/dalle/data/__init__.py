@@ -1,0 +1,1 @@
+"""Datasets: the synthetic `shapes` benchmark and data loading."""

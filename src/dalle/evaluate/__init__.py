@@ -1,0 +1,1 @@
+"""Evaluation: parsing and scoring generated images."""

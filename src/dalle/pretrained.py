@@ -1,0 +1,65 @@
+"""Save and load a model as a directory: `config.json` + `model.safetensors`.
+
+The convention users know from Hugging Face transformers/diffusers, fully offline. Weights are
+read with safetensors, so loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dalle.config import JSONConfig
+from dalle.utils import atomic_write, ensure_writable_dir
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+M = TypeVar("M", bound="PretrainedModel")
+
+
+class PretrainedModel(torch.nn.Module):
+    """Base class for models built from one config and saved as a directory."""
+
+    config_class: ClassVar[type[JSONConfig]]
+    config: JSONConfig
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `config.json` and `model.safetensors` into `directory` (created if needed)."""
+        directory = ensure_writable_dir(directory)
+        atomic_write(directory / CONFIG_NAME, (self.config.to_json() + "\n").encode())
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path)))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls: type[M], directory: str | Path, device: str | torch.device = "cpu") -> M:
+        """Build the model from `directory/config.json` and load `model.safetensors` into it."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"no model directory at {directory}")
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
+        config = cls.config_class.load(directory / CONFIG_NAME)
+        model = cls(config)  # type: ignore[call-arg]
+        state = load_file(str(weights))
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+        if missing or unexpected or mismatched:
+            detail = missing[:1] or unexpected[:1] or mismatched[:1]
+            raise ValueError(
+                f"{weights} does not match {directory / CONFIG_NAME}: {len(missing)} missing, "
+                f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped tensors "
+                f"(first: {detail[0]})"
+            )
+        model.load_state_dict(state)
+        return model.to(device)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

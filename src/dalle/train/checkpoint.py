@@ -1,0 +1,47 @@
+"""Training checkpoints: everything needed to resume exactly, written atomically.
+
+A checkpoint is one `torch.save` file of tensors and plain Python values (model, EMA, optimizer,
+scheduler, every rank's RNG states, step), so it loads with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dalle.utils import atomic_write
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch RNG states (training code draws all randomness from torch)."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically: a kill at any moment leaves the previous file intact."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for damaged files
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}): "
+                         f"{str(e).splitlines()[0] if str(e) else 'damaged file'}") from None

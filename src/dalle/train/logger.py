@@ -1,0 +1,51 @@
+"""Metrics to a CSV file (always readable, no dependency) or to TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+class MetricsLogger:
+    """Appends one row of scalars per logged step; on resume, drops rows past the resumed step."""
+
+    def __init__(self, out_dir: Path, log_format: str = "csv", resume_step: int | None = None) -> None:
+        self.path = out_dir / "metrics.csv"
+        self.fields: list[str] | None = None
+        if resume_step is not None and self.path.exists():
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = reader.fieldnames and list(reader.fieldnames)
+                rows = [r for r in reader if int(r["step"]) <= resume_step]
+            self._rewrite(rows)
+        elif self.path.exists():
+            self.path.unlink()
+        self.tensorboard = None
+        if log_format == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RuntimeError("log_format=tensorboard needs the tensorboard package: "
+                                   "pip install 'dalle[tensorboard]'") from None
+            self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step)
+
+    def _rewrite(self, rows: list[dict[str, str]]) -> None:
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields or ["step"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **{k: f"{v:.6g}" for k, v in metrics.items()}}
+        if self.fields is None:
+            self.fields = list(row)
+            self._rewrite([])
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+        if self.tensorboard is not None:
+            for k, v in metrics.items():
+                self.tensorboard.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()

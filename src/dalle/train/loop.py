@@ -1,0 +1,215 @@
+"""The one training loop shared by every stage (dVAE, prior, CLIP).
+
+A stage supplies a model, a dataset, and a loss function `loss_fn(model, batch, step) -> (loss,
+metrics)`; the loop supplies AdamW, the LR schedule, gradient clipping, bf16 autocast, the EMA,
+data parallelism, logging, sample grids and exact-resume checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from dalle.config import JSONConfig, TrainConfig
+from dalle.pretrained import PretrainedModel
+from dalle.train import distributed as D
+from dalle.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dalle.train.ema import EMA
+from dalle.train.logger import MetricsLogger
+from dalle.train.sampler import StepBatchSampler
+from dalle.train.schedules import WarmupDecay
+from dalle.utils import ensure_writable_dir, resolve_device
+
+LossFn = Callable[[nn.Module, Any, int], tuple[torch.Tensor, dict[str, Any]]]
+SampleFn = Callable[[nn.Module, Any], Image.Image]
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and kernels only, not on biases and gains."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+class Trainer:
+    """Trains `model` on `dataset` with `loss_fn`, writing everything under `out_dir`.
+
+    out_dir/checkpoint.pt  latest checkpoint (atomic), resumed with `resume=True`
+    out_dir/metrics.csv    one row per `log_every` steps (or TensorBoard events)
+    out_dir/samples/       a grid from `sample_fn` every `sample_every` steps
+    out_dir/model/         the final weights (EMA or raw), `from_pretrained`-loadable
+    """
+
+    def __init__(self, model: PretrainedModel, dataset: Dataset, config: TrainConfig,
+                 out_dir: str | Path, loss_fn: LossFn, *, collate_fn: Callable | None = None,
+                 sample_fn: SampleFn | None = None, sample_batch: Any = None,
+                 resume: bool = False, show_progress: bool = True) -> None:
+        self.config, self.loss_fn, self.sample_fn = config, loss_fn, sample_fn
+        self.sample_batch = sample_batch
+        self.ctx = D.setup_distributed(resolve_device(config.device))
+        self.out_dir = ensure_writable_dir(out_dir) if self.ctx.is_main else Path(out_dir)
+        self.model = model.to(self.ctx.device).train()
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.optimizer = build_optimizer(self.model, config)
+        schedule = WarmupDecay(config.steps, config.warmup_steps, config.schedule, config.min_lr_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.step = 0
+        if resume:
+            self._restore(load_checkpoint(self.out_dir / CHECKPOINT_NAME))
+        else:
+            torch.manual_seed(config.seed + self.ctx.rank)
+        # Wrap after restoring: DDP broadcasts rank 0's weights, which are the resumed ones.
+        self.train_model = D.wrap_data_parallel(self.model, self.ctx)
+        self.sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed,  # type: ignore[arg-type]
+                                        self.ctx.rank, self.ctx.world_size, self.step)
+        # The loader gets its own generator so that creating it never advances the global RNG.
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate_fn,
+                                 num_workers=config.num_workers,
+                                 generator=torch.Generator().manual_seed(config.seed),
+                                 pin_memory=self.ctx.device.type == "cuda",
+                                 persistent_workers=config.num_workers > 0)
+        self.show_progress = show_progress and self.ctx.is_main
+        self.logger = MetricsLogger(self.out_dir, config.log_format,
+                                    self.step if resume else None) if self.ctx.is_main else None
+
+    @property
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != self.ctx.world_size:
+            raise ValueError(f"checkpoint was written by {state['world_size']} processes, this "
+                             f"run has {self.ctx.world_size}; exact resume needs the same number")
+        model_config = getattr(self.model, "config", None)
+        if model_config is not None and state.get("model_config") != model_config.to_dict():
+            saved, now = state.get("model_config") or {}, model_config.to_dict()
+            diff = [k for k in now if saved.get(k) != now[k]]
+            raise ValueError(f"checkpoint was written for a different model config "
+                             f"(differs in: {', '.join(diff) or 'fields'})")
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        set_rng_state(state["rng"][self.ctx.rank])
+
+    def _checkpoint(self) -> None:
+        rngs = D.gather_objects(rng_state(), self.ctx)
+        if self.ctx.is_main:
+            model_config = getattr(self.model, "config", None)
+            save_checkpoint(self.out_dir / CHECKPOINT_NAME, {
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rngs,
+                "world_size": self.ctx.world_size,
+                "train_config": self.config.to_dict(),
+                "model_config": model_config.to_dict() if isinstance(model_config, JSONConfig) else None,
+            })
+        D.barrier(self.ctx)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to sample and export with: the EMA if enabled and asked for."""
+        if self.ema is not None and self.config.export == "ema":
+            return self.ema.shadow
+        return self.model
+
+    def _samples(self) -> None:
+        if self.sample_fn is None or self.sample_batch is None or not self.ctx.is_main:
+            return
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        # Sampling may draw random numbers; it must not change the training trajectory.
+        with torch.random.fork_rng(devices=[self.ctx.device] if self.ctx.device.type == "cuda" else []):
+            with torch.no_grad(), self.autocast:
+                grid = self.sample_fn(model, to_device(self.sample_batch, self.ctx.device))
+        model.train(was_training)
+        (self.out_dir / "samples").mkdir(exist_ok=True)
+        grid.save(self.out_dir / "samples" / f"step_{self.step:07d}.png")
+
+    def train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One optimizer update on `batch`; returns the loss and the stage's metrics."""
+        with self.autocast:
+            loss, metrics = self.loss_fn(self.train_model, batch, self.step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; the last good "
+                                     f"checkpoint is {self.out_dir / CHECKPOINT_NAME}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                  self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss, metrics
+
+    def fit(self, until: int | None = None) -> nn.Module:
+        """Train up to step `until` (default: `config.steps`); returns the export weights."""
+        c = self.config
+        until = min(until or c.steps, c.steps)
+        progress = tqdm(total=until, initial=self.step, disable=not self.show_progress,
+                        dynamic_ncols=True, desc="train")
+        if self.step == 0:
+            self._samples()
+        tick, tick_step = time.perf_counter(), self.step
+        try:
+            for batch in self.loader:
+                if self.step >= until:
+                    break
+                loss, metrics = self.train_step(to_device(batch, self.ctx.device))
+                self.step += 1
+                progress.update(1)
+                if self.step % c.log_every == 0 or self.step == until:
+                    elapsed = time.perf_counter() - tick
+                    rate = (self.step - tick_step) * c.batch_size / max(elapsed, 1e-9)
+                    tick, tick_step = time.perf_counter(), self.step
+                    scalars = {"loss": float(D.all_mean(loss.detach().float(), self.ctx)),
+                               "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
+                               **{k: float(v) for k, v in metrics.items()}}
+                    progress.set_postfix(loss=f"{scalars['loss']:.4f}", rate=f"{rate:.0f}/s")
+                    if self.logger is not None:
+                        self.logger.log(self.step, scalars)
+                if c.sample_every and self.step % c.sample_every == 0:
+                    self._samples()
+                if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or self.step == until:
+                    self._checkpoint()
+        finally:
+            progress.close()
+        if self.step >= c.steps and self.ctx.is_main:
+            model = self.eval_model
+            if isinstance(model, PretrainedModel):
+                model.save_pretrained(self.out_dir / "model")
+        return self.eval_model
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+        D.teardown_distributed(self.ctx)

@@ -1,0 +1,77 @@
+"""Training Stage 1, the dVAE, with the shared loop (paper §2.1, appendix A.2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from dalle.config import DVAEConfig, TrainConfig
+from dalle.data.folder import ImageCaptionFolder
+from dalle.dvae import DiscreteVAE
+from dalle.train.loop import Trainer
+from dalle.utils import image_grid
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def keyed_gumbel_noise(shape: tuple[int, ...], indices: torch.Tensor, step: int, seed: int,
+                       device: torch.device) -> torch.Tensor:
+    """Gumbel(0, 1) noise for each sample, a function of (seed, step, dataset index) only.
+
+    Keying the noise to the sample rather than to a process's RNG makes a run independent of how
+    the batch is split: one process and N data-parallel processes draw identical noise.
+    """
+    noise = torch.empty((len(indices), *shape), device=device)
+    generator = torch.Generator(device=device)
+    for row, index in zip(noise, indices.tolist()):
+        generator.manual_seed(((seed * 1_000_003 + step) * 1_000_003 + index) % (2**63))
+        row.exponential_(generator=generator)
+    return -noise.log()
+
+
+class DVAELoss:
+    """The loop's loss function for the dVAE: images -> (loss, metrics)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict]:
+        images = batch["image"]
+        config: DVAEConfig = unwrap(model).config
+        grid = (config.vocab_size, images.shape[2] // config.downsample, images.shape[3] // config.downsample)
+        noise = keyed_gumbel_noise(grid, batch["index"], step, self.seed, images.device)
+        out = model(images, step=step, gumbel_noise=noise)
+        mse = (out.reconstruction - images.float()).pow(2).mean()
+        return out.loss, {"nll": out.nll, "kl": out.kl, "tau": out.tau,
+                          "kl_weight": out.kl_weight, "relaxed_mse": mse.detach()}
+
+
+@torch.no_grad()
+def reconstruction_grid(model: DiscreteVAE, images: torch.Tensor, columns: int = 8) -> Image.Image:
+    """Originals and their reconstructions through argmax codes, side by side in pairs."""
+    recon = model.decode(model.encode(images.float()))
+    pairs = torch.stack([images.float(), recon.to(images.device).float()], dim=1).flatten(0, 1)
+    return image_grid(pairs, columns=2 * columns)
+
+
+def train_vae(data_dir: str | Path, out_dir: str | Path, model_config: DVAEConfig,
+              train_config: TrainConfig, resume: bool = False, show_progress: bool = True) -> DiscreteVAE:
+    """Train a dVAE on an image-caption folder; the result lands in out_dir/model."""
+    dataset = ImageCaptionFolder(data_dir, model_config.image_size)
+    torch.manual_seed(train_config.seed)
+    model = DiscreteVAE(model_config)
+    preview = torch.stack([dataset[i]["image"] for i in range(min(16, len(dataset)))])
+    trainer = Trainer(model, dataset, train_config, out_dir, DVAELoss(train_config.seed),
+                      sample_fn=lambda m, x: reconstruction_grid(m, x), sample_batch=preview,
+                      resume=resume, show_progress=show_progress)
+    try:
+        return trainer.fit()  # type: ignore[return-value]
+    finally:
+        trainer.close()

@@ -1,0 +1,90 @@
+"""Small shared helpers: atomic file writes, device selection, image grids."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def atomic_write(path: str | Path, data: bytes | Callable[[Path], None]) -> None:
+    """Write `path` so that a crash at any moment leaves either the old file or the new one.
+
+    `data` is the bytes to write, or a function that writes a given temporary path. The temporary
+    file lives in the same directory (rename is atomic only within a filesystem), is fsynced, then
+    renamed over `path`, and the directory is fsynced so the rename itself is durable.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        if callable(data):
+            os.close(fd)
+            data(tmp)
+            fd = os.open(tmp, os.O_RDWR)
+        else:
+            os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def ensure_writable_dir(directory: str | Path) -> Path:
+    """Create `directory` if needed and check that we can write there, with a one-line error."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"cannot create output directory {directory}: {e.strerror}") from None
+    if not directory.is_dir():
+        raise NotADirectoryError(f"output path {directory} exists and is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"output directory {directory} is not writable")
+    return directory
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`"auto"` picks CUDA when available, else CPU; anything else is passed to torch.device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) floats in [0, 1] -> list of RGB PIL images."""
+    array = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu()
+    return [Image.fromarray(a.numpy()) for a in array]
+
+
+def from_pil(images: list[Image.Image]) -> torch.Tensor:
+    """List of RGB PIL images of one size -> (B, 3, H, W) floats in [0, 1]."""
+    array = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255
+
+
+def image_grid(images: torch.Tensor, columns: int, padding: int = 2) -> Image.Image:
+    """Tile (B, 3, H, W) images in [0, 1] into one RGB image with `columns` per row."""
+    b, _, h, w = images.shape
+    rows = -(-b // columns)
+    canvas = torch.ones(3, rows * (h + padding) + padding, columns * (w + padding) + padding)
+    for i, image in enumerate(images.detach().float().clamp(0, 1).cpu()):
+        r, c = divmod(i, columns)
+        y, x = padding + r * (h + padding), padding + c * (w + padding)
+        canvas[:, y : y + h, x : x + w] = image
+    return to_pil(canvas[None])[0]
