@@ -25,6 +25,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[Path], None]) -> None
     try:
         if callable(data):
             os.close(fd)
+            fd = -1
             data(tmp)
             fd = os.open(tmp, os.O_RDWR)
         else:

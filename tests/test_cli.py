@@ -1,0 +1,90 @@
+"""The `dalle` command end to end, in subprocesses, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dalle.config import DVAEConfig
+from dalle.dvae import DiscreteVAE
+
+TINY = ["--image-size", "16", "--downsample", "4", "--vocab-size", "16", "--hidden", "8",
+        "--decoder-init", "8", "--batch-size", "8", "--device", "cpu", "--log-every", "2"]
+
+
+def dalle(*args, cwd=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", "from dalle.cli import main; main()", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def one_line_error(result, needle):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    r = dalle("data", "shapes", "--out", root, "--train", 40, "--test-seen", 0, "--test-zero-shot", 16, "--image-size", 16)
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def test_help_shows_defaults():
+    for command in (["train-vae"], ["eval-vae"], ["reconstruct"], ["data", "shapes"], ["import-openai-dvae"]):
+        r = dalle(*command, "--help")
+        assert r.returncode == 0
+    assert "default: 4000" in dalle("train-vae", "--help").stdout.replace("\n", " ").replace("│", "")
+
+
+def test_train_resume_reconstruct_eval(shapes, tmp_path):
+    run = tmp_path / "run"
+    r = dalle("train-vae", "--data", shapes / "train", "--out", run, "--steps", 6, "--checkpoint-every", 3, *TINY)
+    assert r.returncode == 0, r.stderr
+    assert (run / "model" / "model.safetensors").exists() and (run / "samples").is_dir()
+    r = dalle("train-vae", "--data", shapes / "train", "--out", run, "--steps", 6, "--resume", *TINY[:6], "--hidden", "12", *TINY[8:])
+    one_line_error(r, "different model config")
+    grid = tmp_path / "grid.png"
+    r = dalle("reconstruct", "--vae", run / "model", "--data", shapes / "test-zero-shot", "--out", grid, "--n", 4, "--device", "cpu")
+    assert r.returncode == 0 and grid.exists(), r.stderr
+    r = dalle("eval-vae", "--vae", run / "model", "--data", shapes / "test-zero-shot", "--json", tmp_path / "m.json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert {"psnr", "mse", "perplexity", "codes_used", "shapes_parse"} <= metrics.keys()
+    assert "PSNR" in r.stdout and "shapes parse" in r.stdout
+
+
+def test_missing_data_folder(tmp_path):
+    one_line_error(dalle("train-vae", "--data", tmp_path / "nope", "--out", tmp_path / "run", *TINY), "does not exist")
+
+
+def test_unwritable_output(shapes, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    one_line_error(dalle("train-vae", "--data", shapes / "train", "--out", blocker / "run", *TINY), "cannot create")
+    one_line_error(dalle("data", "shapes", "--out", blocker, "--train", 1), "not a directory")
+
+
+def test_config_checkpoint_mismatch(tmp_path):
+    model_dir = tmp_path / "vae"
+    DiscreteVAE(DVAEConfig.tiny()).save_pretrained(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "vocab_size": 64}))
+    one_line_error(dalle("eval-vae", "--vae", model_dir, "--data", tmp_path), "does not match")
+
+
+def test_refused_pickle(tmp_path):
+    evil = tmp_path / "evil.pkl"
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil.write_bytes(pickle.dumps(Evil()))
+    one_line_error(dalle("import-openai-dvae", evil, evil, "--out", tmp_path / "out"), "refused")
+    assert not (tmp_path / "pwned").exists()

@@ -1,0 +1,175 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dalle.train.checkpoint import load_checkpoint, save_checkpoint
+from dalle.train.sampler import StepBatchSampler
+from dalle.train.schedules import WarmupDecay
+from helpers import make_trainer, tiny_train_config
+
+HERE = Path(__file__).parent
+
+
+def full_state(trainer):
+    state = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+    state |= {f"ema.{k}": v for k, v in trainer.ema.state_dict().items()}
+    for i, s in trainer.optimizer.state_dict()["state"].items():
+        state |= {f"opt.{i}.{k}": v for k, v in s.items() if isinstance(v, torch.Tensor)}
+    return state
+
+
+def test_resume_is_bit_identical(tmp_path):
+    config = tiny_train_config(steps=8)
+    straight = make_trainer(tmp_path / "a", config)
+    straight.fit()
+
+    first = make_trainer(tmp_path / "b", config)
+    first.fit(until=4)
+    first.close()
+    # Disturb the global RNG as a new process would have it, then resume.
+    torch.manual_seed(12345)
+    resumed = make_trainer(tmp_path / "b", config, resume=True)
+    assert resumed.step == 4
+    resumed.fit()
+
+    a, b = full_state(straight), full_state(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    exported_a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    exported_b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert all(torch.equal(exported_a[k], exported_b[k]) for k in exported_a)
+    # Metrics of the resumed run continue the first part without duplicate rows.
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "b" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [2, 4, 6, 8]
+
+
+def test_resume_refuses_other_config(tmp_path):
+    trainer = make_trainer(tmp_path, tiny_train_config(steps=4))
+    trainer.fit(until=2)
+    from dalle.config import DVAEConfig
+    from dalle.dvae import DiscreteVAE
+    from dalle.train import Trainer
+    from dalle.train.vae import DVAELoss
+    from helpers import RandomImages
+
+    other = DiscreteVAE(DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "hidden": 12}))
+    with pytest.raises(ValueError, match="different model config.*hidden"):
+        Trainer(other, RandomImages(), tiny_train_config(steps=4), tmp_path, DVAELoss(0), resume=True)
+
+
+def test_training_improves_reconstruction(tmp_path):
+    from dalle.evaluate.vae import evaluate_vae
+    from helpers import RandomImages
+
+    dataset = RandomImages(flat=True)
+    trainer = make_trainer(tmp_path, tiny_train_config(steps=150, log_every=25, lr=1e-2), dataset=dataset)
+    before = evaluate_vae(trainer.model, dataset)["mse"]
+    after = evaluate_vae(trainer.fit(), dataset)["mse"]
+    assert after < 0.95 * before
+    assert (tmp_path / "model" / "model.safetensors").exists()
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 150 // 25
+
+
+def test_sampler_shards_without_duplicates():
+    whole = StepBatchSampler(100, 8, seed=3)
+    parts = [StepBatchSampler(100, 8, seed=3, rank=r, world_size=2) for r in range(2)]
+    it_whole, it_parts = iter(whole), [iter(p) for p in parts]
+    for step in range(30):  # crosses epoch boundaries (12 batches per epoch)
+        batch = next(it_whole)
+        assert batch == whole.global_batch(step)
+        assert next(it_parts[0]) + next(it_parts[1]) == batch
+    epoch = [i for s in range(12) for i in whole.global_batch(s)]
+    assert len(set(epoch)) == len(epoch) == 96
+    resumed = iter(StepBatchSampler(100, 8, seed=3, start_step=17))
+    assert next(resumed) == whole.global_batch(17)
+
+
+def test_sampler_errors():
+    with pytest.raises(ValueError, match="divisible"):
+        StepBatchSampler(100, 9, seed=0, world_size=2)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        StepBatchSampler(4, 8, seed=0)
+
+
+def test_lr_schedule():
+    s = WarmupDecay(total_steps=110, warmup_steps=10, kind="cosine", min_ratio=0.1)
+    assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0)
+    assert s(10) == pytest.approx(1.0) and s(60) == pytest.approx(0.55) and s(110) == pytest.approx(0.1)
+    assert WarmupDecay(100, 0, "linear")(50) == pytest.approx(0.5)
+    assert WarmupDecay(100, 0, "constant")(99) == 1.0
+
+
+def test_checkpoint_failure_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+
+    def crash(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_killed_writer_never_corrupts_checkpoint(tmp_path):
+    # A writer rewrites an 8 MB checkpoint in a loop; SIGKILL it at random moments.
+    script = (
+        "import sys, torch\n"
+        "from dalle.train.checkpoint import save_checkpoint\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        "    save_checkpoint(sys.argv[1], {'step': i, 'w': torch.full((2_000_000,), float(i))})\n"
+    )
+    path = tmp_path / "checkpoint.pt"
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(path)])
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.05 + 0.4 * float(torch.rand(1, generator=generator)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = load_checkpoint(path)
+        assert torch.all(state["w"] == state["step"])
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    single = subprocess.run([sys.executable, str(HERE / "ddp_train.py"), str(tmp_path / "one")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(HERE / "ddp_train.py"), str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4, msg=k)
+    # and the weights really moved, so the comparison means something
+    start = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["step"]
+    assert start == 6
