@@ -38,7 +38,7 @@ def test_help_shows_defaults():
     for command in (["train-vae"], ["eval-vae"], ["reconstruct"], ["data", "shapes"], ["import-openai-dvae"]):
         r = dalle(*command, "--help")
         assert r.returncode == 0
-    assert "default: 4000" in dalle("train-vae", "--help").stdout.replace("\n", " ").replace("│", "")
+    assert "default: 10000" in dalle("train-vae", "--help").stdout.replace("\n", " ").replace("│", "")
 
 
 def test_train_resume_reconstruct_eval(shapes, tmp_path):

@@ -6,7 +6,8 @@ from dalle.data.folder import ImageCaptionFolder
 
 
 def write_pair(root, name, image, caption="a caption"):
-    image.save(root / f"{name}.png")
+    # CMYK images come as JPEG (PNG has no CMYK)
+    image.save(root / f"{name}.{'jpg' if image.mode == 'CMYK' else 'png'}")
     (root / f"{name}.txt").write_text(caption)
 
 
