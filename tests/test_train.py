@@ -173,3 +173,11 @@ def test_ddp_two_processes_match_one(tmp_path):
     # and the weights really moved, so the comparison means something
     start = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["step"]
     assert start == 6
+
+
+def test_bf16_autocast_training(tmp_path):
+    trainer = make_trainer(tmp_path, tiny_train_config(steps=4, bf16=True))
+    model = trainer.fit()
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and "nan" not in "".join(rows)
