@@ -181,9 +181,7 @@ class Trainer:
             self._samples()
         tick, tick_step = time.perf_counter(), self.step
         try:
-            for batch in self.loader:
-                if self.step >= until:
-                    break
+            for batch in self.loader if self.step < until else []:
                 loss, metrics = self.train_step(to_device(batch, self.ctx.device))
                 self.step += 1
                 progress.update(1)
@@ -201,6 +199,8 @@ class Trainer:
                     self._samples()
                 if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or self.step == until:
                     self._checkpoint()
+                if self.step >= until:
+                    break
         finally:
             progress.close()
         if self.step >= c.steps and self.ctx.is_main:
