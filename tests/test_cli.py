@@ -62,6 +62,15 @@ def test_missing_data_folder(tmp_path):
     one_line_error(dalle("train-vae", "--data", tmp_path / "nope", "--out", tmp_path / "run", *TINY), "does not exist")
 
 
+def test_corrupt_image_file(tmp_path):
+    model_dir = tmp_path / "vae"
+    DiscreteVAE(DVAEConfig.tiny()).save_pretrained(model_dir)
+    for content in (b"", b"not an image"):
+        (tmp_path / "bad.png").write_bytes(content)
+        one_line_error(dalle("reconstruct", "--vae", model_dir, "--data", tmp_path / "bad.png",
+                             "--out", tmp_path / "o.png", "--device", "cpu"), "bad.png")
+
+
 def test_unwritable_output(shapes, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -173,7 +173,8 @@ def main() -> None:
     """Entry point: run the app, turning user-caused errors into one line."""
     try:
         app()
-    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, RuntimeError) as e:
+    # OSError covers missing paths, permissions and unreadable files (Pillow's UnidentifiedImageError).
+    except (OSError, ValueError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
