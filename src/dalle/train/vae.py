@@ -70,7 +70,7 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, model_config: DVAEConfi
     model = DiscreteVAE(model_config).to(memory_format=torch.channels_last)
     preview = torch.stack([dataset[i]["image"] for i in range(min(16, len(dataset)))])
     trainer = Trainer(model, dataset, train_config, out_dir, DVAELoss(train_config.seed),
-                      sample_fn=lambda m, x: reconstruction_grid(m, x), sample_batch=preview,
+                      sample_fn=reconstruction_grid, sample_batch=preview,
                       resume=resume, show_progress=show_progress)
     try:
         return trainer.fit()  # type: ignore[return-value]
