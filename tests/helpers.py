@@ -1,6 +1,8 @@
 """Small datasets and runs shared by the tests."""
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from dalle.config import DVAEConfig, TrainConfig
@@ -35,3 +37,48 @@ def make_trainer(out_dir, config: TrainConfig, resume: bool = False, dataset=Non
     model = DiscreteVAE(DVAEConfig.tiny())
     return Trainer(model, dataset or RandomImages(), config, out_dir, DVAELoss(config.seed),
                    resume=resume, show_progress=False)
+
+
+def image_folder(root, n: int = 24, size: int = 16, seed: int = 0):
+    """Write n random RGB png images with `.txt` captions into root; returns root."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+        (root / f"{i:03d}.txt").write_text(f"image {i}")
+    return root
+
+
+def tiny_prior_data(root) -> None:
+    """A tokenizer and a codes directory (from the tiny dVAE) under `root`, for prior tests."""
+    from pathlib import Path
+
+    from dalle.data.codes import encode_dataset
+    from dalle.text import TextTokenizer
+
+    root = Path(root)
+    captions = [f"a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square")]
+    data = RandomImages(n=24)
+    data.captions = [captions[i % len(captions)] + (" on the left" if i % 4 == 0 else "")
+                     for i in range(len(data))]
+    TextTokenizer.train(data.captions, vocab_size=300, text_length=16,
+                        bpe_dropout=0.1).save_pretrained(root / "tokenizer")
+    torch.manual_seed(0)
+    vae = DiscreteVAE(DVAEConfig.tiny()).eval()
+    vae.save_pretrained(root / "vae")
+    items = [{**data[i], "caption": data.captions[i]} for i in range(len(data))]
+    encode_dataset(vae, items, root / "codes", batch_size=8, show_progress=False)
+
+
+def tiny_prior_config(root, **kwargs):
+    """A tiny PriorConfig that matches the data of `tiny_prior_data(root)`."""
+    from pathlib import Path
+
+    from dalle.config import PriorConfig
+    from dalle.text import TextTokenizer
+
+    tokenizer = TextTokenizer.from_pretrained(Path(root) / "tokenizer").config
+    defaults = dict(text_vocab_size=tokenizer.num_ids, text_length=tokenizer.text_length,
+                    image_vocab_size=32, grid_size=4, dim=32, depth=3, heads=2, head_dim=16,
+                    conv_kernel=3)
+    return PriorConfig(**{**defaults, **kwargs})

@@ -181,3 +181,32 @@ def test_bf16_autocast_training(tmp_path):
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and "nan" not in "".join(rows)
+
+
+@pytest.mark.parametrize("num_workers, stop", [(0, 4), (2, 3)])
+def test_resume_from_shards_is_bit_identical(tmp_path, num_workers, stop):
+    from dalle.data.shards import ShardDataset, pack_shards
+    from helpers import image_folder
+
+    pack_shards(image_folder(tmp_path / "images", n=24, size=16), tmp_path / "shards", max_samples=3)
+    config = tiny_train_config(steps=8, num_workers=num_workers)  # 3 steps an epoch
+
+    def trainer(out, resume=False, config=config):
+        return make_trainer(tmp_path / out, config, resume=resume,
+                            dataset=ShardDataset(tmp_path / "shards", 16, shuffle_buffer=4))
+
+    straight = trainer("a")
+    straight.fit()
+    first = trainer("b")
+    first.fit(until=stop)  # with 2 workers, an odd step: the worker roles must rotate
+    first.close()
+    with pytest.raises(ValueError, match="num_workers"):
+        trainer("b", resume=True, config=tiny_train_config(steps=8, num_workers=num_workers + 1))
+    torch.manual_seed(12345)
+    resumed = trainer("b", resume=True)
+    assert resumed.step == stop
+    resumed.fit()
+    a, b = full_state(straight), full_state(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

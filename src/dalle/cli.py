@@ -36,6 +36,87 @@ def data_shapes(
     typer.echo(", ".join(f"{split}: {n}" for split, n in written.items()) + f" -> {out}")
 
 
+@data_app.command("emoji")
+def data_emoji(
+    out: Annotated[Path, typer.Option(help="Output folder (new or empty): train/, test-zero-shot/, licences.")],
+    styles: Annotated[str, typer.Option(help="Comma-separated art styles: google, twitter.")] = "google,twitter",
+    source: Annotated[Optional[Path], typer.Option("--from", help="Folder holding the three npm packages (unpacked or as .tgz) instead of fetching them with npm pack.")] = None,
+    tags: Annotated[int, typer.Option(help="Emojibase tags to append to each caption.")] = 0,
+    cache: Annotated[Optional[Path], typer.Option(help="Keep the fetched npm tarballs here for the next build.")] = None,
+    image_size: Annotated[int, typer.Option(help="Image side (the art is 64).")] = 64,
+) -> None:
+    """Build the Emoji image-caption set from the emoji-datasource and emojibase npm packages.
+
+    Captions read `{label}, {style} style`; a documented 10% of (emoji, style) pairs is held out
+    in test-zero-shot while the same emoji's other style stays in train.
+    """
+    import time
+
+    from dalle.data.emoji import write_emoji
+
+    start = time.perf_counter()
+    report = write_emoji(out, styles, source=source, image_size=image_size, tags=tags,
+                         cache_dir=cache)
+    typer.echo(f"{report} -> {out} ({time.perf_counter() - start:.1f} s)")
+
+
+@data_app.command("fashion-mnist")
+def data_fashion_mnist(
+    out: Annotated[Path, typer.Option(help="Output folder; gets train/ (60,000) and test/ (10,000).")],
+    root: Annotated[Path, typer.Option(help="Where the Debian package dataset-fashion-mnist put its files.")] = Path("/usr/share/datasets/fashion-mnist"),
+    image_size: Annotated[int, typer.Option(help="Image side (the data is 28).")] = 28,
+    shards: Annotated[bool, typer.Option(help="Write WebDataset shards instead of image files.")] = False,
+) -> None:
+    """Fashion-MNIST as image-caption pairs, captions from the class names (`an ankle boot`)."""
+    from dalle.data.fashion_mnist import write_fashion_mnist
+
+    written = write_fashion_mnist(out, root=root, image_size=image_size, shards=shards)
+    typer.echo(", ".join(f"{split}: {n}" for split, n in written.items()) + f" -> {out}")
+
+
+@data_app.command("pack")
+def data_pack(
+    data: Annotated[Path, typer.Option(help="Image-caption folder to pack.")],
+    out: Annotated[Path, typer.Option(help="Output folder for shard-NNNNNN.tar files.")],
+    max_samples: Annotated[int, typer.Option(help="Samples per shard.")] = 1000,
+) -> None:
+    """Write WebDataset tar shards (image + .txt per sample) from an image-caption folder."""
+    from dalle.data.shards import pack_shards
+
+    report = pack_shards(data, out, max_samples=max_samples, show_progress=True)
+    typer.echo(f"{report} -> {out}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    data: Annotated[Path, typer.Argument(help="Image-caption folder or shard folder.")],
+    image_size: Annotated[int, typer.Option(help="Image side for the sample grid.")] = 64,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer directory: also report caption lengths in BPE tokens.")] = None,
+    grid: Annotated[Optional[Path], typer.Option(help="Sample grid PNG [default: ./<name>-samples.png].")] = None,
+    n: Annotated[int, typer.Option(help="Images in the sample grid.")] = 32,
+) -> None:
+    """Counts, skipped files by reason, the caption length histogram, and a sample grid."""
+    from dalle.data.inspect import sample_grid, summarize
+    from dalle.data.sources import is_shards, open_images
+
+    dataset = open_images(data, image_size)
+    items = list(dataset) if is_shards(data) else [dataset[i] for i in range(len(dataset))]
+    captions = [item["caption"] for item in items]
+    token_lengths, text_length = None, None
+    if tokenizer is not None:
+        from dalle.text import TextTokenizer
+
+        bpe = TextTokenizer.from_pretrained(tokenizer)
+        token_lengths = [len(bpe.tokenize(c)) for c in captions]
+        text_length = bpe.config.text_length
+    typer.echo(f"{data}")
+    for line in summarize(captions, dataset.report.skipped, token_lengths, text_length):
+        typer.echo(line)
+    if items:
+        path = sample_grid([item["image"] for item in items[:n]], grid or Path(f"{data.resolve().name}-samples.png"))
+        typer.echo(f"sample grid       {path}")
+
+
 @app.command("train-vae")
 def train_vae_command(
     data: Annotated[Path, typer.Option(help="Folder of images with same-named .txt captions.")],
@@ -92,25 +173,23 @@ def _load_vae(path: Path, device: str):
 @app.command("reconstruct")
 def reconstruct_command(
     vae: Annotated[Path, typer.Option(help="dVAE model directory (config.json + model.safetensors).")],
-    data: Annotated[Path, typer.Option(help="Image-caption folder, or one image file.")],
+    data: Annotated[Path, typer.Option(help="Image-caption folder, shards, or one image file.")],
     out: Annotated[Path, typer.Option(help="Output PNG: original | reconstruction pairs.")],
     n: Annotated[int, typer.Option(help="Number of images.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Write a grid of originals beside their reconstructions through the dVAE's codes."""
-    import torch
-
-    from dalle.data.folder import ImageCaptionFolder, center_square, load_image, to_rgb
+    from dalle.data.folder import center_square, load_image, to_rgb
+    from dalle.data.sources import first_images, is_shards, open_images
     from dalle.train.vae import reconstruction_grid
     from dalle.utils import ensure_writable_dir, from_pil
 
     model = _load_vae(vae, device)
     size = model.config.image_size
-    if data.is_file():
+    if data.is_file() and not is_shards(data):
         images = from_pil([center_square(to_rgb(load_image(data)), size)])
     else:
-        dataset = ImageCaptionFolder(data, size)
-        images = torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
+        images = first_images(open_images(data, size), n)
     ensure_writable_dir(out.parent)
     device_ = next(model.parameters()).device
     reconstruction_grid(model, images.to(device_), columns=min(8, len(images))).save(out)
@@ -150,6 +229,112 @@ def eval_vae_command(
         typer.echo(f"shapes parse     {metrics['shapes_parse']:.1%}")
     if json_out is not None:
         json_out.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+@app.command("encode-dataset")
+def encode_dataset_command(
+    vae: Annotated[Path, typer.Option(help="dVAE model directory.")],
+    data: Annotated[Path, typer.Option(help="Image-caption folder or shard folder.")],
+    out: Annotated[Path, typer.Option(help="Codes directory: codes.bin, captions.jsonl, index.json.")],
+    batch_size: Annotated[int, typer.Option(help="Images per encoder pass (part of what makes the output reproducible).")] = 256,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Run the dVAE encoder once over a dataset and store the argmax codes with the captions."""
+    import time
+
+    from dalle.data.codes import encode_dataset
+    from dalle.data.sources import open_images
+
+    model = _load_vae(vae, device)
+    dataset = open_images(data, model.config.image_size)
+    start = time.perf_counter()
+    index = encode_dataset(model, dataset, out, batch_size=batch_size, resume=resume,
+                           total=len(dataset) if hasattr(dataset, "__len__") else None)
+    seconds = time.perf_counter() - start
+    grid = index["grid"]
+    typer.echo(f"{index['count']} images -> {grid}x{grid} codes in {out} "
+               f"({seconds:.1f} s, {index['count'] / seconds:.0f} images/s)")
+
+
+@app.command("train-prior")
+def train_prior_command(
+    data: Annotated[Path, typer.Option(help="Codes directory from `dalle encode-dataset`.")],
+    tokenizer: Annotated[Path, typer.Option(help="Tokenizer directory from `dalle train-tokenizer`.")],
+    vae: Annotated[Path, typer.Option(help="The dVAE that made the codes (its codebook and grid are checked).")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint, metrics, model/.")],
+    val_data: Annotated[Optional[Path], typer.Option(help="Held-out codes directory for validation loss.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly where it stopped.")] = False,
+    dim: Annotated[int, typer.Option(help="Model width (paper: 3968).")] = 256,
+    depth: Annotated[int, typer.Option(help="Layers (paper: 64).")] = 8,
+    heads: Annotated[int, typer.Option(help="Attention heads (paper: 62).")] = 8,
+    head_dim: Annotated[int, typer.Option(help="Width per head (paper: 64).")] = 32,
+    layout: Annotated[str, typer.Option(help="sparse (the paper's row/column/conv schedule), dense, row, column or conv.")] = "sparse",
+    conv_kernel: Annotated[int, typer.Option(help="Side of the convolutional layer's causal neighbourhood (paper: 11).")] = 11,
+    dropout: Annotated[float, typer.Option(help="Residual and embedding dropout.")] = 0.0,
+    caption_drop: Annotated[float, typer.Option(help="Probability of replacing a caption by pads (enables classifier-free guidance).")] = 0.1,
+    steps: Annotated[int, typer.Option(help="Optimizer updates.")] = 5_000,
+    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option(help="Linear LR warm-up steps.")] = 200,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (paper: 4.5e-2).")] = 4.5e-2,
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip (paper: 4).")] = 4.0,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay; 0 disables the EMA.")] = 0.999,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast (CPU and CUDA).")] = False,
+    activation_checkpointing: Annotated[bool, typer.Option(help="Recompute each block's activations in the backward pass.")] = False,
+    fsdp: Annotated[bool, typer.Option(help="Shard parameters, gradients and optimizer state over the torchrun processes (FSDP2).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data loader worker processes.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order, BPE dropout and caption drop.")] = 0,
+    log_every: Annotated[int, typer.Option(help="Steps between metrics rows.")] = 100,
+    log_format: Annotated[str, typer.Option(help="csv or tensorboard.")] = "csv",
+    eval_every: Annotated[int, typer.Option(help="Steps between validation passes (with --val-data).")] = 500,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+) -> None:
+    """Train the prior (Stage 2) on pre-tokenised codes; run with torchrun for DDP or FSDP."""
+    from dalle.config import PriorConfig, TrainConfig
+    from dalle.text import TextTokenizer
+    from dalle.train.prior import train_prior
+
+    bpe = TextTokenizer.from_pretrained(tokenizer).config
+    vae_config = _load_vae(vae, "cpu").config
+    model_config = PriorConfig(
+        text_vocab_size=bpe.num_ids, text_length=bpe.text_length,
+        image_vocab_size=vae_config.vocab_size, grid_size=vae_config.grid_size, dim=dim,
+        depth=depth, heads=heads, head_dim=head_dim, layout=layout, conv_kernel=conv_kernel,
+        dropout=dropout)
+    train_config = TrainConfig(
+        steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+        weight_decay=weight_decay, betas=(0.9, 0.96), grad_clip=grad_clip, ema_decay=ema_decay,
+        bf16=bf16, activation_checkpointing=activation_checkpointing, fsdp=fsdp, device=device,
+        num_workers=workers, seed=seed, log_every=log_every, log_format=log_format,
+        sample_every=0, eval_every=eval_every, checkpoint_every=checkpoint_every)
+    train_prior(data, tokenizer, out, model_config, train_config, val_codes_dir=val_data,
+                caption_drop=caption_drop, resume=resume)
+    typer.echo(f"model saved to {out / 'model'}")
+
+
+@app.command("train-tokenizer")
+def train_tokenizer_command(
+    data: Annotated[list[Path], typer.Option(help="Caption source: a folder (every .txt in it) or a text file (one caption per line); repeat for several.")],
+    out: Annotated[Path, typer.Option(help="Output directory: tokenizer.json + config.json.")],
+    vocab_size: Annotated[int, typer.Option(help="BPE vocabulary to learn, at most (paper: 16384).")] = 16_384,
+    text_length: Annotated[int, typer.Option(help="Text tokens per caption (paper: 256).")] = 256,
+    bpe_dropout: Annotated[float, typer.Option(help="BPE dropout when encoding for training (paper: 0.1).")] = 0.1,
+) -> None:
+    """Learn a lower-cased byte-level BPE on a caption corpus (paper §2.2)."""
+    import itertools
+
+    from dalle.data.folder import read_captions
+    from dalle.text import TextTokenizer
+
+    captions = itertools.chain.from_iterable(read_captions(path) for path in data)
+    tokenizer = TextTokenizer.train(captions, vocab_size, text_length, bpe_dropout)
+    tokenizer.save_pretrained(out)
+    config = tokenizer.config
+    learned = "" if config.vocab_size == vocab_size else f" (asked for {vocab_size}; the corpus gave fewer merges)"
+    typer.echo(f"{config.vocab_size} BPE tokens{learned}, text length {config.text_length}, "
+               f"{config.num_ids} ids with pads and start-of-image -> {out}")
 
 
 @app.command("import-openai-dvae")

@@ -114,6 +114,93 @@ class DVAEConfig(JSONConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenizerConfig(JSONConfig):
+    """The text side of paper §2.2: lower-cased byte-level BPE, a fixed text length.
+
+    Ids: [0, vocab_size) are BPE tokens, then one pad id per text position (paper: 256 distinct
+    pads), then the start-of-image id; `num_ids` counts them all. `vocab_size` is the vocabulary
+    BPE training actually produced (at most the size asked for).
+    """
+
+    vocab_size: int = 16_384
+    text_length: int = 256
+    bpe_dropout: float = 0.1  # paper: 10%, applied only when encoding for training
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1 or self.text_length < 1:
+            raise ValueError("vocab_size and text_length must be positive")
+        if not 0 <= self.bpe_dropout < 1:
+            raise ValueError(f"bpe_dropout must be in [0, 1), got {self.bpe_dropout}")
+
+    @property
+    def pad_id(self) -> int:
+        """The pad id of text position 0; position i holds pad_id + i."""
+        return self.vocab_size
+
+    @property
+    def start_of_image_id(self) -> int:
+        return self.vocab_size + self.text_length
+
+    @property
+    def num_ids(self) -> int:
+        return self.vocab_size + self.text_length + 1
+
+
+LAYOUTS = ("sparse", "dense", "row", "column", "conv")
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorConfig(JSONConfig):
+    """The transformer of paper §2.2 / appendix B; defaults are the 12B model.
+
+    `text_vocab_size` counts every id of the tokenizer (BPE, one pad per position, start-of-image),
+    `text_length` the text positions (pads included), `image_vocab_size` the dVAE codebook and
+    `grid_size` its code grid side. `layout` "sparse" is the paper's schedule (row and column
+    layers, convolutional last); "dense" is the causal baseline; a layout name uses it everywhere.
+    """
+
+    text_vocab_size: int = 16_384 + 256 + 1
+    text_length: int = 256
+    image_vocab_size: int = 8192
+    grid_size: int = 32
+    dim: int = 3968
+    depth: int = 64
+    heads: int = 62
+    head_dim: int = 64
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    layout: str = "sparse"
+    row_window: int | None = None  # image tokens a row layer looks back; default grid_size
+    conv_kernel: int = 11
+    text_loss_weight: float = 1 / 8
+    image_loss_weight: float = 7 / 8
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if min(self.text_vocab_size, self.text_length, self.image_vocab_size, self.grid_size,
+               self.dim, self.depth, self.heads, self.head_dim, self.mlp_ratio) < 1:
+            raise ValueError("vocabulary sizes, lengths and widths must be positive")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd, got {self.conv_kernel}")
+
+    @property
+    def image_tokens(self) -> int:
+        return self.grid_size**2
+
+    @classmethod
+    def paper(cls) -> "PriorConfig":
+        """The 12B model: 64 layers, 62 heads of 64, 256 text + 32x32 image tokens."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> "PriorConfig":
+        """A model of a few thousand parameters for tests."""
+        return cls(text_vocab_size=40, text_length=6, image_vocab_size=16, grid_size=4, dim=32,
+                   depth=3, heads=2, head_dim=16, conv_kernel=3)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig(JSONConfig):
     """One training run of any stage (the loop in `dalle.train` is shared by every model).
 
@@ -132,12 +219,15 @@ class TrainConfig(JSONConfig):
     ema_decay: float = 0.999  # 0 disables the EMA
     export: str = "ema"  # which weights `model/` receives at the end: ema | raw
     bf16: bool = False  # bf16 autocast (CPU and CUDA)
+    activation_checkpointing: bool = False  # recompute each block in the backward pass
+    fsdp: bool = False  # shard over torchrun processes with FSDP2 instead of DDP
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
     log_every: int = 50
     log_format: str = "csv"  # csv | tensorboard
     sample_every: int = 500
+    eval_every: int = 500  # steps between validation passes, when the stage has one
     checkpoint_every: int = 500
 
     def __post_init__(self) -> None:

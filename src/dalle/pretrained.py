@@ -27,11 +27,16 @@ class PretrainedModel(torch.nn.Module):
     config_class: ClassVar[type[JSONConfig]]
     config: JSONConfig
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `config.json` and `model.safetensors` into `directory` (created if needed)."""
+    def save_pretrained(self, directory: str | Path,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write `config.json` and `model.safetensors` into `directory` (created if needed).
+
+        `state_dict` overrides the module's own, e.g. the full weights gathered from FSDP shards.
+        """
         directory = ensure_writable_dir(directory)
         atomic_write(directory / CONFIG_NAME, (self.config.to_json() + "\n").encode())
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path)))
         return directory
 

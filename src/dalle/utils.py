@@ -12,6 +12,15 @@ import torch
 from PIL import Image
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
 def atomic_write(path: str | Path, data: bytes | Callable[[Path], None]) -> None:
     """Write `path` so that a crash at any moment leaves either the old file or the new one.
 
@@ -30,6 +39,7 @@ def atomic_write(path: str | Path, data: bytes | Callable[[Path], None]) -> None
             fd = os.open(tmp, os.O_RDWR)
         else:
             os.write(fd, data)
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; give the file normal permissions
         os.fsync(fd)
         os.close(fd)
         fd = -1

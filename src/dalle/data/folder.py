@@ -7,11 +7,14 @@ converted to RGB, then centre-cropped to a square and resized (paper appendix A.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -65,13 +68,52 @@ class ScanReport:
         return f"{self.kept} image-caption pairs; skipped {sum(self.skipped.values())} ({reasons})"
 
 
-def load_image(path: Path) -> Image.Image:
+def load_image(source: Path | IO[bytes]) -> Image.Image:
     """Fully decode an image (so truncated files fail here), with Pillow's bomb check as error."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return image.copy()
+
+
+class SkippedPair(Exception):
+    """An image-caption pair that cannot be used; its message is the reason counted in a report."""
+
+
+def decode_pair(image: bytes, caption: bytes,
+                background: tuple[int, int, int] = (0, 0, 0)) -> tuple[Image.Image, str]:
+    """The RGB image and stripped caption from a pair's file contents; SkippedPair if unusable."""
+    if not image:
+        raise SkippedPair("empty image file")
+    try:
+        rgb = to_rgb(load_image(io.BytesIO(image)), background)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise SkippedPair("image over the decompression-bomb limit") from None
+    except (OSError, ValueError, SyntaxError):
+        raise SkippedPair("unreadable image") from None
+    try:
+        return rgb, caption.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SkippedPair("caption not UTF-8") from None
+
+
+def find_pairs(root: Path, report: ScanReport) -> Iterator[tuple[Path, Path]]:
+    """(image, caption) paths under `root` in sorted order; orphans are counted in `report`."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            if not any(path.with_suffix(s).exists() or path.with_suffix(s.upper()).exists()
+                       for s in IMAGE_SUFFIXES):
+                report.skipped["caption without image"] += 1
+            continue
+        if suffix not in IMAGE_SUFFIXES:
+            continue
+        caption_path = path.with_suffix(".txt")
+        if not caption_path.exists():
+            report.skipped["image without caption"] += 1
+            continue
+        yield path, caption_path
 
 
 class ImageCaptionFolder(Dataset):
@@ -87,36 +129,14 @@ class ImageCaptionFolder(Dataset):
             raise FileNotFoundError(f"data folder {self.root} does not exist")
         self.report = ScanReport()
         images, captions = [], []
-        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
-            suffix = path.suffix.lower()
-            if suffix == ".txt":
-                if not any(path.with_suffix(s).exists() or path.with_suffix(s.upper()).exists()
-                           for s in IMAGE_SUFFIXES):
-                    self.report.skipped["caption without image"] += 1
-                continue
-            if suffix not in IMAGE_SUFFIXES:
-                continue
-            caption_path = path.with_suffix(".txt")
-            if not caption_path.exists():
-                self.report.skipped["image without caption"] += 1
-                continue
-            if path.stat().st_size == 0:
-                self.report.skipped["empty image file"] += 1
-                continue
+        for image_path, caption_path in find_pairs(self.root, self.report):
             try:
-                image = center_square(to_rgb(load_image(path), background), image_size)
-            except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-                self.report.skipped["image over the decompression-bomb limit"] += 1
+                image, caption = decode_pair(image_path.read_bytes(), caption_path.read_bytes(),
+                                             background)
+            except SkippedPair as e:
+                self.report.skipped[str(e)] += 1
                 continue
-            except (OSError, ValueError, SyntaxError):
-                self.report.skipped["unreadable image"] += 1
-                continue
-            try:
-                caption = caption_path.read_text(encoding="utf-8").strip()
-            except UnicodeDecodeError:
-                self.report.skipped["caption not UTF-8"] += 1
-                continue
-            images.append(np.asarray(image, dtype=np.uint8))
+            images.append(np.asarray(center_square(image, image_size), dtype=np.uint8))
             captions.append(caption)
         self.report.kept = len(images)
         if not images:
@@ -132,3 +152,37 @@ class ImageCaptionFolder(Dataset):
     def __getitem__(self, index: int) -> dict:
         return {"image": self.images[index].float() / 255, "caption": self.captions[index],
                 "index": index}
+
+
+def read_captions(path: str | Path) -> Iterator[str]:
+    """Captions for tokenizer training: each `.txt` file under a folder, or each line of one file.
+
+    Captions that are not UTF-8 or are empty are skipped and counted in a warning at the end.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no caption source at {path}")
+    skipped = Counter()
+    if path.is_file():
+        with path.open("rb") as f:
+            for line in f:
+                try:
+                    caption = line.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    skipped["line not UTF-8"] += 1
+                    continue
+                if caption:
+                    yield caption
+    else:
+        for file in sorted(path.rglob("*.txt")):
+            try:
+                caption = file.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError:
+                skipped["caption not UTF-8"] += 1
+                continue
+            if caption:
+                yield caption
+            else:
+                skipped["empty caption"] += 1
+    if skipped:
+        log.warning("%s: skipped %s", path, ", ".join(f"{n} {why}" for why, n in skipped.items()))

@@ -1,7 +1,10 @@
-"""Data parallelism under `torchrun`, kept apart from the models (torchtitan style).
+"""Parallelism under `torchrun`, kept apart from the models (torchtitan style).
 
 A run launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) joins a process group: NCCL on
-GPUs, gloo on CPU. Models are wrapped in DDP here and nowhere else.
+GPUs, gloo on CPU. Models are wrapped in DDP, sharded with FSDP2 (`fully_shard`, one unit per
+block of `model.blocks`, then the root), or given activation checkpointing here and nowhere else.
+Sharded state is saved as full (unsharded) state dicts, so checkpoints do not depend on how a run
+was parallelised.
 """
 
 from __future__ import annotations
@@ -13,6 +16,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -54,6 +67,64 @@ def wrap_data_parallel(model: nn.Module, ctx: DistributedContext) -> nn.Module:
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block of `model.blocks` in the backward pass instead of storing activations.
+
+    The wrapper's state-dict hooks keep parameter names unchanged, so checkpoints are unaffected.
+    """
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(f"activation checkpointing needs a model with `blocks`; "
+                         f"{type(model).__name__} has none")
+    for i, block in enumerate(blocks):
+        blocks[i] = checkpoint_wrapper(block)
+
+
+def shard_model(model: nn.Module, ctx: DistributedContext) -> nn.Module:
+    """Shard `model` in place over all processes with FSDP2: each block, then the rest."""
+    mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+    for block in getattr(model, "blocks", []):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict on CPU (a collective when sharded; only rank 0 gets it)."""
+    if is_sharded(model):
+        return get_model_state_dict(model, options=FULL_STATE)
+    return model.state_dict()
+
+
+def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    if is_sharded(model):
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(state)
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    if is_sharded(model):
+        return get_optimizer_state_dict(model, optimizer, options=FULL_STATE)
+    return optimizer.state_dict()
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                              state: dict[str, Any]) -> None:
+    if is_sharded(model):
+        set_optimizer_state_dict(model, optimizer, state,
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)
 
 
 def all_mean(value: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:

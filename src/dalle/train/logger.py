@@ -40,6 +40,12 @@ class MetricsLogger:
         if self.fields is None:
             self.fields = list(row)
             self._rewrite([])
+        elif new := [k for k in row if k not in self.fields]:
+            # A metric seen for the first time (e.g. validation) widens the table.
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.fields += new
+            self._rewrite(rows)
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
         if self.tensorboard is not None:

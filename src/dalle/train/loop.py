@@ -2,7 +2,8 @@
 
 A stage supplies a model, a dataset, and a loss function `loss_fn(model, batch, step) -> (loss,
 metrics)`; the loop supplies AdamW, the LR schedule, gradient clipping, bf16 autocast, the EMA,
-data parallelism, logging, sample grids and exact-resume checkpoints.
+data parallelism (DDP or FSDP), activation checkpointing, logging, sample grids, validation and
+exact-resume checkpoints.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
 from dalle.config import JSONConfig, TrainConfig
@@ -30,6 +31,7 @@ from dalle.utils import ensure_writable_dir, resolve_device
 
 LossFn = Callable[[nn.Module, Any, int], tuple[torch.Tensor, dict[str, Any]]]
 SampleFn = Callable[[nn.Module, Any], Image.Image]
+ValidateFn = Callable[[nn.Module, torch.autocast], dict[str, float]]
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -55,36 +57,64 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 class Trainer:
     """Trains `model` on `dataset` with `loss_fn`, writing everything under `out_dir`.
 
+    A map-style dataset is read in batches addressed by step (StepBatchSampler). An
+    IterableDataset (shards) must have `set_position(seed, step, global_batch, rank, world_size,
+    num_workers)` and then yield exactly the batches of an uninterrupted run from `step` on.
+
     out_dir/checkpoint.pt  latest checkpoint (atomic), resumed with `resume=True`
     out_dir/metrics.csv    one row per `log_every` steps (or TensorBoard events)
     out_dir/samples/       a grid from `sample_fn` every `sample_every` steps
+    `validate_fn(model, autocast) -> metrics` runs every `eval_every` steps and at the end on
+    the export weights; its metrics join metrics.csv.
     out_dir/model/         the final weights (EMA or raw), `from_pretrained`-loadable
     """
 
     def __init__(self, model: PretrainedModel, dataset: Dataset, config: TrainConfig,
                  out_dir: str | Path, loss_fn: LossFn, *, collate_fn: Callable | None = None,
                  sample_fn: SampleFn | None = None, sample_batch: Any = None,
+                 validate_fn: ValidateFn | None = None,
                  resume: bool = False, show_progress: bool = True) -> None:
         self.config, self.loss_fn, self.sample_fn = config, loss_fn, sample_fn
-        self.sample_batch = sample_batch
+        self.sample_batch, self.validate_fn = sample_batch, validate_fn
         self.ctx = D.setup_distributed(resolve_device(config.device))
         self.out_dir = ensure_writable_dir(out_dir) if self.ctx.is_main else Path(out_dir)
         self.model = model.to(self.ctx.device).train()
+        if config.activation_checkpointing:
+            D.apply_activation_checkpointing(self.model)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        # FSDP shards the model and its EMA copy alike (an FSDP module cannot be deep-copied),
+        # before the optimizer exists, so that it holds only this process's shards.
+        self.sharded = config.fsdp and self.ctx.enabled
+        if self.sharded:
+            D.shard_model(self.model, self.ctx)
+            if self.ema is not None:
+                D.shard_model(self.ema.shadow, self.ctx)
         self.optimizer = build_optimizer(self.model, config)
         schedule = WarmupDecay(config.steps, config.warmup_steps, config.schedule, config.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step = 0
+        streaming = isinstance(dataset, IterableDataset)
+        if streaming and not hasattr(dataset, "set_position"):
+            raise TypeError(f"{type(dataset).__name__} is an IterableDataset without set_position(); "
+                            f"the Trainer needs it to resume exactly")
         if resume:
-            self._restore(load_checkpoint(self.out_dir / CHECKPOINT_NAME))
+            self._restore(load_checkpoint(self.out_dir / CHECKPOINT_NAME), streaming)
         else:
             torch.manual_seed(config.seed + self.ctx.rank)
         # Wrap after restoring: DDP broadcasts rank 0's weights, which are the resumed ones.
-        self.train_model = D.wrap_data_parallel(self.model, self.ctx)
-        self.sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed,  # type: ignore[arg-type]
-                                        self.ctx.rank, self.ctx.world_size, self.step)
+        self.train_model = self.model if self.sharded else D.wrap_data_parallel(self.model, self.ctx)
+        if streaming:
+            # A stream cannot be indexed by step; it is told where this process starts reading.
+            dataset.set_position(  # type: ignore[attr-defined]
+                seed=config.seed, step=self.step, global_batch=config.batch_size,
+                rank=self.ctx.rank, world_size=self.ctx.world_size, num_workers=config.num_workers)
+            batching: dict[str, Any] = {"batch_size": config.batch_size // self.ctx.world_size}
+        else:
+            batching = {"batch_sampler": StepBatchSampler(
+                len(dataset), config.batch_size, config.seed,  # type: ignore[arg-type]
+                self.ctx.rank, self.ctx.world_size, self.step)}
         # The loader gets its own generator so that creating it never advances the global RNG.
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate_fn,
+        self.loader = DataLoader(dataset, **batching, collate_fn=collate_fn,
                                  num_workers=config.num_workers,
                                  generator=torch.Generator().manual_seed(config.seed),
                                  pin_memory=self.ctx.device.type == "cuda",
@@ -97,33 +127,45 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any], streaming: bool) -> None:
         if state["world_size"] != self.ctx.world_size:
             raise ValueError(f"checkpoint was written by {state['world_size']} processes, this "
                              f"run has {self.ctx.world_size}; exact resume needs the same number")
+        saved_workers = state["train_config"]["num_workers"]
+        if streaming and saved_workers != self.config.num_workers:
+            raise ValueError(f"checkpoint was written with num_workers={saved_workers}, this run has "
+                             f"{self.config.num_workers}; a stream resumes exactly only with the same")
         model_config = getattr(self.model, "config", None)
         if model_config is not None and state.get("model_config") != model_config.to_dict():
             saved, now = state.get("model_config") or {}, model_config.to_dict()
             diff = [k for k in now if saved.get(k) != now[k]]
             raise ValueError(f"checkpoint was written for a different model config "
                              f"(differs in: {', '.join(diff) or 'fields'})")
-        self.model.load_state_dict(state["model"])
+        if state["train_config"].get("fsdp", False) and state["world_size"] > 1 and not self.sharded:
+            raise ValueError("checkpoint was written by an FSDP run; resume it with --fsdp")
+        if self.sharded and not state["train_config"].get("fsdp", False):
+            raise ValueError("checkpoint was written without FSDP; resume it without --fsdp")
+        D.load_full_model_state(self.model, state["model"])
         if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            D.load_full_model_state(self.ema.shadow, state["ema"])
+        D.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         set_rng_state(state["rng"][self.ctx.rank])
 
     def _checkpoint(self) -> None:
         rngs = D.gather_objects(rng_state(), self.ctx)
+        # Under FSDP these gather the shards: every process takes part, rank 0 gets the result.
+        model_state = D.full_model_state(self.model)
+        ema_state = D.full_model_state(self.ema.shadow) if self.ema is not None else None
+        optimizer_state = D.full_optimizer_state(self.model, self.optimizer)
         if self.ctx.is_main:
             model_config = getattr(self.model, "config", None)
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, {
                 "step": self.step,
-                "model": self.model.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "optimizer": self.optimizer.state_dict(),
+                "model": model_state,
+                "ema": ema_state,
+                "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rngs,
                 "world_size": self.ctx.world_size,
@@ -139,19 +181,44 @@ class Trainer:
             return self.ema.shadow
         return self.model
 
-    def _samples(self) -> None:
-        if self.sample_fn is None or self.sample_batch is None or not self.ctx.is_main:
-            return
+    def _evaluation(self, fn: Callable[[nn.Module], Any]) -> Any:
+        """`fn(export weights)` in eval mode, without touching the training RNG streams.
+
+        A sharded model's forward is a collective, so then every process runs it; otherwise only
+        rank 0 does and the others get None.
+        """
+        if not (self.ctx.is_main or self.sharded):
+            return None
         model = self.eval_model
         was_training = model.training
         model.eval()
-        # Sampling may draw random numbers; it must not change the training trajectory.
         with torch.random.fork_rng(devices=[self.ctx.device] if self.ctx.device.type == "cuda" else []):
-            with torch.no_grad(), self.autocast:
-                grid = self.sample_fn(model, to_device(self.sample_batch, self.ctx.device))
+            with torch.no_grad():
+                result = fn(model)
         model.train(was_training)
-        (self.out_dir / "samples").mkdir(exist_ok=True)
-        grid.save(self.out_dir / "samples" / f"step_{self.step:07d}.png")
+        return result if self.ctx.is_main else None
+
+    def _samples(self) -> None:
+        if self.sample_fn is None or self.sample_batch is None:
+            return
+        batch = to_device(self.sample_batch, self.ctx.device)
+
+        def sample(model: nn.Module) -> Image.Image:
+            with self.autocast:
+                return self.sample_fn(model, batch)  # type: ignore[misc]
+
+        grid = self._evaluation(sample)
+        if grid is not None:
+            (self.out_dir / "samples").mkdir(exist_ok=True)
+            grid.save(self.out_dir / "samples" / f"step_{self.step:07d}.png")
+
+    def _validate(self) -> None:
+        if self.validate_fn is None:
+            return
+        metrics = self._evaluation(lambda model: self.validate_fn(model, self.autocast))  # type: ignore[misc]
+        if metrics is not None and self.logger is not None:
+            self.logger.log(self.step, metrics)
+        D.barrier(self.ctx)
 
     def train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         """One optimizer update on `batch`; returns the loss and the stage's metrics."""
@@ -163,8 +230,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                                  self.config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            metrics["grad_norm"] = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
@@ -197,16 +264,22 @@ class Trainer:
                         self.logger.log(self.step, scalars)
                 if c.sample_every and self.step % c.sample_every == 0:
                     self._samples()
+                if c.eval_every and self.step % c.eval_every == 0 and self.step != until:
+                    self._validate()
                 if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or self.step == until:
                     self._checkpoint()
                 if self.step >= until:
                     break
         finally:
             progress.close()
-        if self.step >= c.steps and self.ctx.is_main:
-            model = self.eval_model
-            if isinstance(model, PretrainedModel):
-                model.save_pretrained(self.out_dir / "model")
+        if self.step < until:
+            raise ValueError(f"the data ended at step {self.step} of {until}; a stream to train "
+                             f"on must repeat (for shards: epochs=None)")
+        self._validate()
+        if self.step >= c.steps and isinstance(self.eval_model, PretrainedModel):
+            state = D.full_model_state(self.eval_model)
+            if self.ctx.is_main:
+                self.eval_model.save_pretrained(self.out_dir / "model", state)
         return self.eval_model
 
     def close(self) -> None:

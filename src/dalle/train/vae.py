@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from dalle.config import DVAEConfig, TrainConfig
-from dalle.data.folder import ImageCaptionFolder
+from dalle.data.sources import first_images, open_images
 from dalle.dvae import DiscreteVAE
 from dalle.train.loop import Trainer
 from dalle.utils import image_grid
@@ -64,11 +64,11 @@ def reconstruction_grid(model: DiscreteVAE, images: torch.Tensor, columns: int =
 
 def train_vae(data_dir: str | Path, out_dir: str | Path, model_config: DVAEConfig,
               train_config: TrainConfig, resume: bool = False, show_progress: bool = True) -> DiscreteVAE:
-    """Train a dVAE on an image-caption folder; the result lands in out_dir/model."""
-    dataset = ImageCaptionFolder(data_dir, model_config.image_size)
+    """Train a dVAE on an image-caption folder or shards; the result lands in out_dir/model."""
+    dataset = open_images(data_dir, model_config.image_size, training=True)
     torch.manual_seed(train_config.seed)
     model = DiscreteVAE(model_config).to(memory_format=torch.channels_last)
-    preview = torch.stack([dataset[i]["image"] for i in range(min(16, len(dataset)))])
+    preview = first_images(dataset, 16)
     trainer = Trainer(model, dataset, train_config, out_dir, DVAELoss(train_config.seed),
                       sample_fn=reconstruction_grid, sample_batch=preview,
                       resume=resume, show_progress=show_progress)

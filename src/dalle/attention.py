@@ -1,0 +1,185 @@
+"""The prior's attention layouts, computed sparsely (paper §2.2, appendix B.1).
+
+The stream holds S = T + N positions: text at [0, T), then a G x G image grid in raster order, so
+position T + r * G + c is grid cell (r, c), raster index r * G + c. Text attends causally to text
+and never to the image; every image token attends to all text. Between image tokens, a query at
+raster index iq = r * G + c may see the key at ik = r' * G + c' where the layer's layout allows:
+
+- ``dense``:  ik <= iq, plain causal attention (the baseline);
+- ``row``:    iq - W <= ik <= iq: the previous W + 1 tokens with self (W = G), wrapping across rows;
+- ``column``: c' == c and r' <= r, computed on the transposed image states;
+- ``conv``:   r - k // 2 <= r' <= r, |c' - c| <= k // 2 and ik <= iq: a k x k causal
+  neighbourhood (k = 11), in the last layer only.
+
+`attention_mask` is the dense definition and `reference_attention` applies it in O(S^2).
+`sparse_attention` attends the text causally on its own, cuts the image queries into blocks of
+whole grid rows (or columns), hands every block only the keys it can see (the text and the few
+grid rows its window reaches) and runs all blocks in one SDPA call: O(N (T + window)) work rather
+than O(S^2).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+LAYOUTS = ("dense", "row", "column", "conv")
+# The fewest queries in a block of `sparse_attention`. Smaller blocks measured slower on CPU:
+# they copy the shared text keys more often and give SDPA smaller tasks.
+_MIN_BLOCK = 64
+
+
+def layer_layouts(n_layers: int, layout: str = "sparse") -> list[str]:
+    """The layout of each layer, first to last (appendix B.1).
+
+    For ``"sparse"``, layers i = 1 .. L - 1 use ``column`` where (i - 2) % 4 == 0 and ``row``
+    otherwise, and the last layer uses ``conv``. Any name in `LAYOUTS` is repeated in every layer.
+    """
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+    if layout == "sparse":
+        return ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, n_layers)] + ["conv"]
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown attention layout {layout!r}; "
+                         f"expected 'sparse' or one of {', '.join(LAYOUTS)}")
+    return [layout] * n_layers
+
+
+def attention_mask(layout: str, text_len: int, grid: int, *, row_window: int | None = None,
+                   conv_kernel: int = 11, device: torch.device | str | None = None) -> torch.Tensor:
+    """The dense (S, S) boolean mask of a layout, True where query row i may attend to key j.
+
+    `row_window` is W of the ``row`` layout (default G, i.e. G + 1 tokens with self) and
+    `conv_kernel` the odd side k of the ``conv`` neighbourhood.
+    """
+    window, kernel = _check_args(layout, text_len, grid, row_window, conv_kernel)
+    T, N = text_len, grid * grid
+    mask = torch.zeros(T + N, T + N, dtype=torch.bool, device=device)
+    mask[:T, :T] = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    mask[T:, :T] = True
+    raster = torch.arange(N, device=device)
+    mask[T:, T:] = _allowed(layout, raster[:, None], raster[None, :], grid, window, kernel)
+    return mask
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, text_len: int,
+                        grid: int, *, row_window: int | None = None, conv_kernel: int = 11) -> torch.Tensor:
+    """Attention of (B, H, S, D) queries, keys and values under the layout's dense mask: O(S^2)."""
+    _check_shapes(q, k, v, text_len, grid)
+    mask = attention_mask(layout, text_len, grid, row_window=row_window, conv_kernel=conv_kernel,
+                          device=q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, text_len: int,
+                     grid: int, *, row_window: int | None = None, conv_kernel: int = 11) -> torch.Tensor:
+    """Attention of (B, H, S, D) queries, keys and values computing only what the layout allows.
+
+    Equal to `reference_attention` up to rounding. ``dense`` is causal attention over the whole
+    stream. Otherwise text queries attend causally to the text alone, and image queries go in
+    blocks of whole grid rows (or columns), each with just the keys it can see (see `_plan`),
+    through one SDPA call.
+    """
+    window, kernel = _check_args(layout, text_len, grid, row_window, conv_kernel)
+    _check_shapes(q, k, v, text_len, grid)
+    if layout == "dense":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    T = text_len
+    text = F.scaled_dot_product_attention(q[:, :, :T], k[:, :, :T], v[:, :, :T], is_causal=True)
+    plan = _plan(layout, T, grid, window, kernel, q.device)
+    B, H, _, _ = q.shape
+    blocks, n_queries, n_keys = plan.mask.shape[1:]
+
+    def gather(x: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
+        x = x[:, :, T:] if index is None else x.index_select(2, index)
+        return x.reshape(B * H, blocks, n, x.shape[-1])
+
+    image = F.scaled_dot_product_attention(gather(q, plan.queries, n_queries), gather(k, plan.keys, n_keys),
+                                           gather(v, plan.keys, n_keys), attn_mask=plan.mask)
+    image = image.reshape(B, H, blocks * n_queries, -1)
+    if plan.outputs is not None:
+        image = image.index_select(2, plan.outputs)
+    return torch.cat([text, image], dim=2)
+
+
+class _Plan(NamedTuple):
+    """Where a layout's image blocks read and write: positions in the stream and their mask."""
+
+    queries: torch.Tensor | None  # (blocks * L,) each block's queries; None: the image in order
+    keys: torch.Tensor  # (blocks * K,) each block's keys and values
+    mask: torch.Tensor  # (1, blocks, L, K) which of its keys each query of a block may see
+    outputs: torch.Tensor | None  # (N,) where each image position's output is; None: in order
+
+
+@lru_cache(maxsize=64)
+@torch.inference_mode(False)  # a plan cached under inference mode must still serve autograd later
+def _plan(layout: str, text_len: int, grid: int, window: int, kernel: int, device: torch.device) -> _Plan:
+    """Cut a layout's image queries into blocks of L that each see K keys, read off its dense mask.
+
+    A block is m whole grid rows, or m grid columns for ``column`` (the paper's transposed image
+    states), with m the fewest that make L = m G at least `_MIN_BLOCK` queries; copies of the
+    first image query fill the last block up (their outputs are never read). A block's keys are
+    every position one of its queries may see, padded to the longest block with keys none of them
+    may see (masked out): K = T + (m + 1) G for ``row`` (W = G), T + m G for ``column`` and at
+    most T + (k // 2 + m) G for ``conv``. Blocks are SDPA's head dimension, as its fused CPU kernel
+    takes only masks of shape (1 | B, 1 | H, L, S).
+    """
+    dense = attention_mask(layout, text_len, grid, row_window=window, conv_kernel=kernel, device=device)
+    image = torch.arange(grid * grid, device=device).view(grid, grid)
+    if layout == "column":
+        image = image.T
+    order = text_len + image.flatten()
+    block = min(-(-_MIN_BLOCK // grid), grid) * grid
+    pad = (-grid * grid) % block
+    queries = F.pad(order, (0, pad), value=text_len).view(-1, block)
+    seen = dense[queries].any(dim=1)
+    n_keys = int(seen.sum(dim=1).max())
+    # A stable sort lists each block's visible keys first, in stream order.
+    keys = torch.sort(seen.logical_not().byte(), dim=1, stable=True).indices[:, :n_keys]
+    mask = dense[queries[:, :, None], keys[:, None, :]][None]
+    if pad == 0 and layout != "column":
+        return _Plan(None, keys.flatten(), mask, None)
+    outputs = torch.empty_like(order)
+    outputs[order - text_len] = torch.arange(len(order), device=device)
+    return _Plan(queries.flatten(), keys.flatten(), mask, outputs)
+
+
+def _allowed(layout: str, iq: torch.Tensor, ik: torch.Tensor, grid: int, window: int,
+             kernel: int) -> torch.Tensor:
+    """Whether the image query at raster index `iq` may attend to the image key at `ik`."""
+    causal = ik <= iq
+    if layout == "dense":
+        return causal
+    if layout == "row":
+        return causal & (ik >= iq - window)
+    rq, cq, rk, ck = iq // grid, iq % grid, ik // grid, ik % grid
+    if layout == "column":
+        return (ck == cq) & (rk <= rq)
+    return causal & (rk >= rq - kernel // 2) & ((ck - cq).abs() <= kernel // 2)
+
+
+def _check_args(layout: str, text_len: int, grid: int, row_window: int | None,
+                conv_kernel: int) -> tuple[int, int]:
+    """Validate the layout's arguments; return the row window (default: the grid side) and kernel."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown attention layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if text_len < 1 or grid < 1:
+        raise ValueError(f"text_len and grid must be positive, got text_len={text_len}, grid={grid}")
+    window = grid if row_window is None else row_window
+    if window < 0:
+        raise ValueError(f"row_window must be non-negative, got {row_window}")
+    if conv_kernel < 1 or conv_kernel % 2 == 0:
+        raise ValueError(f"conv_kernel must be a positive odd number, got {conv_kernel}")
+    return window, conv_kernel
+
+
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int, grid: int) -> None:
+    if q.dim() != 4 or q.shape != k.shape or k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"expected (B, H, S, D) queries, keys and values of one shape, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[2] != text_len + grid * grid:
+        raise ValueError(f"sequence length {q.shape[2]} != text_len + grid**2 = "
+                         f"{text_len} + {grid}**2 = {text_len + grid * grid}")

@@ -1,0 +1,148 @@
+"""Stage 2: the prior, a decoder-only sparse transformer over text then image tokens (paper §2.2, B).
+
+One stream per caption–image pair:
+
+    position   0 .. L-1             L      L+1 .. L+N-1
+    token      text ids + pads      SOI    image codes 0 .. N-2
+
+`L` is the text length (each empty position holds its own pad id, §2.2), SOI the start-of-image id
+of the tokenizer, N = grid^2. Position L + p is image cell p of the attention layouts: it predicts
+code p and gets the row and column embeddings of cell p. Text gets learned positional embeddings.
+Text and image logits come from separate heads over their own vocabularies, and the loss is the
+cross-entropy of each normalised by its own token count, weighted 1/8 and 7/8 (paper §2.2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle.attention import layer_layouts, reference_attention, sparse_attention
+from dalle.config import PriorConfig
+from dalle.pretrained import PretrainedModel
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the stream with one of the paper's layouts."""
+
+    def __init__(self, config: PriorConfig, layout: str) -> None:
+        super().__init__()
+        self.config, self.layout = config, layout
+        inner = config.heads * config.head_dim
+        self.qkv = nn.Linear(config.dim, 3 * inner)
+        self.out = nn.Linear(inner, config.dim)
+        self.dense_reference = False  # tests switch this on to compare with the dense-mask path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        q, k, v = self.qkv(x).unflatten(-1, (3, c.heads, c.head_dim)).permute(2, 0, 3, 1, 4)
+        attend = reference_attention if self.dense_reference else sparse_attention
+        y = attend(q, k, v, self.layout, c.text_length, c.grid_size,
+                   row_window=c.row_window, conv_kernel=c.conv_kernel)
+        return self.out(y.transpose(1, 2).flatten(2))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: PriorConfig, layout: str) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.dim)
+        self.attn = Attention(config, layout)
+        self.mlp_norm = nn.LayerNorm(config.dim)
+        self.mlp = nn.Sequential(nn.Linear(config.dim, config.mlp_ratio * config.dim), nn.GELU(),
+                                 nn.Linear(config.mlp_ratio * config.dim, config.dim))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x)))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+@dataclass
+class PriorOutput:
+    loss: torch.Tensor  # text_weight * text_loss + image_weight * image_loss
+    text_loss: torch.Tensor  # nats per text token
+    image_loss: torch.Tensor  # nats per image token
+    text_logits: torch.Tensor  # (B, L - 1, text vocab): position i predicts text token i + 1
+    image_logits: torch.Tensor  # (B, N, K): image cell p predicts code p
+
+
+class Prior(PretrainedModel):
+    """The DALL-E transformer: `forward(text, codes)` for training, logits for sampling."""
+
+    config_class = PriorConfig
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.text_embedding = nn.Embedding(config.text_vocab_size, config.dim)
+        self.text_position = nn.Embedding(config.text_length, config.dim)
+        self.image_embedding = nn.Embedding(config.image_vocab_size, config.dim)
+        self.image_row = nn.Embedding(config.grid_size, config.dim)
+        self.image_column = nn.Embedding(config.grid_size, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(config, layout) for layout in layer_layouts(config.depth, config.layout))
+        self.norm = nn.LayerNorm(config.dim)
+        self.text_head = nn.Linear(config.dim, config.text_vocab_size, bias=False)
+        self.image_head = nn.Linear(config.dim, config.image_vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for block in self.blocks:  # GPT-2: scale residual projections by 1 / sqrt(2 * depth)
+            for linear in (block.attn.out, block.mlp[2]):
+                nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * config.depth))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _check(self, text: torch.Tensor, codes: torch.Tensor) -> None:
+        c = self.config
+        if text.ndim != 2 or text.shape[1] != c.text_length + 1:
+            raise ValueError(f"text must be (batch, {c.text_length + 1}) ids (text length + "
+                             f"start-of-image), got {tuple(text.shape)}")
+        if codes.shape[1] > c.grid_size**2:
+            raise ValueError(f"at most {c.grid_size**2} image codes, got {codes.shape[1]}")
+        if text.numel() and (text.min() < 0 or text.max() >= c.text_vocab_size):
+            raise ValueError(f"text ids must lie in [0, {c.text_vocab_size})")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= c.image_vocab_size):
+            raise ValueError(f"image codes must lie in [0, {c.image_vocab_size})")
+
+    def embed(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The stream's input: (B, L + 1 + n) where n = codes.shape[1] image codes precede."""
+        c, L = self.config, self.config.text_length
+        n_image = 1 + codes.shape[1]  # SOI plus the given codes
+        cells = torch.arange(n_image, device=text.device)
+        text_part = self.text_embedding(text[:, :L]) + self.text_position.weight
+        image_part = torch.cat([self.text_embedding(text[:, L:]), self.image_embedding(codes)], 1)
+        image_part = image_part + self.image_row(cells // c.grid_size) + self.image_column(cells % c.grid_size)
+        return self.dropout(torch.cat([text_part, image_part], 1))
+
+    def hidden_states(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        x = self.embed(text, codes)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, text: torch.Tensor, codes: torch.Tensor) -> PriorOutput:
+        """Teacher-forced loss on text (B, L + 1) ids and image codes (B, grid, grid) or (B, N)."""
+        c, L = self.config, self.config.text_length
+        codes = codes.flatten(1)
+        if codes.shape[1] != c.grid_size**2:
+            raise ValueError(f"expected {c.grid_size}x{c.grid_size} image codes, got {codes.shape[1]}")
+        self._check(text, codes)
+        h = self.hidden_states(text, codes[:, :-1])
+        text_logits = self.text_head(h[:, : L - 1]).float()
+        image_logits = self.image_head(h[:, L:]).float()
+        text_loss = (F.cross_entropy(text_logits.flatten(0, 1), text[:, 1:L].flatten())
+                     if L > 1 else text_logits.new_zeros(()))
+        image_loss = F.cross_entropy(image_logits.flatten(0, 1), codes.flatten())
+        loss = c.text_loss_weight * text_loss + c.image_loss_weight * image_loss
+        return PriorOutput(loss, text_loss, image_loss, text_logits, image_logits)

@@ -1,0 +1,115 @@
+"""Training Stage 2, the prior, from pre-tokenised codes with the shared loop (paper §2.2, B.2)."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dalle.config import PriorConfig, TrainConfig
+from dalle.data.codes import CodesDataset
+from dalle.prior import Prior
+from dalle.text import TextTokenizer
+from dalle.train.loop import Trainer
+from dalle.train.vae import unwrap
+
+
+def caption_rng(seed: int, step: int, index: int) -> random.Random:
+    """The generator for one sample's BPE dropout and caption drop: a function of its key only,
+    so that resumed and data-parallel runs see the same text as an uninterrupted one."""
+    return random.Random(f"{seed}:{step}:{index}")
+
+
+class PriorLoss:
+    """The loop's loss function for the prior: captions + codes -> (loss, metrics).
+
+    Captions are encoded here with BPE dropout (training only) and, with probability
+    `caption_drop`, replaced by the empty caption (all pads), which classifier-free guidance
+    uses as its unconditional stream at sampling time.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, seed: int, caption_drop: float = 0.0) -> None:
+        if not 0 <= caption_drop < 1:
+            raise ValueError(f"caption_drop must be in [0, 1), got {caption_drop}")
+        self.tokenizer, self.seed, self.caption_drop = tokenizer, seed, caption_drop
+
+    def encode(self, captions: list[str], indices: torch.Tensor, step: int) -> torch.Tensor:
+        rngs = [caption_rng(self.seed, step, i) for i in indices.tolist()]
+        captions = ["" if rng.random() < self.caption_drop else c for c, rng in zip(captions, rngs)]
+        return self.tokenizer.encode_batch(captions, rngs)
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict]:
+        codes = batch["codes"]
+        text = self.encode(batch["caption"], batch["index"], step).to(codes.device)
+        out = model(text, codes)
+        return out.loss, {"text_loss": out.text_loss.detach(), "image_loss": out.image_loss.detach()}
+
+
+@torch.no_grad()
+def validation_loss(model: Prior, tokenizer: TextTokenizer, dataset: CodesDataset,
+                    batch_size: int = 64, autocast: torch.autocast | None = None) -> dict[str, float]:
+    """Mean text and image cross-entropy over a codes set (no dropout, no caption drop)."""
+    model.eval()
+    device = next(model.parameters()).device
+    totals = {"text": 0.0, "image": 0.0}
+    n = 0
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        text = tokenizer.encode_batch([item["caption"] for item in items]).to(device)
+        codes = torch.stack([item["codes"] for item in items]).to(device)
+        with autocast or torch.autocast(device.type, enabled=False):
+            out = model(text, codes)
+        totals["text"] += out.text_loss.item() * len(items)
+        totals["image"] += out.image_loss.item() * len(items)
+        n += len(items)
+    image = totals["image"] / n
+    return {"val_text_loss": totals["text"] / n, "val_image_loss": image,
+            "val_image_bits": image / math.log(2)}
+
+
+def check_compatible(config: PriorConfig, tokenizer: TextTokenizer, codes: CodesDataset) -> None:
+    """Name any mismatch between the prior's config and its tokenizer or codes up front."""
+    t = tokenizer.config
+    problems = []
+    if t.num_ids != config.text_vocab_size:
+        problems.append(f"the tokenizer has {t.num_ids} ids but the prior expects "
+                        f"text_vocab_size {config.text_vocab_size}")
+    if t.text_length != config.text_length:
+        problems.append(f"the tokenizer's text length is {t.text_length}, the prior's "
+                        f"{config.text_length}")
+    if codes.index["vocab_size"] != config.image_vocab_size:
+        problems.append(f"the codes come from a {codes.index['vocab_size']}-code dVAE but the "
+                        f"prior expects image_vocab_size {config.image_vocab_size}")
+    if codes.index["grid"] != config.grid_size:
+        problems.append(f"the codes are {codes.index['grid']}x{codes.index['grid']} but the "
+                        f"prior expects a {config.grid_size}x{config.grid_size} grid")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def train_prior(codes_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
+                model_config: PriorConfig, train_config: TrainConfig, *,
+                val_codes_dir: str | Path | None = None, caption_drop: float = 0.0,
+                resume: bool = False, show_progress: bool = True) -> Prior:
+    """Train the prior on a codes directory; the result lands in out_dir/model."""
+    tokenizer = TextTokenizer.from_pretrained(tokenizer_dir)
+    dataset = CodesDataset(codes_dir)
+    check_compatible(model_config, tokenizer, dataset)
+    torch.manual_seed(train_config.seed)
+    model = Prior(model_config)
+    loss = PriorLoss(tokenizer, train_config.seed, caption_drop)
+    validate = None
+    if val_codes_dir is not None:
+        val = CodesDataset(val_codes_dir)
+        check_compatible(model_config, tokenizer, val)
+        validate = lambda m, autocast: validation_loss(unwrap(m), tokenizer, val, autocast=autocast)  # noqa: E731
+    trainer = Trainer(model, dataset, train_config, out_dir, loss, validate_fn=validate,
+                      resume=resume, show_progress=show_progress)
+    try:
+        return trainer.fit()  # type: ignore[return-value]
+    finally:
+        trainer.close()

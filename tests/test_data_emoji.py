@@ -1,0 +1,269 @@
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dalle.data import emoji
+from dalle.data.emoji import caption, code_point_key, held_out_style, write_emoji
+from dalle.data.folder import ImageCaptionFolder
+
+SKIN = "1F3FB"
+
+
+def _pick_codes() -> dict[str, list[str]]:
+    """Code points by their fate under the hold-out rule: plain, held out in google / twitter."""
+    found: dict[str, list[str]] = {"plain": [], "google": [], "twitter": []}
+    for cp in range(0x1F300, 0x1F700):
+        found[held_out_style(f"{cp:X}") or "plain"].append(f"{cp:X}")
+    return found
+
+
+CODES = _pick_codes()
+P1, P2, P3 = CODES["plain"][:3]
+HG, HT = CODES["google"][0], CODES["twitter"][0]
+# (datasource code point, emojibase hexcode, label, tags, skin-tone label or None)
+EMOJI = [
+    (P1, P1, "Grinning Face", ["face", "grin", "grinning"], "grinning face: light skin tone"),
+    (f"{P2}-FE0F", P2, "Flag: Côte d’Ivoire", [], None),
+    (P3, P3, "red heart", ["love"], None),
+    (HG, HG, "waving hand", ["wave"], "waving hand: light skin tone"),
+    (HT, HT, "thumbs up", [], None),
+]
+
+
+def colour(code: str, style: str) -> tuple[int, int, int]:
+    return tuple(hashlib.md5(f"{code}{style}".encode()).digest()[:3])
+
+
+def write_png(path: Path, rgb: tuple[int, int, int]) -> None:
+    """64x64 RGBA: an opaque square of `rgb` on a transparent ground."""
+    pixels = np.zeros((64, 64, 4), np.uint8)
+    pixels[16:48, 16:48] = (*rgb, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGBA").save(path)
+
+
+def make_source(root: Path) -> Path:
+    """The three npm packages, unpacked as `<root>/<name>/` (a tiny node_modules)."""
+    data = []
+    for unified, hexcode, label, tags, skin in EMOJI:
+        entry = {"label": label, "hexcode": hexcode, "tags": tags}
+        if skin:
+            entry["skins"] = [{"label": skin, "hexcode": f"{hexcode}-{SKIN}"}]
+        data.append(entry)
+    base = root / emoji.LABEL_PACKAGE
+    (base / "en").mkdir(parents=True)
+    (base / "en" / "data.json").write_text(json.dumps(data), encoding="utf-8")
+    (base / "package.json").write_text('{"version": "17.0.0"}')
+    (base / "LICENSE").write_text("MIT License (emojibase)")
+    for style, name in emoji.IMAGE_PACKAGES.items():
+        package, catalogue = root / name, []
+        for unified, *_, skin in EMOJI:
+            folder = package / "img" / style / "64"
+            entry = {"unified": unified, "image": f"{unified.lower()}.png",
+                     f"has_img_{style}": True}
+            write_png(folder / entry["image"], colour(unified, style))
+            if skin:
+                code = f"{unified}-{SKIN}"
+                entry["skin_variations"] = {SKIN: {
+                    "unified": code, "image": f"{code.lower()}.png", f"has_img_{style}": True}}
+                write_png(folder / f"{code.lower()}.png", colour(code, style))
+            catalogue.append(entry)
+        (package / "emoji.json").write_text(json.dumps(catalogue))
+        (package / "package.json").write_text('{"version": "16.0.0"}')
+        (package / "LICENSE").write_text(f"MIT License ({name})")
+    return root
+
+
+def pack(source: Path, dest: Path) -> Path:
+    """Turn an unpacked source into the `npm pack` layout: `<name>-<version>.tgz` files."""
+    dest.mkdir()
+    for name, version in emoji.VERSIONS.items():
+        with tarfile.open(dest / f"{name}-{version}.tgz", "w:gz") as tar:
+            tar.add(source / name, arcname="package")
+    return dest
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def names(root: Path, split: str) -> set[str]:
+    return {p.stem for p in (root / split).glob("*.png")}
+
+
+@pytest.fixture
+def source(tmp_path):
+    return make_source(tmp_path / "src")
+
+
+def test_join_captions_and_images(source, tmp_path):
+    report = write_emoji(tmp_path / "out", ["google", "twitter"], source=source)
+    out = tmp_path / "out"
+    read = lambda split, name: (out / split / f"{name}.txt").read_text(encoding="utf-8")
+    assert read("train", f"{P1.lower()}-google") == "grinning face, google style"
+    assert read("train", f"{P1.lower()}-{SKIN.lower()}-twitter") == (
+        "grinning face: light skin tone, twitter style")
+    # joined across U+FE0F; lower case; curly quote made ASCII, accents kept
+    assert read("train", f"{P2.lower()}-fe0f-twitter") == "flag: côte d'ivoire, twitter style"
+    # composited onto the white background, opaque pixels kept, size kept
+    pixels = np.asarray(Image.open(out / "train" / f"{P3.lower()}-twitter.png"))
+    assert pixels.shape == (64, 64, 3)
+    assert tuple(pixels[0, 0]) == emoji.BACKGROUND
+    assert tuple(pixels[32, 32]) == colour(P3, "twitter")
+    assert report.written == {"train": {"google": 5, "twitter": 6},
+                              "test-zero-shot": {"google": 2, "twitter": 1}}
+    assert report.skin_tones == 4 and report.held_out_emoji == 2 and not report.skipped
+    assert "14 emoji image-caption pairs" in str(report) and "\n" not in str(report)
+    assert len(ImageCaptionFolder(out / "train", 64)) == 11
+
+
+def test_held_out_rule(source, tmp_path):
+    for code in ["1F44B", "1F600", "2764", HG, HT, P1]:
+        v = int.from_bytes(hashlib.sha256(code.encode()).digest()[:8], "big")
+        expected = emoji.STYLES[v // 1000 % 2] if v % 1000 < 100 else None
+        assert held_out_style(code) == expected == held_out_style(f"{code.lower()}-fe0f")
+    fates = [held_out_style(f"{cp:X}") for cp in range(0x1F300, 0x1FB00)]
+    assert 0.08 < sum(f is not None for f in fates) / len(fates) < 0.12
+    assert abs(fates.count("google") - fates.count("twitter")) < 0.3 * fates.count("google")
+
+    write_emoji(tmp_path / "out", ["google", "twitter"], source=source)
+    train, zero_shot = names(tmp_path / "out", "train"), names(tmp_path / "out", "test-zero-shot")
+    hg, hgs, ht = HG.lower(), f"{HG}-{SKIN}".lower(), HT.lower()
+    assert zero_shot == {f"{hg}-google", f"{hgs}-google", f"{ht}-twitter"}
+    assert not zero_shot & train
+    assert {f"{hg}-twitter", f"{hgs}-twitter", f"{ht}-google"} <= train
+
+
+def test_single_style_has_no_hold_out(source, tmp_path):
+    report = write_emoji(tmp_path / "out", "twitter", source=source)
+    assert report.written == {"train": {"twitter": 7}, "test-zero-shot": {"twitter": 0}}
+    assert all(n.endswith("-twitter") for n in names(tmp_path / "out", "train"))
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["held_out_per_mille"] == 0
+
+
+def test_licences_attribution_and_manifest(source, tmp_path):
+    write_emoji(tmp_path / "out", ["google", "twitter"], source=source)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "licenses").iterdir()) == [
+        "Apache-2.0.txt", "emoji-datasource-google-LICENSE", "emoji-datasource-twitter-LICENSE",
+        "emojibase-data-LICENSE"]
+    assert "Apache License" in (out / "licenses" / "Apache-2.0.txt").read_text()
+    attribution = (out / "ATTRIBUTION.md").read_text()
+    assert "Twemoji graphics by Twitter, Inc and other contributors, licensed under CC-BY 4.0" in (
+        attribution)
+    assert "Apache License 2.0" in attribution and "MIT" in attribution
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["test-zero-shot"] == {"google": 2, "twitter": 1}
+    assert manifest["held_out_pairs"] == 3 and manifest["background"] == [255, 255, 255]
+    assert manifest["packages"] == emoji.VERSIONS
+
+
+def test_bad_entries_are_skipped_and_counted(source, tmp_path):
+    google = source / emoji.IMAGE_PACKAGES["google"]
+    twitter = source / emoji.IMAGE_PACKAGES["twitter"]
+    (google / "img/google/64" / f"{P3.lower()}.png").unlink()  # missing
+    (twitter / "img/twitter/64" / f"{P2.lower()}-fe0f.png").write_bytes(b"\x89PNG broken")
+    (google / "img/google/64" / f"{HT.lower()}.png").unlink()  # held-out twin loses its pair
+    # the held-out google image of HG is the same picture as a google image in train
+    (google / "img/google/64" / f"{HG.lower()}.png").write_bytes(
+        (google / "img/google/64" / f"{P1.lower()}.png").read_bytes())
+    catalogue = json.loads((google / "emoji.json").read_text())
+    catalogue += [{"image": "nounified.png"}, {"unified": "1F9FF", "image": "1f9ff.png",
+                                               "has_img_google": True}]
+    write_png(google / "img/google/64/1f9ff.png", (1, 2, 3))  # no emojibase label
+    (google / "emoji.json").write_text(json.dumps(catalogue))
+    catalogue = json.loads((twitter / "emoji.json").read_text())
+    catalogue[2]["has_img_twitter"] = False
+    (twitter / "emoji.json").write_text(json.dumps(catalogue))
+
+    report = write_emoji(tmp_path / "out", ["google", "twitter"], source=source)
+    assert dict(report.skipped) == {
+        "missing image": 2, "unreadable image": 1, "no label": 1,
+        "malformed emoji.json entry": 1, "not drawn in this style": 1,
+        "held out, other style not in train": 1, "held out, same picture in train": 1,
+    }
+    assert report.written == {"train": {"google": 3, "twitter": 4},
+                              "test-zero-shot": {"google": 1, "twitter": 0}}
+    assert "skipped 8" in str(report)
+
+
+def test_deterministic_and_tarballs_match_folders(source, tmp_path):
+    write_emoji(tmp_path / "a", ["google", "twitter"], source=source)
+    write_emoji(tmp_path / "b", ["twitter", "google"], source=source)
+    write_emoji(tmp_path / "c", "google,twitter", source=pack(source, tmp_path / "tgz"))
+    for name in emoji.VERSIONS:  # the layout `tar xzf` leaves: <name>/package/
+        shutil.copytree(source / name, tmp_path / "untarred" / name / "package")
+    write_emoji(tmp_path / "d", ["google", "twitter"], source=tmp_path / "untarred")
+    first = tree(tmp_path / "a")
+    assert first == tree(tmp_path / "b") == tree(tmp_path / "c") == tree(tmp_path / "d")
+    assert len(first) == 2 * 14 + 4 + 2  # pairs, licences, ATTRIBUTION.md + manifest.json
+
+
+def test_resize(source, tmp_path):
+    write_emoji(tmp_path / "out", ["google"], source=source, image_size=32, tags=2)
+    out = tmp_path / "out" / "train"
+    assert Image.open(out / f"{P1.lower()}-google.png").size == (32, 32)
+    # tags that are words of the label ("face", "grinning") are dropped
+    assert (out / f"{P1.lower()}-google.txt").read_text() == "grinning face, google style, grin"
+
+
+def test_caption_tags():
+    assert caption("Grinning Face", "twitter", ["face", "grin", "grin", "smile"], 2) == (
+        "grinning face, twitter style, grin, smile")
+    assert caption("man’s shoe", "google", ["shoe"], 0) == "man's shoe, google style"
+    assert code_point_key("263a-fe0f") == "263A"
+
+
+def test_unsafe_tarball_members_are_not_written(tmp_path):
+    tarball = tmp_path / "evil.tgz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name in ["package/../escape.png", "/abs/img/google/64/a.png",
+                     "package/img/google/64/ok.png"]:
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+        link = tarfile.TarInfo("package/img/google/64/link.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    emoji._extract(tarball, tmp_path / "target")
+    assert [str(p.relative_to(tmp_path)) for p in sorted(tmp_path.rglob("*")) if p.is_file()] == [
+        "evil.tgz", "target/img/google/64/ok.png"]
+
+
+def test_clear_errors(source, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="Apple"):
+        write_emoji(tmp_path / "o1", ["apple"], source=source)
+    with pytest.raises(ValueError, match="unknown or no emoji style"):
+        write_emoji(tmp_path / "o1", ["noto"], source=source)
+    (source / emoji.LABEL_PACKAGE / "package.json").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks the npm package emojibase-data"):
+        write_emoji(tmp_path / "o1", ["google"], source=source)
+    assert not (tmp_path / "o1").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_emoji(tmp_path / "full", ["google"], source=source)
+
+    monkeypatch.setattr(emoji.shutil, "which", lambda _: None)
+    with pytest.raises(RuntimeError, match="npm is not installed"):
+        emoji.fetch_packages(tmp_path / "cache", ["google"])
+    monkeypatch.undo()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "npm").write_text(
+        "#!/bin/sh\necho 'npm error code E404' >&2\necho 'npm error 404 Not Found - GET x' >&2\n"
+        "echo 'npm error A complete log of this run can be found in: /log' >&2\nexit 1\n")
+    (bin_dir / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match="npm pack emoji-datasource-google@16.0.0 failed: "
+                                           "404 Not Found - GET x$"):
+        write_emoji(tmp_path / "o2", ["google"], cache_dir=tmp_path / "cache")

@@ -1,0 +1,118 @@
+import math
+
+import pytest
+import torch
+
+from dalle.config import PriorConfig
+from dalle.prior import Prior
+
+LAYOUTS = ["sparse", "dense", "row", "column", "conv"]
+
+
+def tiny(layout: str = "sparse", **kwargs) -> Prior:
+    torch.manual_seed(0)
+    return Prior(PriorConfig(**{**PriorConfig.tiny().to_dict(), "layout": layout, **kwargs}))
+
+
+def batch(config: PriorConfig, b: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, config.text_vocab_size, (b, config.text_length + 1), generator=g)
+    codes = torch.randint(0, config.image_vocab_size, (b, config.grid_size, config.grid_size), generator=g)
+    return text, codes
+
+
+def test_paper_preset_counts_about_12b_on_meta():
+    with torch.device("meta"):
+        model = Prior(PriorConfig.paper())
+    assert 11.5e9 < model.num_parameters() < 12.5e9
+    assert [b.attn.layout for b in model.blocks][:7] == ["row", "column", "row", "row", "row", "column", "row"]
+    assert model.blocks[-1].attn.layout == "conv"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_image_logits_depend_only_on_earlier_codes(layout):
+    model = tiny(layout).eval()
+    config = model.config
+    text, codes = batch(config, b=1)
+    base = model(text, codes)
+    n = config.grid_size**2
+    for q in (0, 5, n - 2):
+        changed = codes.clone().flatten(1)
+        changed[0, q] = (changed[0, q] + 1) % config.image_vocab_size
+        out = model(text, changed.view_as(codes))
+        same = (out.image_logits - base.image_logits).abs().amax(-1)[0] < 1e-6
+        assert same[: q + 1].all(), "a cell saw its own or a later code"
+        assert torch.equal(out.text_logits, base.text_logits), "text saw the image"
+
+
+def test_text_is_causal():
+    model = tiny().eval()
+    text, codes = batch(model.config, b=1)
+    base = model(text, codes)
+    changed = text.clone()
+    changed[0, 3] = (changed[0, 3] + 1) % model.config.text_vocab_size
+    out = model(changed, codes)
+    diff = (out.text_logits - base.text_logits).abs().amax(-1)[0]
+    assert (diff[:3] < 1e-6).all() and diff[3:].max() > 0
+    assert (out.image_logits - base.image_logits).abs().max() > 0  # every image token sees all text
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sparse_model_equals_dense_mask_reference(layout):
+    model = tiny(layout)
+    text, codes = batch(model.config)
+    out = model(text, codes)
+    out.loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for block in model.blocks:
+        block.attn.dense_reference = True
+    ref = model(text, codes)
+    ref.loss.backward()
+    assert torch.allclose(out.image_logits, ref.image_logits, atol=1e-5)
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)
+
+
+def test_loss_is_weighted_and_normalised_per_stream():
+    model = tiny(text_loss_weight=0.25, image_loss_weight=0.75)
+    text, codes = batch(model.config)
+    out = model(text, codes)
+    assert torch.allclose(out.loss, 0.25 * out.text_loss + 0.75 * out.image_loss)
+    expected = torch.nn.functional.cross_entropy(
+        out.image_logits.flatten(0, 1), codes.flatten())
+    assert torch.allclose(out.image_loss, expected)
+    # An untrained model is near chance on both streams.
+    assert abs(out.image_loss.item() - math.log(model.config.image_vocab_size)) < 0.5
+
+
+def test_bad_inputs_get_clear_errors():
+    model = tiny()
+    text, codes = batch(model.config)
+    with pytest.raises(ValueError, match="text must be"):
+        model(text[:, :-1], codes)
+    with pytest.raises(ValueError, match="image codes must lie"):
+        model(text, codes + 100)
+    with pytest.raises(ValueError, match="text ids must lie"):
+        model(text + 1000, codes)
+    with pytest.raises(ValueError, match="expected 4x4 image codes"):
+        model(text, codes[:, :2])
+    with pytest.raises(ValueError, match="layout"):
+        PriorConfig(layout="diagonal")
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny().eval()
+    model.save_pretrained(tmp_path / "prior")
+    loaded = Prior.from_pretrained(tmp_path / "prior").eval()
+    text, codes = batch(model.config)
+    assert torch.equal(model(text, codes).image_logits, loaded(text, codes).image_logits)
+
+
+def test_bf16_autocast_runs():
+    model = tiny()
+    text, codes = batch(model.config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(text, codes)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)

@@ -1,0 +1,121 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dalle.data.codes import CodesDataset
+from dalle.text import TextTokenizer
+from dalle.train.prior import PriorLoss, check_compatible, train_prior
+from helpers import tiny_prior_config, tiny_prior_data, tiny_train_config
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prior-data")
+    tiny_prior_data(root)
+    return root
+
+
+def run(data: Path, out: Path, steps: int = 6, resume: bool = False, **kwargs):
+    config = tiny_train_config(steps=steps, **kwargs)
+    return train_prior(data / "codes", data / "tokenizer", out, tiny_prior_config(data), config,
+                       caption_drop=0.3, resume=resume, show_progress=False)
+
+
+def state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_training_lowers_the_loss_and_logs_validation(data, tmp_path):
+    config = tiny_train_config(steps=40, lr=1e-2, warmup_steps=4, log_every=10, eval_every=20,
+                               checkpoint_every=40)
+    train_prior(data / "codes", data / "tokenizer", tmp_path, tiny_prior_config(data), config,
+                val_codes_dir=data / "codes", show_progress=False)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    image = [float(r["image_loss"]) for r in rows if r["image_loss"]]
+    assert image[-1] < image[0]
+    val = [r for r in rows if r.get("val_image_loss")]
+    assert [int(r["step"]) for r in val] == [20, 40]
+    assert float(val[-1]["val_image_bits"]) == pytest.approx(float(val[-1]["val_image_loss"]) / 0.6931, rel=1e-3)
+    assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_resume_is_bit_identical(data, tmp_path):
+    whole = state(run(data, tmp_path / "whole", steps=8, checkpoint_every=4))
+    config = tiny_train_config(steps=8, checkpoint_every=4)
+    from dalle.prior import Prior
+    from dalle.train.loop import Trainer
+
+    torch.manual_seed(config.seed)
+    tokenizer = TextTokenizer.from_pretrained(data / "tokenizer")
+    trainer = Trainer(Prior(tiny_prior_config(data)), CodesDataset(data / "codes"), config,
+                      tmp_path / "cut", PriorLoss(tokenizer, config.seed, 0.3), show_progress=False)
+    trainer.fit(until=4)
+    trainer.close()
+    resumed = state(run(data, tmp_path / "cut", steps=8, checkpoint_every=4, resume=True))
+    for k in whole:
+        assert torch.equal(whole[k], resumed[k]), k
+
+
+def test_activation_checkpointing_changes_nothing(data, tmp_path):
+    plain = state(run(data, tmp_path / "plain", steps=3))
+    checkpointed = state(run(data, tmp_path / "ac", steps=3, activation_checkpointing=True))
+    assert plain.keys() == checkpointed.keys()
+    for k in plain:
+        torch.testing.assert_close(checkpointed[k], plain[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_caption_drop_and_dropout_are_keyed_to_the_sample(data):
+    tokenizer = TextTokenizer.from_pretrained(data / "tokenizer")
+    loss = PriorLoss(tokenizer, seed=0, caption_drop=0.5)
+    captions = ["a red circle on the left"] * 64
+    a = loss.encode(captions, torch.arange(64), step=3)
+    b = loss.encode(captions[:32], torch.arange(32), step=3)
+    assert torch.equal(a[:32], b)  # how a batch is split does not change a sample's text
+    dropped = (a[:, 0] == tokenizer.config.pad_id).float().mean()
+    assert 0.3 < dropped < 0.7
+    assert not torch.equal(a, loss.encode(captions, torch.arange(64), step=4))
+
+
+def test_mismatched_tokenizer_or_codes_are_named(data):
+    tokenizer = TextTokenizer.from_pretrained(data / "tokenizer")
+    codes = CodesDataset(data / "codes")
+    check_compatible(tiny_prior_config(data), tokenizer, codes)
+    with pytest.raises(ValueError, match="tokenizer has .* ids but the prior expects"):
+        check_compatible(tiny_prior_config(data, text_vocab_size=999), tokenizer, codes)
+    with pytest.raises(ValueError, match="codes are 4x4 but the prior expects a 8x8 grid"):
+        check_compatible(tiny_prior_config(data, grid_size=8), tokenizer, codes)
+    with pytest.raises(ValueError, match="32-code dVAE"):
+        check_compatible(tiny_prior_config(data, image_vocab_size=64), tokenizer, codes)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one(data, tmp_path, mode):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    script = str(HERE / "prior_train.py")
+    single = subprocess.run([sys.executable, script, str(data), str(tmp_path / "one")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    flags = ["--fsdp"] if mode == "fsdp" else []
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", script, str(data), str(tmp_path / "two"), *flags],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    other = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    assert one.keys() == other.keys()
+    for k in one:
+        torch.testing.assert_close(other[k], one[k], atol=2e-5, rtol=1e-4, msg=k)
+    # The checkpoint holds full (unsharded) tensors whatever the parallelism.
+    saved = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == 4 and saved["model"].keys() == one.keys()
+    assert all(saved["model"][k].shape == one[k].shape for k in one)
