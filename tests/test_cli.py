@@ -97,3 +97,53 @@ def test_refused_pickle(tmp_path):
     evil.write_bytes(pickle.dumps(Evil()))
     one_line_error(dalle("import-openai-dvae", evil, evil, "--out", tmp_path / "out"), "refused")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_tokenizer_codes_inspect_and_prior(shapes, tmp_path):
+    torch_vae = DiscreteVAE(DVAEConfig.tiny())
+    torch_vae.save_pretrained(tmp_path / "vae")
+    r = dalle("train-tokenizer", "--data", shapes / "train", "--out", tmp_path / "tok",
+              "--vocab-size", 400, "--text-length", 16)
+    assert r.returncode == 0 and "text length 16" in r.stdout, r.stderr
+    r = dalle("data", "pack", "--data", shapes / "train", "--out", tmp_path / "shards", "--max-samples", 16)
+    assert r.returncode == 0 and "40 image-caption pairs in 3 shards" in r.stdout, r.stderr
+    for source in (shapes / "train", tmp_path / "shards"):
+        r = dalle("encode-dataset", "--vae", tmp_path / "vae", "--data", source,
+                  "--out", tmp_path / "codes" / source.name, "--batch-size", 16, "--device", "cpu")
+        assert r.returncode == 0 and "40 images -> 4x4 codes" in r.stdout, r.stderr
+    r = dalle("data", "inspect", tmp_path / "shards", "--tokenizer", tmp_path / "tok",
+              "--grid", tmp_path / "grid.png", "--image-size", 16)
+    assert r.returncode == 0, r.stderr
+    assert "pairs kept        40" in r.stdout and "caption tokens" in r.stdout
+    assert (tmp_path / "grid.png").exists()
+    r = dalle("train-prior", "--data", tmp_path / "codes" / "train", "--tokenizer", tmp_path / "tok",
+              "--vae", tmp_path / "vae", "--out", tmp_path / "prior", "--dim", 32, "--depth", 2,
+              "--heads", 2, "--head-dim", 16, "--conv-kernel", 3, "--steps", 4, "--batch-size", 8,
+              "--device", "cpu", "--log-every", 2, "--val-data", tmp_path / "codes" / "shards")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "prior" / "model" / "model.safetensors").exists()
+    assert "val_image_loss" in (tmp_path / "prior" / "metrics.csv").read_text()
+
+
+def test_prior_with_a_mismatched_dvae_is_named(shapes, tmp_path):
+    DiscreteVAE(DVAEConfig.tiny()).save_pretrained(tmp_path / "vae")
+    other = DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "vocab_size": 64})
+    DiscreteVAE(other).save_pretrained(tmp_path / "vae64")
+    assert dalle("train-tokenizer", "--data", shapes / "train", "--out", tmp_path / "tok",
+                 "--text-length", 16).returncode == 0
+    assert dalle("encode-dataset", "--vae", tmp_path / "vae", "--data", shapes / "train",
+                 "--out", tmp_path / "codes").returncode == 0
+    r = dalle("train-prior", "--data", tmp_path / "codes", "--tokenizer", tmp_path / "tok",
+              "--vae", tmp_path / "vae64", "--out", tmp_path / "prior", "--steps", 1)
+    one_line_error(r, "codes come from a 32-code dVAE but the prior expects image_vocab_size 64")
+
+
+def test_data_errors_are_one_line(tmp_path):
+    one_line_error(dalle("data", "fashion-mnist", "--out", tmp_path / "f", "--root", tmp_path),
+                   "apt-get install dataset-fashion-mnist")
+    one_line_error(dalle("data", "emoji", "--out", tmp_path / "e", "--from", tmp_path),
+                   "emoji-datasource")
+    one_line_error(dalle("train-tokenizer", "--data", tmp_path / "nothing", "--out", tmp_path / "t"),
+                   "no caption source")
+    one_line_error(dalle("encode-dataset", "--vae", tmp_path / "novae", "--data", tmp_path,
+                         "--out", tmp_path / "c"), "no model directory")

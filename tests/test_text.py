@@ -123,3 +123,11 @@ def test_config_validation():
         TokenizerConfig(bpe_dropout=1.0)
     assert TokenizerConfig.from_json(TokenizerConfig().to_json()) == TokenizerConfig()
     assert TokenizerConfig().num_ids == 16_384 + 256 + 1
+
+
+def test_unknown_characters_are_reported(tokenizer):
+    assert tokenizer.unknown_characters("a large red circle") == []
+    assert tokenizer.unknown_characters("a red ∑ circle ∑") == ["∑"]
+    assert "😀" not in tokenizer.unknown_characters("😀")  # the emoji was in the corpus
+    assert TextTokenizer(tokenizer.tokenizer, TokenizerConfig(
+        vocab_size=tokenizer.config.vocab_size, text_length=24)).unknown_characters("∑") == []

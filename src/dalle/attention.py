@@ -183,3 +183,62 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: i
     if q.shape[2] != text_len + grid * grid:
         raise ValueError(f"sequence length {q.shape[2]} != text_len + grid**2 = "
                          f"{text_len} + {grid}**2 = {text_len + grid * grid}")
+
+
+class LayerCache:
+    """One layer's keys and values while sampling, holding only what its layout can still see.
+
+    The buffer is [T text slots | ring of R image slots], where R is one more than the farthest
+    back any image query of the layout looks: W + 1 for ``row``, k // 2 * (G + 1) + 1 for
+    ``conv``, (G - 1) G + 1 for ``column`` and N for ``dense`` (capped at N). Image position p
+    lives in ring slot p mod R; `step` writes it and attends over the text and the ring with the
+    layout's row of the mask, so nothing before the text is ever recomputed.
+    """
+
+    def __init__(self, layout: str, text_len: int, grid: int, *, row_window: int | None = None,
+                 conv_kernel: int = 11, device: torch.device | str = "cpu") -> None:
+        self.text_len = text_len
+        self.masks = _ring_masks(layout, text_len, grid, row_window, conv_kernel, torch.device(device))
+        self.ring = self.masks.shape[-1] - text_len
+        self.k = self.v = torch.empty(0)
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of the text and image position 0 (the start-of-image token), (B, H, T + 1, D).
+
+        These positions attend causally to each other in every layout. The buffers take the
+        dtype of `k` (bf16 under autocast).
+        """
+        B, H, _, D = k.shape
+        T = self.text_len
+        self.k = k.new_zeros(B, H, T + self.ring, D)
+        self.v = v.new_zeros(B, H, T + self.ring, D)
+        self.k[:, :, : T + 1] = k
+        self.v[:, :, : T + 1] = v
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: int) -> torch.Tensor:
+        """Attention of image position `position` (>= 1) from its (B, H, 1, D) query, key, value."""
+        slot = self.text_len + position % self.ring
+        self.k[:, :, slot] = k[:, :, 0]
+        self.v[:, :, slot] = v[:, :, 0]
+        return F.scaled_dot_product_attention(q, self.k, self.v, attn_mask=self.masks[position])
+
+
+@lru_cache(maxsize=64)
+@torch.inference_mode(False)
+def _ring_masks(layout: str, text_len: int, grid: int, row_window: int | None, conv_kernel: int,
+                device: torch.device) -> torch.Tensor:
+    """(N, 1, 1, T + R) masks: for image position p, which text and ring slots it may see."""
+    dense = attention_mask(layout, text_len, grid, row_window=row_window, conv_kernel=conv_kernel,
+                           device=device)[text_len:, text_len:]
+    n = grid * grid
+    p = torch.arange(n, device=device)
+    lookback = int((p[:, None] - p[None, :])[dense].max())
+    ring = min(lookback + 1, n)
+    slots = torch.arange(ring, device=device)
+    # The position that ring slot j holds once position p is written: the latest p' <= p with
+    # p' = j (mod R); negative when nothing has been written there yet.
+    held = p[:, None] - (p[:, None] - slots[None, :]) % ring
+    visible = (held >= 0) & dense[p[:, None], held.clamp(min=0)]
+    text = torch.ones(n, text_len, dtype=torch.bool, device=device)
+    return torch.cat([text, visible], dim=1)[:, None, None, :]  # SDPA's fast path wants 4-D

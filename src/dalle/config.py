@@ -125,6 +125,7 @@ class TokenizerConfig(JSONConfig):
     vocab_size: int = 16_384
     text_length: int = 256
     bpe_dropout: float = 0.1  # paper: 10%, applied only when encoding for training
+    alphabet: str = ""  # every character of the (normalised) training captions; "" if unknown
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1 or self.text_length < 1:
@@ -241,3 +242,65 @@ class TrainConfig(JSONConfig):
             raise ValueError("steps and batch_size must be positive")
         if not 0 <= self.ema_decay < 1:
             raise ValueError("ema_decay must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig(JSONConfig):
+    """The contrastive text-image model that reranks samples (paper §2.6; Radford et al. 2021).
+
+    Image tower: `log2(patch_size)` stride-2 3x3 convolutions (a conv stem, which trains small
+    ViTs far better than a linear patchify; Xiao et al. 2021) give a grid of tokens for a
+    transformer. Text tower: a transformer over the tokenizer's ids. `text_vocab_size` and
+    `text_length` are the tokenizer's `num_ids` and `text_length` (as in PriorConfig), so its BPE
+    vocabulary is `text_vocab_size - text_length - 1`: every higher id is a pad or start-of-image.
+    The defaults suit 64x64 images on a CPU.
+    """
+
+    image_size: int = 64
+    patch_size: int = 8
+    image_width: int = 192
+    image_depth: int = 4
+    image_heads: int = 3
+    text_vocab_size: int = 16_384 + 256 + 1
+    text_length: int = 256
+    text_width: int = 192
+    text_depth: int = 4
+    text_heads: int = 3
+    mlp_ratio: int = 4
+    embed_dim: int = 192
+    logit_scale_init: float = math.log(1 / 0.07)  # CLIP: temperature 0.07 at the start
+    logit_scale_max: float = 100.0  # CLIP: the scale is clamped at 100
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 2 or self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"patch_size must be a power of two >= 2, got {self.patch_size}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size "
+                             f"{self.patch_size}")
+        if min(self.image_width, self.image_depth, self.image_heads, self.text_length,
+               self.text_width, self.text_depth, self.text_heads, self.mlp_ratio,
+               self.embed_dim) < 1:
+            raise ValueError("widths, depths, heads and lengths must be positive")
+        if self.image_width % self.image_heads or self.text_width % self.text_heads:
+            raise ValueError("image_width and text_width must be multiples of their heads")
+        if self.bpe_vocab_size < 1:
+            raise ValueError(f"text_vocab_size {self.text_vocab_size} leaves no BPE ids after "
+                             f"{self.text_length} pads and start-of-image")
+        if self.logit_scale_max <= 0 or self.logit_scale_init > math.log(self.logit_scale_max):
+            raise ValueError("logit_scale_max must be positive and logit_scale_init at most its log")
+
+    @property
+    def bpe_vocab_size(self) -> int:
+        """Ids below this are BPE tokens; the rest are pads and start-of-image."""
+        return self.text_vocab_size - self.text_length - 1
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @classmethod
+    def tiny(cls) -> "CLIPConfig":
+        """A model of a few thousand parameters for tests."""
+        return cls(image_size=16, patch_size=4, image_width=16, image_depth=1, image_heads=2,
+                   text_vocab_size=40, text_length=6, text_width=16, text_depth=1, text_heads=2,
+                   mlp_ratio=2, embed_dim=8)

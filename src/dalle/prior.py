@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle.attention import layer_layouts, reference_attention, sparse_attention
+from dalle.attention import LayerCache, layer_layouts, reference_attention, sparse_attention
 from dalle.config import PriorConfig
 from dalle.pretrained import PretrainedModel
 
@@ -37,13 +37,24 @@ class Attention(nn.Module):
         self.out = nn.Linear(inner, config.dim)
         self.dense_reference = False  # tests switch this on to compare with the dense-mask path
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None,
+                position: int | None = None) -> torch.Tensor:
+        """The whole stream; or with `cache`, its prefix (text + start-of-image) when `position`
+        is None, else the one image position `position`."""
         c = self.config
         q, k, v = self.qkv(x).unflatten(-1, (3, c.heads, c.head_dim)).permute(2, 0, 3, 1, 4)
-        attend = reference_attention if self.dense_reference else sparse_attention
-        y = attend(q, k, v, self.layout, c.text_length, c.grid_size,
-                   row_window=c.row_window, conv_kernel=c.conv_kernel)
+        if cache is not None:
+            y = cache.prefill(q, k, v) if position is None else cache.step(q, k, v, position)
+        else:
+            attend = reference_attention if self.dense_reference else sparse_attention
+            y = attend(q, k, v, self.layout, c.text_length, c.grid_size,
+                       row_window=c.row_window, conv_kernel=c.conv_kernel)
         return self.out(y.transpose(1, 2).flatten(2))
+
+    def new_cache(self, device: torch.device) -> LayerCache:
+        c = self.config
+        return LayerCache(self.layout, c.text_length, c.grid_size, row_window=c.row_window,
+                          conv_kernel=c.conv_kernel, device=device)
 
 
 class Block(nn.Module):
@@ -58,8 +69,9 @@ class Block(nn.Module):
                                  nn.Linear(config.mlp_ratio * config.dim, config.dim))
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x)))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None,
+                position: int | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), cache, position))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -130,6 +142,29 @@ class Prior(PretrainedModel):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def new_cache(self) -> list[LayerCache]:
+        """Empty per-layer caches for `prefill` and `step` (sampling, paper §2.6)."""
+        device = self.image_head.weight.device
+        return [block.attn.new_cache(device) for block in self.blocks]
+
+    def prefill(self, text: torch.Tensor, cache: list[LayerCache]) -> torch.Tensor:
+        """Run text + start-of-image into `cache`; the logits (B, K) of image code 0."""
+        self._check(text, text.new_zeros(len(text), 0))
+        x = self.embed(text, text.new_zeros(len(text), 0))
+        for block, layer in zip(self.blocks, cache):
+            x = block(x, layer)
+        return self.image_head(self.norm(x[:, -1])).float()
+
+    def step(self, code: torch.Tensor, position: int, cache: list[LayerCache]) -> torch.Tensor:
+        """Feed code `position - 1` (B,) at image position `position`; logits (B, K) of its code."""
+        c = self.config
+        cell = torch.tensor(position, device=code.device)
+        x = (self.image_embedding(code) + self.image_row(cell // c.grid_size)
+             + self.image_column(cell % c.grid_size))[:, None]
+        for block, layer in zip(self.blocks, cache):
+            x = block(x, layer, position)
+        return self.image_head(self.norm(x[:, -1])).float()
 
     def forward(self, text: torch.Tensor, codes: torch.Tensor) -> PriorOutput:
         """Teacher-forced loss on text (B, L + 1) ids and image codes (B, grid, grid) or (B, N)."""

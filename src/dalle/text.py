@@ -45,6 +45,10 @@ def clean_caption(caption: str | bytes) -> str:
     return " ".join(caption.split())
 
 
+def _normalizer() -> normalizers.Normalizer:
+    return normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+
+
 class TextTokenizer:
     """Lower-cased byte-level BPE with per-position pads and a start-of-image id."""
 
@@ -63,25 +67,36 @@ class TextTokenizer:
               bpe_dropout: float = 0.1) -> TextTokenizer:
         """Learn BPE merges from a caption corpus (deterministic for a given corpus)."""
         tokenizer = Tokenizer(models.BPE())
-        tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        tokenizer.normalizer = _normalizer()
+        normalizer = _normalizer()  # a second instance: the tokenizer is locked while it trains
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        seen = 0
+        seen, alphabet = 0, set()
 
         def corpus() -> Iterable[str]:
             nonlocal seen
             for caption in captions:
                 seen += 1
-                yield clean_caption(caption)
+                caption = clean_caption(caption)
+                alphabet.update(normalizer.normalize_str(caption))
+                yield caption
 
         tokenizer.train_from_iterator(corpus(), trainer)
         if not seen:
             raise ValueError("cannot train a tokenizer on an empty caption corpus")
         config = TokenizerConfig(vocab_size=tokenizer.get_vocab_size(), text_length=text_length,
-                                 bpe_dropout=bpe_dropout)
+                                 bpe_dropout=bpe_dropout, alphabet="".join(sorted(alphabet)))
         return cls(tokenizer, config)
+
+    def unknown_characters(self, caption: str | bytes) -> list[str]:
+        """Characters of a caption that never occurred in the training captions (in order)."""
+        if not self.config.alphabet:
+            return []
+        known = set(self.config.alphabet) | {" "}
+        text = self.tokenizer.normalizer.normalize_str(clean_caption(caption))
+        return [ch for ch in dict.fromkeys(text) if ch not in known]
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = ensure_writable_dir(directory)

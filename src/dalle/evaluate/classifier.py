@@ -1,0 +1,146 @@
+"""Label accuracy of generated Fashion-MNIST images (DESIGN.md, "Evaluation"): a small CNN trained
+on the real training split judges whether an image generated for "a sneaker" shows a sneaker.
+
+Images go in as generated, (N, 3 or 1, H, W) floats in [0, 1]: the classifier turns them to
+grayscale (ITU-R 601 luma, as PIL's "L" mode) and resizes them to its `image_size` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle.config import JSONConfig
+from dalle.data.fashion_mnist import CLASSES, DEFAULT_ROOT, load_fashion_mnist
+from dalle.pretrained import PretrainedModel
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig(JSONConfig):
+    """Two conv blocks (width, 2 * width channels), each halving the image, then an MLP head."""
+
+    n_classes: int = len(CLASSES)
+    image_size: int = 28
+    width: int = 32
+    hidden: int = 128
+    dropout: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, got {self.n_classes}")
+        if self.image_size < 4 or self.image_size % 4:
+            raise ValueError(f"image_size must be a positive multiple of 4, got {self.image_size}")
+        if self.width < 1 or self.hidden < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("width and hidden must be positive and dropout in [0, 1)")
+
+
+def to_grayscale(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (N, 3 or 1, H, W) in [0, 1] -> (N, 1, size, size), resized bilinearly (antialiased)."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 3, H, W) or (N, 1, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floats in [0, 1], got {images.dtype}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"images must be in [0, 1], got values in "
+                         f"[{images.min():.3g}, {images.max():.3g}]")
+    if images.shape[1] == 3:
+        images = torch.einsum("nchw,c->nhw", images, images.new_tensor(LUMA))[:, None]
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=True)
+    return images
+
+
+def _conv_block(n_in: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(n_in, n_out, 3, padding=1, bias=False), nn.BatchNorm2d(n_out),
+                         nn.ReLU(), nn.MaxPool2d(2))
+
+
+class LabelClassifier(PretrainedModel):
+    """A small CNN mapping images (N, 3 or 1, H, W) in [0, 1] to class logits (N, n_classes)."""
+
+    config_class = ClassifierConfig
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        w, side = config.width, config.image_size // 4
+        self.features = nn.Sequential(_conv_block(1, w), _conv_block(w, 2 * w))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(config.dropout),
+                                  nn.Linear(2 * w * side * side, config.hidden), nn.ReLU(),
+                                  nn.Dropout(config.dropout), nn.Linear(config.hidden, config.n_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_grayscale(images.to(self.head[-1].weight), self.config.image_size)
+        return self.head(self.features(x))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Class indices (N,) on the CPU, `batch_size` images at a time."""
+        return torch.cat([self(batch).argmax(-1).cpu() for batch in images.split(batch_size)])
+
+
+def _labels(labels: torch.Tensor, n: int, n_classes: int) -> torch.Tensor:
+    labels = torch.as_tensor(labels).long().cpu()
+    if labels.shape != (n,):
+        raise ValueError(f"labels must be ({n},) to match the images, got shape {tuple(labels.shape)}")
+    if n and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must be class indices in [0, {n_classes}), "
+                         f"got {labels.min()}..{labels.max()}")
+    return labels
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig | None = None,
+                     epochs: int = 4, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
+                     device: str | torch.device = "cpu") -> LabelClassifier:
+    """Train a LabelClassifier on images (N, 3 or 1, H, W) in [0, 1] and labels (N,); eval mode.
+
+    AdamW (weight decay 1e-4) with a cosine-decayed learning rate over `epochs` shuffled passes.
+    Initialisation, shuffling and dropout are seeded without touching the global RNG.
+    """
+    config = config or ClassifierConfig()
+    labels = _labels(labels, len(images), config.n_classes)
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 training images, got {len(images)}")
+    inputs = to_grayscale(images.cpu(), config.image_size).float()
+    steps = epochs * math.ceil(len(inputs) / batch_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LabelClassifier(config).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        for _ in range(epochs):
+            for index in torch.randperm(len(inputs)).split(batch_size):
+                loss = F.cross_entropy(model(inputs[index].to(device)), labels[index].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    return model.eval()
+
+
+def label_accuracy(classifier: LabelClassifier, images: torch.Tensor, labels: torch.Tensor,
+                   batch_size: int = 256) -> float:
+    """Fraction of images (N, 3 or 1, H, W) in [0, 1] classified as their labels (N,).
+
+    Puts the classifier in eval mode.
+    """
+    labels = _labels(labels, len(images), classifier.config.n_classes)
+    if not len(labels):
+        raise ValueError("no images to classify")
+    classifier.eval()
+    return float((classifier.predict(images, batch_size) == labels).float().mean())
+
+
+def fashion_mnist_tensors(split: str,
+                          root: str | Path = DEFAULT_ROOT) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Fashion-MNIST split as images (N, 1, 28, 28) float in [0, 1] and labels (N,)."""
+    images, labels = load_fashion_mnist(split, root)
+    return torch.from_numpy(images / 255).float()[:, None], torch.from_numpy(labels.astype("int64"))
