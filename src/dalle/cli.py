@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="DALL-E (Ramesh et al. 2021): train, evaluate and sample text-to-image models.")
 data_app = typer.Typer(no_args_is_help=True, help="Build image-caption datasets.")
 app.add_typer(data_app, name="data")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a trained pipeline.")
+app.add_typer(eval_app, name="eval")
 
 
 @data_app.command("shapes")
@@ -335,6 +337,110 @@ def train_tokenizer_command(
     learned = "" if config.vocab_size == vocab_size else f" (asked for {vocab_size}; the corpus gave fewer merges)"
     typer.echo(f"{config.vocab_size} BPE tokens{learned}, text length {config.text_length}, "
                f"{config.num_ids} ids with pads and start-of-image -> {out}")
+
+
+@app.command("assemble")
+def assemble_command(
+    tokenizer: Annotated[Path, typer.Option(help="Tokenizer directory.")],
+    vae: Annotated[Path, typer.Option(help="dVAE model directory.")],
+    prior: Annotated[Path, typer.Option(help="Prior model directory.")],
+    out: Annotated[Path, typer.Option(help="Pipeline directory to write.")],
+    clip: Annotated[Optional[Path], typer.Option(help="CLIP model directory (enables reranking).")] = None,
+) -> None:
+    """Put trained parts together as one pipeline directory (their vocabularies are checked)."""
+    from dalle.clip import CLIP
+    from dalle.dvae import DiscreteVAE
+    from dalle.pipeline import DallePipeline
+    from dalle.prior import Prior
+    from dalle.text import TextTokenizer
+
+    pipeline = DallePipeline(TextTokenizer.from_pretrained(tokenizer), DiscreteVAE.from_pretrained(vae),
+                             Prior.from_pretrained(prior), CLIP.from_pretrained(clip) if clip else None)
+    typer.echo(f"wrote {pipeline.save_pretrained(out)}")
+
+
+def _load_pipeline(path: Path, device: str, bf16: bool):
+    import torch
+
+    from dalle.pipeline import DallePipeline
+
+    pipeline = DallePipeline.from_pretrained(path, device=device)
+    if bf16:  # bf16 weights: sampling is bound by reading them, so this nearly doubles its speed
+        pipeline.prior.to(torch.bfloat16)
+    return pipeline
+
+
+@app.command("generate")
+def generate_command(
+    prompt: Annotated[str, typer.Argument(help="What to draw, e.g. 'a small green triangle above a large red circle'.")],
+    pipeline: Annotated[Path, typer.Option(help="Pipeline directory (tokenizer/, vae/, prior/, clip/).")],
+    out: Annotated[Path, typer.Option(help="Output folder for the images and grid.png.")] = Path("outputs"),
+    images: Annotated[int, typer.Option(help="Images to keep.")] = 4,
+    candidates: Annotated[Optional[int], typer.Option(help="Images to sample; CLIP keeps the best --images [default: --images].")] = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely codes.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: the smallest set with this probability.")] = None,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same images.")] = 0,
+    init_image: Annotated[Optional[Path], typer.Option(help="Complete this image from its top rows.")] = None,
+    keep_rows: Annotated[Optional[int], typer.Option(help="Code rows of --init-image to keep [default: half].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing files in --out.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights (faster on recent CPUs and GPUs).")] = False,
+) -> None:
+    """Generate images from a prompt; prints the paths it writes."""
+    from tqdm import tqdm
+
+    from dalle.data.folder import center_square, load_image, to_rgb
+    from dalle.utils import ensure_writable_dir, from_pil, image_grid, to_pil
+
+    pipe = _load_pipeline(pipeline, device, bf16)
+    start_image = None
+    if init_image is not None:
+        size = pipe.vae.config.image_size
+        start_image = from_pil([center_square(to_rgb(load_image(init_image)), size)])[0]
+    names = [out / f"{i:02d}.png" for i in range(images)] + [out / "grid.png"]
+    existing = [str(p) for p in names if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
+    ensure_writable_dir(out)
+    with tqdm(total=1, unit="token", desc="sampling", unit_scale=True) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = pipe(prompt, images=images, candidates=candidates, temperature=temperature,
+                      top_k=top_k, top_p=top_p, guidance_scale=guidance, seed=seed,
+                      init_image=start_image, keep_rows=keep_rows, progress=progress)
+    for path, picture in zip(names, to_pil(result.images)):
+        picture.save(path)
+        typer.echo(str(path))
+    image_grid(result.images, columns=min(4, images)).save(names[-1])
+    typer.echo(str(names[-1]))
+
+
+@eval_app.command("shapes")
+def eval_shapes_command(
+    pipeline: Annotated[Path, typer.Option(help="Pipeline directory.")],
+    data: Annotated[Path, typer.Option(help="The shapes data folder (with test-seen/, test-zero-shot/).")] = Path("data/shapes"),
+    out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and grids.")] = Path("results/shapes"),
+    prompts: Annotated[int, typer.Option(help="Prompts per split (the first in file order).")] = 200,
+    candidates: Annotated[int, typer.Option(help="Samples per prompt; CLIP reranks them.")] = 16,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Top-k filtering.")] = None,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights.")] = False,
+) -> None:
+    """SHAPES.md accuracies (full match and per attribute) for the first sample and the best of N."""
+    from dalle.evaluate.generation import evaluate_shapes, markdown_table
+
+    pipe = _load_pipeline(pipeline, device, bf16)
+    results = evaluate_shapes(pipe, data, out, prompts=prompts, candidates=candidates,
+                              temperature=temperature, top_k=top_k, guidance_scale=guidance, seed=seed)
+    typer.echo(markdown_table(results))
+    typer.echo(f"wrote {out / 'results.json'}")
 
 
 @app.command("import-openai-dvae")

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from dalle.clip import CLIP
+from dalle.config import CLIPConfig, DVAEConfig, PriorConfig
+from dalle.dvae import DiscreteVAE
+from dalle.evaluate.generation import evaluate_shapes
+from dalle.pipeline import DallePipeline
+from dalle.prior import Prior
+from dalle.text import TextTokenizer
+
+CAPTIONS = ["a large red circle", "a small blue square above a large red circle",
+            "a small green cross to the left of a small white triangle"]
+
+
+def tiny_pipeline(with_clip: bool = True) -> DallePipeline:
+    torch.manual_seed(0)
+    tokenizer = TextTokenizer.train(CAPTIONS * 4, vocab_size=300, text_length=12)
+    t = tokenizer.config
+    vae = DiscreteVAE(DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "image_size": 64, "downsample": 16}))
+    prior = Prior(PriorConfig(**{**PriorConfig.tiny().to_dict(), "text_vocab_size": t.num_ids,
+                                 "text_length": t.text_length, "image_vocab_size": 32}))
+    clip = CLIP(CLIPConfig(**{**CLIPConfig.tiny().to_dict(), "image_size": 64, "patch_size": 16,
+                              "text_vocab_size": t.num_ids, "text_length": t.text_length}))
+    return DallePipeline(tokenizer, vae, prior, clip if with_clip else None)
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> DallePipeline:
+    return tiny_pipeline()
+
+
+def test_text_to_images_with_reranking(pipeline):
+    out = pipeline("a large red circle", images=2, candidates=6, seed=1)
+    assert out.images.shape == (2, 3, 64, 64) and out.codes.shape == (2, 4, 4)
+    assert out.scores is not None and out.scores[0] >= out.scores[1]
+    # The kept images are the best of all six by CLIP.
+    again = pipeline("a large red circle", images=6, candidates=6, seed=1)
+    assert torch.allclose(again.scores[:2], out.scores)
+    assert torch.equal(pipeline("a large red circle", images=2, candidates=6, seed=1).codes, out.codes)
+
+
+def test_save_load_round_trip(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path / "p")
+    loaded = DallePipeline.from_pretrained(tmp_path / "p")
+    a = pipeline("a large red circle", images=2, seed=3)
+    b = loaded("a large red circle", images=2, seed=3)
+    assert torch.equal(a.codes, b.codes)
+
+
+def test_completion_keeps_the_top_rows(pipeline):
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = pipeline("a large red circle", images=3, init_image=image, keep_rows=2, seed=0)
+    top = pipeline.vae.encode(image[None])[0, :2]
+    assert all(torch.equal(codes[:2], top) for codes in out.codes)
+
+
+def test_bad_input_is_named(pipeline, tmp_path):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        pipeline("   ")
+    with pytest.raises(ValueError, match="no character this model's captions ever used"):
+        pipeline("∑∑ ∂")
+    with pytest.raises(ValueError, match="candidates \\(2\\) must be at least"):
+        pipeline("a red circle", images=4, candidates=2)
+    with pytest.raises(ValueError, match="must be 3x64x64"):
+        pipeline("a red circle", init_image=torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match="no CLIP model"):
+        tiny_pipeline(with_clip=False)("a red circle", images=1, candidates=4)
+    with pytest.raises(FileNotFoundError, match="is not a pipeline"):
+        DallePipeline.from_pretrained(tmp_path)
+
+
+def test_mismatched_parts_are_named(pipeline):
+    p = pipeline
+    wrong = Prior(PriorConfig(**{**p.prior.config.to_dict(), "image_vocab_size": 99}))
+    with pytest.raises(ValueError, match="dVAE \\(32 codes, 4x4 grid\\) does not match the prior \\(99 codes"):
+        DallePipeline(p.tokenizer, p.vae, wrong, p.clip)
+
+
+def test_shapes_evaluation_writes_results(pipeline, tmp_path):
+    for split in ("test-seen", "test-zero-shot"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for i, caption in enumerate(CAPTIONS):
+            (tmp_path / "data" / split / f"{i}.txt").write_text(caption)
+    results = evaluate_shapes(pipeline, tmp_path / "data", tmp_path / "out", prompts=2, candidates=3)
+    assert set(results["test-zero-shot"]) == {"first", "best_of_3"}
+    assert results["test-seen"]["first"]["n"] == 2
+    for name in ("results.json", "results.md", "test-seen-first-and-best.png"):
+        assert (tmp_path / "out" / name).exists()
