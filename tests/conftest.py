@@ -4,7 +4,7 @@ import pytest
 import torch
 
 # Tests run on 2 cores next to other work; keep torch from oversubscribing them.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
 
 def pytest_addoption(parser):

@@ -147,3 +147,15 @@ def test_data_errors_are_one_line(tmp_path):
                    "no caption source")
     one_line_error(dalle("encode-dataset", "--vae", tmp_path / "novae", "--data", tmp_path,
                          "--out", tmp_path / "c"), "no model directory")
+
+
+def test_train_clip_command(shapes, tmp_path):
+    assert dalle("train-tokenizer", "--data", shapes / "train", "--out", tmp_path / "tok",
+                 "--text-length", 16).returncode == 0
+    r = dalle("train-clip", "--data", shapes / "train", "--tokenizer", tmp_path / "tok",
+              "--out", tmp_path / "clip", "--val-data", shapes / "test-zero-shot", "--image-size", 16,
+              "--patch-size", 4, "--width", 16, "--image-depth", 1, "--text-depth", 1, "--heads", 2,
+              "--steps", 3, "--batch-size", 8, "--device", "cpu", "--log-every", 1, "--eval-every", 3)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "clip" / "model" / "model.safetensors").exists()
+    assert "val_image_to_text" in (tmp_path / "clip" / "metrics.csv").read_text()

@@ -339,6 +339,54 @@ def train_tokenizer_command(
                f"{config.num_ids} ids with pads and start-of-image -> {out}")
 
 
+@app.command("train-clip")
+def train_clip_command(
+    data: Annotated[Path, typer.Option(help="Image-caption folder or shards.")],
+    tokenizer: Annotated[Path, typer.Option(help="Tokenizer directory (the pipeline's).")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint, metrics, model/.")],
+    val_data: Annotated[Optional[Path], typer.Option(help="Held-out image-caption folder for retrieval accuracy.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly where it stopped.")] = False,
+    image_size: Annotated[int, typer.Option(help="Image side.")] = 64,
+    patch_size: Annotated[int, typer.Option(help="Image tokens are patch_size x patch_size (a conv stem).")] = 8,
+    width: Annotated[int, typer.Option(help="Width of both towers.")] = 128,
+    image_depth: Annotated[int, typer.Option(help="Image transformer layers.")] = 4,
+    text_depth: Annotated[int, typer.Option(help="Text transformer layers.")] = 3,
+    heads: Annotated[int, typer.Option(help="Attention heads in both towers.")] = 4,
+    max_crop: Annotated[float, typer.Option(help="Largest fraction of the side a random crop removes (no flips).")] = 0.1,
+    hard_negatives: Annotated[bool, typer.Option(help="Add a one-word-swapped caption per sample as a negative (folders only).")] = True,
+    steps: Annotated[int, typer.Option(help="Optimizer updates.")] = 900,
+    batch_size: Annotated[int, typer.Option(help="Global batch size (the contrastive batch).")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option(help="Linear LR warm-up steps.")] = 100,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.1,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay; 0 disables the EMA.")] = 0.99,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast (CPU and CUDA).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order, dropout and crops.")] = 0,
+    log_every: Annotated[int, typer.Option(help="Steps between metrics rows.")] = 50,
+    eval_every: Annotated[int, typer.Option(help="Steps between validation passes.")] = 300,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 300,
+) -> None:
+    """Train the contrastive text-image model that reranks samples (paper §2.6)."""
+    from dalle.config import CLIPConfig, TrainConfig
+    from dalle.text import TextTokenizer
+    from dalle.train.clip import train_clip
+
+    bpe = TextTokenizer.from_pretrained(tokenizer).config
+    model_config = CLIPConfig(
+        image_size=image_size, patch_size=patch_size, image_width=width, image_depth=image_depth,
+        image_heads=heads, text_vocab_size=bpe.num_ids, text_length=bpe.text_length,
+        text_width=width, text_depth=text_depth, text_heads=heads, embed_dim=width)
+    train_config = TrainConfig(
+        steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+        weight_decay=weight_decay, betas=(0.9, 0.98), grad_clip=1.0, ema_decay=ema_decay,
+        bf16=bf16, device=device, seed=seed, log_every=log_every, sample_every=0,
+        eval_every=eval_every, checkpoint_every=checkpoint_every)
+    train_clip(data, tokenizer, out, model_config, train_config, val_data=val_data,
+               max_crop=max_crop, hard_negatives=hard_negatives, resume=resume)
+    typer.echo(f"model saved to {out / 'model'}")
+
+
 @app.command("assemble")
 def assemble_command(
     tokenizer: Annotated[Path, typer.Option(help="Tokenizer directory.")],

@@ -258,16 +258,16 @@ class CLIPConfig(JSONConfig):
 
     image_size: int = 64
     patch_size: int = 8
-    image_width: int = 192
+    image_width: int = 128
     image_depth: int = 4
-    image_heads: int = 3
+    image_heads: int = 4
     text_vocab_size: int = 16_384 + 256 + 1
     text_length: int = 256
-    text_width: int = 192
-    text_depth: int = 4
-    text_heads: int = 3
+    text_width: int = 128
+    text_depth: int = 3
+    text_heads: int = 4
     mlp_ratio: int = 4
-    embed_dim: int = 192
+    embed_dim: int = 128
     logit_scale_init: float = math.log(1 / 0.07)  # CLIP: temperature 0.07 at the start
     logit_scale_max: float = 100.0  # CLIP: the scale is clamped at 100
 

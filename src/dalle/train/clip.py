@@ -177,7 +177,8 @@ def train_clip(data: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
     validate = None
     if val_data is not None:
         val = open_images(val_data, model_config.image_size)
-        validate = lambda m, autocast: validation_metrics(unwrap(m), tokenizer, val, autocast=autocast)  # noqa: E731
+        validate = lambda m, autocast: validation_metrics(  # noqa: E731
+            unwrap(m), tokenizer, val, autocast=autocast)
     torch.manual_seed(train_config.seed)
     model = CLIP(model_config)
     swaps = None
