@@ -168,7 +168,7 @@ def test_check_compatible_names_the_mismatch(data):
     check_compatible(config_for(tokenizer), tokenizer)
     with pytest.raises(ValueError, match=f"tokenizer has {tokenizer.config.num_ids} ids"):
         check_compatible(CLIPConfig.tiny(), tokenizer)
-    with pytest.raises(ValueError, match=f"ids but CLIP expects text_vocab_size 40.*text length is 24"):
+    with pytest.raises(ValueError, match="ids but CLIP expects text_vocab_size 40.*text length is 24"):
         check_compatible(CLIPConfig.tiny(), tokenizer)
 
 

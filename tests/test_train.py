@@ -210,3 +210,25 @@ def test_resume_from_shards_is_bit_identical(tmp_path, num_workers, stop):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_dvae_random_crops_are_keyed_to_the_sample():
+    from dalle.config import DVAEConfig
+    from dalle.data.augment import random_crops, sample_rng
+    from dalle.dvae import DiscreteVAE
+    from dalle.train.vae import DVAELoss
+    from helpers import RandomImages
+
+    images = RandomImages(n=4).images
+    a = random_crops(images, [sample_rng(0, 5, i) for i in range(4)], 0.25)
+    b = random_crops(images[2:], [sample_rng(0, 5, i) for i in range(2, 4)], 0.25)
+    assert a.shape == images.shape and torch.equal(a[2:], b)
+    assert not torch.equal(a, images)
+    torch.manual_seed(0)
+    model = DiscreteVAE(DVAEConfig.tiny())
+    batch = {"image": images, "index": torch.arange(4)}
+    cropped = DVAELoss(0, max_crop=0.25)(model, batch, step=5)[0]
+    assert torch.equal(cropped, DVAELoss(0, max_crop=0.25)(model, batch, step=5)[0])
+    assert not torch.equal(cropped, DVAELoss(0)(model, batch, step=5)[0])
+    with pytest.raises(ValueError, match="max_crop"):
+        random_crops(images, [sample_rng(0, 0, 0)] * 4, 1.0)

@@ -139,6 +139,7 @@ def train_vae_command(
     kl_weight: Annotated[float, typer.Option(help="Final KL weight beta (paper: 6.6).")] = 6.6,
     kl_warmup_steps: Annotated[Optional[int], typer.Option(help="Steps to ramp beta from 0 [default: min(5000, --steps / 2)].")] = None,
     ema_decay: Annotated[float, typer.Option(help="EMA decay; 0 disables the EMA.")] = 0.999,
+    max_crop: Annotated[float, typer.Option(help="Train on random square crops removing up to this fraction of the side (paper: random crops; 0 for shapes, whose objects touch the edges).")] = 0.0,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (CPU and CUDA).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="Data loader worker processes.")] = 0,
@@ -161,7 +162,7 @@ def train_vae_command(
         weight_decay=weight_decay, betas=(0.9, 0.999), ema_decay=ema_decay, bf16=bf16,
         device=device, num_workers=workers, seed=seed, log_every=log_every, log_format=log_format,
         sample_every=sample_every, checkpoint_every=checkpoint_every)
-    train_vae(data, out, model_config, train_config, resume=resume)
+    train_vae(data, out, model_config, train_config, resume=resume, max_crop=max_crop)
     typer.echo(f"model saved to {out / 'model'}")
 
 

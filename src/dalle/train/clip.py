@@ -10,33 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from dalle.clip import CLIP
 from dalle.config import CLIPConfig, TrainConfig
+from dalle.data.augment import random_crops, sample_rng
 from dalle.data.sources import open_images
 from dalle.text import TextTokenizer, clean_caption
 from dalle.train.loop import Trainer
-from dalle.train.prior import caption_rng
 from dalle.train.vae import unwrap
-
-
-def random_crops(images: torch.Tensor, rngs: list[random.Random], max_crop: float) -> torch.Tensor:
-    """Each image cropped to a random square of side >= (1 - max_crop) * S, resized back to S.
-
-    No flips: captions say left and right.
-    """
-    size = images.shape[-1]
-    out = []
-    for image, rng in zip(images, rngs):
-        side = size - rng.randint(0, int(max_crop * size))
-        x, y = rng.randint(0, size - side), rng.randint(0, size - side)
-        crop = image[None, :, y : y + side, x : x + side]
-        out.append(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
-                   if side < size else crop)
-    return torch.cat(out)
 
 
 def same_caption(rows: list[str], columns: list[str], device: torch.device) -> torch.Tensor:
@@ -96,7 +79,7 @@ class CLIPLoss:
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict]:
         images, captions = batch["image"], list(batch["caption"])
-        rngs = [caption_rng(self.seed, step, i) for i in batch["index"].tolist()]
+        rngs = [sample_rng(self.seed, step, i) for i in batch["index"].tolist()]
         if self.max_crop:
             images = random_crops(images, rngs, self.max_crop)
         texts, text_rngs = list(captions), list(rngs)

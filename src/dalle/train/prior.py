@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +10,12 @@ import torch
 from torch import nn
 
 from dalle.config import PriorConfig, TrainConfig
+from dalle.data.augment import sample_rng
 from dalle.data.codes import CodesDataset
 from dalle.prior import Prior
 from dalle.text import TextTokenizer
 from dalle.train.loop import Trainer
 from dalle.train.vae import unwrap
-
-
-def caption_rng(seed: int, step: int, index: int) -> random.Random:
-    """The generator for one sample's BPE dropout and caption drop: a function of its key only,
-    so that resumed and data-parallel runs see the same text as an uninterrupted one."""
-    return random.Random(f"{seed}:{step}:{index}")
 
 
 class PriorLoss:
@@ -38,7 +32,7 @@ class PriorLoss:
         self.tokenizer, self.seed, self.caption_drop = tokenizer, seed, caption_drop
 
     def encode(self, captions: list[str], indices: torch.Tensor, step: int) -> torch.Tensor:
-        rngs = [caption_rng(self.seed, step, i) for i in indices.tolist()]
+        rngs = [sample_rng(self.seed, step, i) for i in indices.tolist()]
         captions = ["" if rng.random() < self.caption_drop else c for c, rng in zip(captions, rngs)]
         return self.tokenizer.encode_batch(captions, rngs)
 

@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from dalle.config import DVAEConfig, TrainConfig
+from dalle.data.augment import random_crops, sample_rng
 from dalle.data.sources import first_images, open_images
 from dalle.dvae import DiscreteVAE
 from dalle.train.loop import Trainer
@@ -37,14 +38,21 @@ def keyed_gumbel_noise(shape: tuple[int, ...], indices: torch.Tensor, step: int,
 
 
 class DVAELoss:
-    """The loop's loss function for the dVAE: images -> (loss, metrics)."""
+    """The loop's loss function for the dVAE: images -> (loss, metrics).
 
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
+    `max_crop` > 0 trains on random square crops (appendix A.2), keyed to the sample like the noise.
+    """
+
+    def __init__(self, seed: int, max_crop: float = 0.0) -> None:
+        self.seed, self.max_crop = seed, max_crop
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict]:
+        images = batch["image"]
+        if self.max_crop > 0:
+            rngs = [sample_rng(self.seed, step, i) for i in batch["index"].tolist()]
+            images = random_crops(images, rngs, self.max_crop)
         # channels_last lets oneDNN / cuDNN pick their fastest convolution kernels.
-        images = batch["image"].contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
         config: DVAEConfig = unwrap(model).config
         grid = (config.vocab_size, images.shape[2] // config.downsample, images.shape[3] // config.downsample)
         noise = keyed_gumbel_noise(grid, batch["index"], step, self.seed, images.device)
@@ -63,13 +71,14 @@ def reconstruction_grid(model: DiscreteVAE, images: torch.Tensor, columns: int =
 
 
 def train_vae(data_dir: str | Path, out_dir: str | Path, model_config: DVAEConfig,
-              train_config: TrainConfig, resume: bool = False, show_progress: bool = True) -> DiscreteVAE:
+              train_config: TrainConfig, resume: bool = False, show_progress: bool = True,
+              max_crop: float = 0.0) -> DiscreteVAE:
     """Train a dVAE on an image-caption folder or shards; the result lands in out_dir/model."""
     dataset = open_images(data_dir, model_config.image_size, training=True)
     torch.manual_seed(train_config.seed)
     model = DiscreteVAE(model_config).to(memory_format=torch.channels_last)
     preview = first_images(dataset, 16)
-    trainer = Trainer(model, dataset, train_config, out_dir, DVAELoss(train_config.seed),
+    trainer = Trainer(model, dataset, train_config, out_dir, DVAELoss(train_config.seed, max_crop),
                       sample_fn=reconstruction_grid, sample_batch=preview,
                       resume=resume, show_progress=show_progress)
     try:
