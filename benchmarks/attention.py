@@ -19,11 +19,10 @@ import platform
 import statistics
 import time
 from collections import Counter
-from typing import Callable
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
+from common import peak_bytes
 from dalle.attention import LAYOUTS, attention_mask, layer_layouts, reference_attention, sparse_attention
 from dalle.utils import resolve_device
 
@@ -31,25 +30,6 @@ from dalle.utils import resolve_device
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    """Peak bytes allocated while `fn` runs, beyond what was allocated before."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        return torch.cuda.max_memory_allocated() - before
-    # On CPU, replay the profiler's allocation and free events in time order.
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
 
 
 def with_schedule(times: dict[str, list[float]]) -> dict[str, float]:

@@ -8,48 +8,17 @@ training throughput at the comparison config. Prints markdown tables.
 from __future__ import annotations
 
 import argparse
-import gc
-import resource
 import statistics
-import threading
 import time
+from collections import Counter
 
 import torch
 
+from common import peak_bytes
+from dalle.attention import layer_layouts, sparse_attention
 from dalle.config import PriorConfig, TrainConfig
 from dalle.prior import Prior
 from dalle.train.loop import build_optimizer
-
-
-def rss() -> int:
-    """Resident memory of this process in bytes (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-class PeakRSS:
-    """Peak resident memory above the starting point while the block runs (sampled every 1 ms)."""
-
-    def __enter__(self) -> "PeakRSS":
-        gc.collect()
-        self.base = self.peak = rss()
-        self.running = True
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, rss())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc) -> None:
-        self.running = False
-        self.thread.join()
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 def batch(config: PriorConfig, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,11 +38,25 @@ def time_it(fn, repeats: int) -> float:
 
 
 def layouts_table(repeats: int) -> None:
-    print("\n### Forward + backward per layout (batch 2, dim 256, 4 layers, 8 heads of 32, text 32)\n")
-    print("| grid | image tokens | layout | ms | peak MiB | speed-up vs dense |")
-    print("|---|---|---|---|---|---|")
+    print("\n### Forward + backward per layout (batch 2, 8 heads of 32, text 32; the model: dim 256, "
+          "4 layers)\n\nAttention alone is `sparse_attention` on random inputs, and for `sparse` the "
+          "mean over the paper's 64-layer schedule (48 row, 15 column, 1 conv). The model is "
+          "the whole prior, whose projections and MLPs cost the same in every layout.\n")
+    print("| grid | layout | attention ms | vs dense | attention peak MiB | model ms | vs dense | model peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    device = torch.device("cpu")
+    schedule = Counter(layer_layouts(64))
     for grid in (8, 16, 32):
-        dense_ms = None
+        q, k, v = (torch.randn(2, 8, 32 + grid * grid, 32, requires_grad=True) for _ in range(3))
+        attention_ms, attention_mib, dense = {}, {}, {}
+        for layout in ("dense", "row", "column", "conv"):
+            def attend(layout: str = layout) -> None:
+                sparse_attention(q, k, v, layout, 32, grid).sum().backward()
+
+            attention_ms[layout] = time_it(attend, repeats) * 1e3
+            attention_mib[layout] = peak_bytes(attend, device) / 2**20
+        attention_ms["sparse"] = sum(attention_ms[n] * c for n, c in schedule.items()) / 64
+        attention_mib["sparse"] = max(attention_mib[n] for n in schedule)
         for layout in ("dense", "sparse", "row", "column", "conv"):
             config = PriorConfig(text_vocab_size=1024, text_length=32, image_vocab_size=512,
                                  grid_size=grid, dim=256, depth=4, heads=8, head_dim=32,
@@ -87,38 +70,40 @@ def layouts_table(repeats: int) -> None:
                 model(text, codes).loss.backward()
 
             ms = time_it(step, repeats) * 1e3
-            with PeakRSS() as memory:
-                step()
-            dense_ms = dense_ms or ms
-            print(f"| {grid}x{grid} | {grid * grid} | {layout} | {ms:.1f} | {memory.mib:.0f} | "
-                  f"{dense_ms / ms:.2f}x |", flush=True)
+            mib = peak_bytes(step, device) / 2**20
+            dense = dense or {"attention": attention_ms["dense"], "model": ms}
+            print(f"| {grid}x{grid} | {layout} | {attention_ms[layout]:.1f} | "
+                  f"{dense['attention'] / attention_ms[layout]:.2f}x | {attention_mib[layout]:.0f} | "
+                  f"{ms:.1f} | {dense['model'] / ms:.2f}x | {mib:.0f} |", flush=True)
 
 
 def training_table(repeats: int) -> None:
     print("\n### Training throughput at the comparison config\n"
           "(dim 256, depth 8, 8 heads of 32, text 32 tokens, 8x8 image grid, batch 16, AdamW, "
           "paper layouts)\n")
-    print("| precision | ms / step | tokens/s | images/s |")
-    print("|---|---|---|---|")
-    config = PriorConfig(text_vocab_size=16_384 + 32 + 1, text_length=32, image_vocab_size=8192,
-                         grid_size=8, dim=256, depth=8, heads=8, head_dim=32)
-    torch.manual_seed(0)
-    model = Prior(config)
-    optimizer = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=4.5e-2, betas=(0.9, 0.96)))
-    text, codes = batch(config, 16)
-    tokens = 16 * (config.text_length + config.grid_size**2)
-    for bf16 in (False, True):
-        def step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model(text, codes).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 4.0)
-            optimizer.step()
+    print("| vocabularies | precision | ms / step | tokens/s | images/s |")
+    print("|---|---|---|---|---|")
+    for vocab, (text_ids, codes_k) in {"paper": (16_384 + 32 + 1, 8192), "shapes": (371, 512)}.items():
+        config = PriorConfig(text_vocab_size=text_ids, text_length=32, image_vocab_size=codes_k,
+                             grid_size=8, dim=256, depth=8, heads=8, head_dim=32)
+        torch.manual_seed(0)
+        model = Prior(config)
+        optimizer = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=4.5e-2, betas=(0.9, 0.96)))
+        text, codes = batch(config, 16)
+        tokens = 16 * (config.text_length + config.grid_size**2)
+        for bf16 in (False, True):
+            def step() -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = model(text, codes).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 4.0)
+                optimizer.step()
 
-        seconds = time_it(step, repeats)
-        print(f"| {'bf16 autocast' if bf16 else 'fp32'} | {seconds * 1e3:.0f} | "
-              f"{tokens / seconds:,.0f} | {16 / seconds:.1f} |", flush=True)
+            seconds = time_it(step, repeats)
+            print(f"| {vocab} ({text_ids:,} text ids, {codes_k:,} codes) | "
+                  f"{'bf16 autocast' if bf16 else 'fp32'} | {seconds * 1e3:.0f} | "
+                  f"{tokens / seconds:,.0f} | {16 / seconds:.1f} |", flush=True)
 
 
 def main() -> None:
@@ -126,8 +111,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 timed repeat instead of 5")
     args = parser.parse_args()
     repeats = 1 if args.quick else 5
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"max RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     training_table(repeats)
     layouts_table(repeats)
 
