@@ -159,3 +159,18 @@ def test_train_clip_command(shapes, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "clip" / "model" / "model.safetensors").exists()
     assert "val_image_to_text" in (tmp_path / "clip" / "metrics.csv").read_text()
+
+
+def test_generate_writes_images_and_never_overwrites(tmp_path):
+    from test_pipeline import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    args = ["generate", "a large red circle", "--pipeline", tmp_path / "pipe", "--out", tmp_path / "out",
+            "--images", 2, "--candidates", 4, "--device", "cpu"]
+    r = dalle(*args)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(tmp_path / "out" / n) for n in ("00.png", "01.png", "grid.png")]
+    one_line_error(dalle(*args), "exists; pass --overwrite")
+    assert dalle(*args, "--overwrite").returncode == 0
+    one_line_error(dalle("generate", "  ", "--pipeline", tmp_path / "pipe", "--out", tmp_path / "o2"),
+                   "the prompt is empty")

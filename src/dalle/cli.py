@@ -453,14 +453,20 @@ def generate_command(
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
     ensure_writable_dir(out)
-    with tqdm(total=1, unit="token", desc="sampling", unit_scale=True) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    bars: list[tqdm] = []  # opened at the first token, after the pipeline has checked its input
 
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="token", desc="sampling", unit_scale=True))
+        bars[0].update(done - bars[0].n)
+
+    try:
         result = pipe(prompt, images=images, candidates=candidates, temperature=temperature,
                       top_k=top_k, top_p=top_p, guidance_scale=guidance, seed=seed,
                       init_image=start_image, keep_rows=keep_rows, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     for path, picture in zip(names, to_pil(result.images)):
         picture.save(path)
         typer.echo(str(path))
