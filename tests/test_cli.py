@@ -143,6 +143,8 @@ def test_data_errors_are_one_line(tmp_path):
                    "apt-get install dataset-fashion-mnist")
     one_line_error(dalle("data", "emoji", "--out", tmp_path / "e", "--from", tmp_path),
                    "emoji-datasource")
+    one_line_error(dalle("train-classifier", "--out", tmp_path / "c", "--root", tmp_path),
+                   "apt-get install dataset-fashion-mnist")
     one_line_error(dalle("train-tokenizer", "--data", tmp_path / "nothing", "--out", tmp_path / "t"),
                    "no caption source")
     one_line_error(dalle("encode-dataset", "--vae", tmp_path / "novae", "--data", tmp_path,

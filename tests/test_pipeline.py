@@ -87,3 +87,32 @@ def test_shapes_evaluation_writes_results(pipeline, tmp_path):
     assert results["test-seen"]["first"]["n"] == 2
     for name in ("results.json", "results.md", "test-seen-first-and-best.png"):
         assert (tmp_path / "out" / name).exists()
+
+
+def test_evaluation_against_real_images(tmp_path):
+    from PIL import Image
+
+    from dalle.data.fashion_mnist import CAPTIONS
+    from dalle.evaluate.classifier import ClassifierConfig, LabelClassifier
+    from dalle.evaluate.generation import evaluate_against_real
+
+    torch.manual_seed(0)
+    tokenizer = TextTokenizer.train(list(CAPTIONS) * 2, vocab_size=300, text_length=8)
+    t = tokenizer.config
+    vae = DiscreteVAE(DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "image_size": 64, "downsample": 16}))
+    prior = Prior(PriorConfig(**{**PriorConfig.tiny().to_dict(), "text_vocab_size": t.num_ids,
+                                 "text_length": t.text_length, "image_vocab_size": 32}))
+    clip = CLIP(CLIPConfig(**{**CLIPConfig.tiny().to_dict(), "image_size": 64, "patch_size": 16,
+                              "text_vocab_size": t.num_ids, "text_length": t.text_length}))
+    pipeline = DallePipeline(tokenizer, vae, prior, clip)
+    (tmp_path / "real").mkdir()
+    for i, caption in enumerate(CAPTIONS[:6]):
+        Image.new("RGB", (28, 28), (20 * i, 100, 200)).save(tmp_path / "real" / f"{i}.png")
+        (tmp_path / "real" / f"{i}.txt").write_text(caption)
+    LabelClassifier(ClassifierConfig()).save_pretrained(tmp_path / "classifier")
+    metrics = evaluate_against_real(pipeline, tmp_path / "real", tmp_path / "out", prompts=5,
+                                    candidates=2, classifier=tmp_path / "classifier", r=3)
+    assert metrics["n"] == 5 and metrics["fid"] >= 0 and 0 <= metrics["clip_score"] <= 100
+    assert 0 <= metrics["r_precision_3"] <= 1 and 0 <= metrics["label_accuracy"] <= 1
+    assert (tmp_path / "out" / "results.json").exists()
+    assert (tmp_path / "out" / "real-and-generated.png").exists()

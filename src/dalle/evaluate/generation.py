@@ -91,3 +91,60 @@ def evaluate_shapes(pipeline: DallePipeline, data: str | Path, out: str | Path, 
     table = markdown_table(results)
     (out / "results.md").write_text(table + "\n")
     return results
+
+
+def label_of(caption: str) -> int:
+    """The Fashion-MNIST class a caption names (captions are the class captions exactly)."""
+    from dalle.data.fashion_mnist import CAPTIONS
+
+    try:
+        return CAPTIONS.index(caption)
+    except ValueError:
+        raise ValueError(f"{caption!r} is not a Fashion-MNIST class caption") from None
+
+
+def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | Path, *,
+                          prompts: int = 500, candidates: int = 1, fid_features: bool = True,
+                          classifier: str | Path | None = None, r: int = 10,
+                          **kwargs) -> dict[str, float]:
+    """Generate one image per caption of a held-out folder and compare with its real images.
+
+    FID / KID (Inception-v3 pool features) against the real images of the same captions, CLIP
+    score and CLIP R-precision (with `r` captions per ranking) with the pipeline's CLIP, and with
+    a `classifier` directory the Fashion-MNIST label accuracy of the generated images.
+    """
+    from dalle.data.folder import ImageCaptionFolder
+    from dalle.evaluate.retrieval import clip_score, r_precision
+
+    real = ImageCaptionFolder(data, pipeline.vae.config.image_size)
+    n = min(prompts, len(real))
+    captions = real.captions[:n]
+    real_images = torch.stack([real[i]["image"] for i in range(n)])
+    images, scores = generate_candidates(pipeline, captions, candidates, **kwargs)
+    best = scores.argmax(1) if scores is not None else torch.zeros(n, dtype=torch.long)
+    generated = images[torch.arange(n), best]
+    metrics: dict[str, float] = {"n": n, "candidates": candidates}
+    if fid_features:
+        from dalle.evaluate.fid import InceptionFeatures, fid, kid
+
+        features = InceptionFeatures()
+        real_feats, fake_feats = features(real_images), features(generated)
+        metrics["fid"] = fid(real_feats, fake_feats)
+        metrics["kid"], metrics["kid_std"] = kid(real_feats, fake_feats, subsets=50,
+                                                 subset_size=min(1000, n))
+    if pipeline.clip is not None:
+        text = torch.stack([pipeline.tokenizer.encode(c) for c in captions])
+        metrics["clip_score"] = clip_score(pipeline.clip, generated, text)
+        metrics[f"r_precision_{r}"] = r_precision(pipeline.clip, generated, text, r=r)
+    if classifier is not None:
+        from dalle.evaluate.classifier import LabelClassifier, label_accuracy
+
+        model = LabelClassifier.from_pretrained(classifier)
+        labels = torch.tensor([label_of(c) for c in captions])
+        metrics["label_accuracy"] = label_accuracy(model, generated, labels)
+        metrics["label_accuracy_real"] = label_accuracy(model, real_images, labels)
+    out = ensure_writable_dir(out)
+    (out / "results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    image_grid(torch.stack([real_images[:16], generated[:16]], 1).flatten(0, 1), columns=8).save(
+        out / "real-and-generated.png")
+    return metrics
