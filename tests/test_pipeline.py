@@ -13,9 +13,9 @@ CAPTIONS = ["a large red circle", "a small blue square above a large red circle"
             "a small green cross to the left of a small white triangle"]
 
 
-def tiny_pipeline(with_clip: bool = True) -> DallePipeline:
+def tiny_pipeline(with_clip: bool = True, captions=CAPTIONS, text_length: int = 12) -> DallePipeline:
     torch.manual_seed(0)
-    tokenizer = TextTokenizer.train(CAPTIONS * 4, vocab_size=300, text_length=12)
+    tokenizer = TextTokenizer.train(list(captions) * 4, vocab_size=300, text_length=text_length)
     t = tokenizer.config
     vae = DiscreteVAE(DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "image_size": 64, "downsample": 16}))
     prior = Prior(PriorConfig(**{**PriorConfig.tiny().to_dict(), "text_vocab_size": t.num_ids,
@@ -92,21 +92,13 @@ def test_shapes_evaluation_writes_results(pipeline, tmp_path):
 def test_evaluation_against_real_images(tmp_path):
     from PIL import Image
 
-    from dalle.data.fashion_mnist import CAPTIONS
+    from dalle.data.fashion_mnist import CAPTIONS as FASHION
     from dalle.evaluate.classifier import ClassifierConfig, LabelClassifier
     from dalle.evaluate.generation import evaluate_against_real
 
-    torch.manual_seed(0)
-    tokenizer = TextTokenizer.train(list(CAPTIONS) * 2, vocab_size=300, text_length=8)
-    t = tokenizer.config
-    vae = DiscreteVAE(DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "image_size": 64, "downsample": 16}))
-    prior = Prior(PriorConfig(**{**PriorConfig.tiny().to_dict(), "text_vocab_size": t.num_ids,
-                                 "text_length": t.text_length, "image_vocab_size": 32}))
-    clip = CLIP(CLIPConfig(**{**CLIPConfig.tiny().to_dict(), "image_size": 64, "patch_size": 16,
-                              "text_vocab_size": t.num_ids, "text_length": t.text_length}))
-    pipeline = DallePipeline(tokenizer, vae, prior, clip)
+    pipeline = tiny_pipeline(captions=FASHION, text_length=8)
     (tmp_path / "real").mkdir()
-    for i, caption in enumerate(CAPTIONS[:6]):
+    for i, caption in enumerate(FASHION[:6]):
         Image.new("RGB", (28, 28), (20 * i, 100, 200)).save(tmp_path / "real" / f"{i}.png")
         (tmp_path / "real" / f"{i}.txt").write_text(caption)
     LabelClassifier(ClassifierConfig()).save_pretrained(tmp_path / "classifier")

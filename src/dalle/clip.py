@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.config import CLIPConfig
-from dalle.pretrained import PretrainedModel
+from dalle.pretrained import PretrainedModel, init_transformer_weights
 
 
 class SelfAttention(nn.Module):
@@ -139,15 +139,8 @@ class CLIP(PretrainedModel):
         self.config = config
         self.image_encoder = ImageEncoder(config)
         self.text_encoder = TextEncoder(config)
-        self.apply(self._init_weights)
+        self.apply(init_transformer_weights)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def _check_images(self, images: torch.Tensor) -> None:
         s = self.config.image_size

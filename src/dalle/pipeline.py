@@ -41,17 +41,14 @@ class Generation:
 
 def check_parts(tokenizer: TextTokenizer, vae: DiscreteVAE, prior: Prior, clip=None) -> None:
     """Name any mismatch between the parts' vocabularies and grids."""
-    p, t, v = prior.config, tokenizer.config, vae.config
-    problems = []
-    if t.num_ids != p.text_vocab_size or t.text_length != p.text_length:
-        problems.append(f"the tokenizer ({t.num_ids} ids, text length {t.text_length}) does not "
-                        f"match the prior ({p.text_vocab_size} ids, text length {p.text_length})")
+    p, v = prior.config, vae.config
+    problems = tokenizer.mismatches(p.text_vocab_size, p.text_length, "the prior")
     if v.vocab_size != p.image_vocab_size or v.grid_size != p.grid_size:
         problems.append(f"the dVAE ({v.vocab_size} codes, {v.grid_size}x{v.grid_size} grid) does "
                         f"not match the prior ({p.image_vocab_size} codes, "
                         f"{p.grid_size}x{p.grid_size} grid)")
-    if clip is not None and clip.config.text_vocab_size != t.num_ids:
-        problems.append(f"CLIP reads {clip.config.text_vocab_size} text ids, the tokenizer has {t.num_ids}")
+    if clip is not None:
+        problems += tokenizer.mismatches(clip.config.text_vocab_size, clip.config.text_length, "CLIP")
     if problems:
         raise ValueError("; ".join(problems))
 

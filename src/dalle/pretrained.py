@@ -68,3 +68,11 @@ class PretrainedModel(torch.nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def init_transformer_weights(module: torch.nn.Module) -> None:
+    """GPT-2 initialisation for `Module.apply`: N(0, 0.02) linear and embedding weights, zero biases."""
+    if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+        torch.nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, torch.nn.Linear) and module.bias is not None:
+        torch.nn.init.zeros_(module.bias)

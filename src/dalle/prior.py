@@ -23,7 +23,7 @@ from torch import nn
 
 from dalle.attention import LayerCache, layer_layouts, reference_attention, sparse_attention
 from dalle.config import PriorConfig
-from dalle.pretrained import PretrainedModel
+from dalle.pretrained import PretrainedModel, init_transformer_weights
 
 
 class Attention(nn.Module):
@@ -103,17 +103,10 @@ class Prior(PretrainedModel):
         self.norm = nn.LayerNorm(config.dim)
         self.text_head = nn.Linear(config.dim, config.text_vocab_size, bias=False)
         self.image_head = nn.Linear(config.dim, config.image_vocab_size, bias=False)
-        self.apply(self._init_weights)
+        self.apply(init_transformer_weights)
         for block in self.blocks:  # GPT-2: scale residual projections by 1 / sqrt(2 * depth)
             for linear in (block.attn.out, block.mlp[2]):
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * config.depth))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def _check(self, text: torch.Tensor, codes: torch.Tensor) -> None:
         c = self.config

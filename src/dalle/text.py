@@ -117,6 +117,18 @@ class TextTokenizer:
             raise ValueError(f"{path} is not a valid tokenizer file: {e}") from None
         return cls(tokenizer, TokenizerConfig.load(directory / CONFIG_NAME))
 
+    def mismatches(self, text_vocab_size: int, text_length: int, model: str) -> list[str]:
+        """How a model reading `text_vocab_size` ids of `text_length` text positions disagrees
+        with this tokenizer, one phrase per problem (empty when they match)."""
+        t = self.config
+        problems = []
+        if t.num_ids != text_vocab_size:
+            problems.append(f"the tokenizer has {t.num_ids} ids but {model} expects "
+                            f"text_vocab_size {text_vocab_size}")
+        if t.text_length != text_length:
+            problems.append(f"the tokenizer's text length is {t.text_length}, {model}'s {text_length}")
+        return problems
+
     def __len__(self) -> int:
         """Every id this tokenizer can produce: BPE tokens, pads and start-of-image."""
         return self.config.num_ids

@@ -99,3 +99,14 @@ def image_grid(images: torch.Tensor, columns: int, padding: int = 2) -> Image.Im
         y, x = padding + r * (h + padding), padding + c * (w + padding)
         canvas[:, y : y + h, x : x + w] = image
     return to_pil(canvas[None])[0]
+
+
+def check_unit_images(images: torch.Tensor) -> None:
+    """Raise a one-line ValueError unless `images` is (N, 3 or 1, H, W) floats in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 3, H, W) or (N, 1, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floats in [0, 1], got {images.dtype}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"images must be in [0, 1], got values in "
+                         f"[{images.min():.3g}, {images.max():.3g}]")

@@ -18,6 +18,7 @@ from torch import nn
 from dalle.config import JSONConfig
 from dalle.data.fashion_mnist import CLASSES, DEFAULT_ROOT, load_fashion_mnist
 from dalle.pretrained import PretrainedModel
+from dalle.utils import check_unit_images
 
 LUMA = (0.299, 0.587, 0.114)
 
@@ -43,13 +44,7 @@ class ClassifierConfig(JSONConfig):
 
 def to_grayscale(images: torch.Tensor, size: int) -> torch.Tensor:
     """Images (N, 3 or 1, H, W) in [0, 1] -> (N, 1, size, size), resized bilinearly (antialiased)."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, 3, H, W) or (N, 1, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be floats in [0, 1], got {images.dtype}")
-    if images.numel() and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"images must be in [0, 1], got values in "
-                         f"[{images.min():.3g}, {images.max():.3g}]")
+    check_unit_images(images)
     if images.shape[1] == 3:
         images = torch.einsum("nchw,c->nhw", images, images.new_tensor(LUMA))[:, None]
     if images.shape[-2:] != (size, size):

