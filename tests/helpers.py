@@ -82,3 +82,32 @@ def tiny_prior_config(root, **kwargs):
                     image_vocab_size=32, grid_size=4, dim=32, depth=3, heads=2, head_dim=16,
                     conv_kernel=3)
     return PriorConfig(**{**defaults, **kwargs})
+
+
+def one_and_two_processes(script, args_one: list, args_two: list) -> None:
+    """Run `script` alone, then under torchrun with 2 gloo processes; both must succeed."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    single = subprocess.run([sys.executable, str(script), *map(str, args_one)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(script), *map(str, args_two)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+
+def assert_same_weights(path_one, path_two) -> None:
+    """The two model directories hold the same tensors up to float summation order."""
+    from safetensors.torch import load_file
+
+    one = load_file(path_one / "model.safetensors")
+    two = load_file(path_two / "model.safetensors")
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4, msg=k)

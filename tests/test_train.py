@@ -1,4 +1,3 @@
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from safetensors.torch import load_file
 from dalle.train.checkpoint import load_checkpoint, save_checkpoint
 from dalle.train.sampler import StepBatchSampler
 from dalle.train.schedules import WarmupDecay
-from helpers import make_trainer, tiny_train_config
+from helpers import assert_same_weights, make_trainer, one_and_two_processes, tiny_train_config
 
 HERE = Path(__file__).parent
 
@@ -155,21 +154,8 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_ddp_two_processes_match_one(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    single = subprocess.run([sys.executable, str(HERE / "ddp_train.py"), str(tmp_path / "one")],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", str(HERE / "ddp_train.py"), str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
-    one = load_file(tmp_path / "one" / "model" / "model.safetensors")
-    two = load_file(tmp_path / "two" / "model" / "model.safetensors")
-    assert one.keys() == two.keys()
-    for k in one:
-        torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4, msg=k)
+    one_and_two_processes(HERE / "ddp_train.py", [tmp_path / "one"], [tmp_path / "two"])
+    assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model")
     # and the weights really moved, so the comparison means something
     start = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["step"]
     assert start == 6

@@ -1,7 +1,4 @@
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +8,7 @@ from safetensors.torch import load_file
 from dalle.data.codes import CodesDataset
 from dalle.text import TextTokenizer
 from dalle.train.prior import PriorLoss, check_compatible, train_prior
-from helpers import tiny_prior_config, tiny_prior_data, tiny_train_config
+from helpers import assert_same_weights, one_and_two_processes, tiny_prior_config, tiny_prior_data, tiny_train_config
 
 HERE = Path(__file__).parent
 
@@ -98,23 +95,11 @@ def test_mismatched_tokenizer_or_codes_are_named(data):
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_match_one(data, tmp_path, mode):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    script = str(HERE / "prior_train.py")
-    single = subprocess.run([sys.executable, script, str(data), str(tmp_path / "one")],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
     flags = ["--fsdp"] if mode == "fsdp" else []
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", script, str(data), str(tmp_path / "two"), *flags],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    one_and_two_processes(HERE / "prior_train.py", [data, tmp_path / "one"],
+                          [data, tmp_path / "two", *flags])
+    assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model")
     one = load_file(tmp_path / "one" / "model" / "model.safetensors")
-    other = load_file(tmp_path / "two" / "model" / "model.safetensors")
-    assert one.keys() == other.keys()
-    for k in one:
-        torch.testing.assert_close(other[k], one[k], atol=2e-5, rtol=1e-4, msg=k)
     # The checkpoint holds full (unsharded) tensors whatever the parallelism.
     saved = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
     assert saved["step"] == 4 and saved["model"].keys() == one.keys()
