@@ -388,6 +388,28 @@ def train_clip_command(
     typer.echo(f"model saved to {out / 'model'}")
 
 
+@app.command("recipe")
+def recipe_command(
+    name: Annotated[str, typer.Argument(help="shapes or emoji.")],
+    out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/recipe-NAME].")] = None,
+    quick: Annotated[bool, typer.Option(help="Tiny data and models: checks the whole recipe in about a minute.")] = False,
+    source: Annotated[Optional[Path], typer.Option("--from", help="emoji: folder holding the npm packages instead of fetching them.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="emoji: keep the fetched npm tarballs here.")] = None,
+) -> None:
+    """Everything from data to a pipeline with its model card: data, tokenizer, dVAE, codes,
+    prior, CLIP, evaluation. Run it again after an interruption: finished stages are skipped and
+    the interrupted one resumes from its checkpoint."""
+    from dalle.recipe import RECIPES, emoji_recipe, run_recipe, shapes_recipe
+
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    run = out or Path(f"runs/recipe-{name}")
+    recipe = (shapes_recipe(run, quick) if name == "shapes"
+              else emoji_recipe(run, quick, source=source, cache=cache))
+    pipeline = run_recipe(recipe, run, lambda args: app(args, standalone_mode=False), typer.echo)
+    typer.echo(f"pipeline ready in {pipeline}; try: dalle generate --pipeline {pipeline} \"a ...\"")
+
+
 @app.command("assemble")
 def assemble_command(
     tokenizer: Annotated[Path, typer.Option(help="Tokenizer directory.")],
@@ -395,8 +417,11 @@ def assemble_command(
     prior: Annotated[Path, typer.Option(help="Prior model directory.")],
     out: Annotated[Path, typer.Option(help="Pipeline directory to write.")],
     clip: Annotated[Optional[Path], typer.Option(help="CLIP model directory (enables reranking).")] = None,
+    bf16_weights: Annotated[bool, typer.Option(help="Store the weights in bf16 (half the size; how the bundled pipelines ship).")] = False,
 ) -> None:
     """Put trained parts together as one pipeline directory (their vocabularies are checked)."""
+    import torch
+
     from dalle.clip import CLIP
     from dalle.dvae import DiscreteVAE
     from dalle.pipeline import DallePipeline
@@ -405,10 +430,10 @@ def assemble_command(
 
     pipeline = DallePipeline(TextTokenizer.from_pretrained(tokenizer), DiscreteVAE.from_pretrained(vae),
                              Prior.from_pretrained(prior), CLIP.from_pretrained(clip) if clip else None)
-    typer.echo(f"wrote {pipeline.save_pretrained(out)}")
+    typer.echo(f"wrote {pipeline.save_pretrained(out, dtype=torch.bfloat16 if bf16_weights else None)}")
 
 
-def _load_pipeline(path: Path, device: str, bf16: bool):
+def _load_pipeline(path: str, device: str, bf16: bool):
     import torch
 
     from dalle.pipeline import DallePipeline
@@ -422,7 +447,7 @@ def _load_pipeline(path: Path, device: str, bf16: bool):
 @app.command("generate")
 def generate_command(
     prompt: Annotated[str, typer.Argument(help="What to draw, e.g. 'a small green triangle above a large red circle'.")],
-    pipeline: Annotated[Path, typer.Option(help="Pipeline directory (tokenizer/, vae/, prior/, clip/).")],
+    pipeline: Annotated[str, typer.Option(help="A bundled pipeline (shapes, emoji) or a pipeline directory.")] = "shapes",
     out: Annotated[Path, typer.Option(help="Output folder for the images and grid.png.")] = Path("outputs"),
     images: Annotated[int, typer.Option(help="Images to keep.")] = 4,
     candidates: Annotated[Optional[int], typer.Option(help="Images to sample; CLIP keeps the best --images [default: --images].")] = None,
@@ -476,7 +501,7 @@ def generate_command(
 
 @eval_app.command("shapes")
 def eval_shapes_command(
-    pipeline: Annotated[Path, typer.Option(help="Pipeline directory.")],
+    pipeline: Annotated[str, typer.Option(help="A bundled pipeline's name or a pipeline directory.")],
     data: Annotated[Path, typer.Option(help="The shapes data folder (with test-seen/, test-zero-shot/).")] = Path("data/shapes"),
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and grids.")] = Path("results/shapes"),
     prompts: Annotated[int, typer.Option(help="Prompts per split (the first in file order).")] = 200,
@@ -500,7 +525,7 @@ def eval_shapes_command(
 
 @eval_app.command("images")
 def eval_images_command(
-    pipeline: Annotated[Path, typer.Option(help="Pipeline directory.")],
+    pipeline: Annotated[str, typer.Option(help="A bundled pipeline's name or a pipeline directory.")],
     data: Annotated[Path, typer.Option(help="Held-out image-caption folder (emoji test-zero-shot, Fashion-MNIST test, ...).")],
     out: Annotated[Path, typer.Option(help="Folder for results.json and a real | generated grid.")] = Path("results/images"),
     prompts: Annotated[int, typer.Option(help="Captions to generate for (the first in file order).")] = 500,
@@ -563,12 +588,32 @@ def import_openai_dvae_command(
     typer.echo(f"wrote {path}")
 
 
+@app.command("serve")
+def serve_command(
+    pipeline: Annotated[str, typer.Option(help="A bundled pipeline (shapes, emoji) or a pipeline directory.")] = "shapes",
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_queue: Annotated[int, typer.Option(min=0, help="Requests that may wait behind the running one; more are answered 429.")] = 4,
+    time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds a request may run before it is stopped.")] = 120.0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights.")] = False,
+) -> None:
+    """Serve a web page and a JSON API (schema at /openapi.json) that generate images."""
+    import uvicorn
+
+    from dalle.serve import create_app
+
+    pipe = _load_pipeline(pipeline, device, bf16)
+    typer.echo(f"open http://{host}:{port}/ (API schema at /openapi.json)")
+    uvicorn.run(create_app(pipe, max_queue=max_queue, time_limit_s=time_limit), host=host, port=port)
+
+
 def main() -> None:
     """Entry point: run the app, turning user-caused errors into one line."""
     try:
         app()
     # OSError covers missing paths, permissions and unreadable files (Pillow's UnidentifiedImageError).
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

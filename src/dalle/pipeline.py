@@ -27,6 +27,20 @@ from dalle.text import TextTokenizer
 from dalle.utils import ensure_writable_dir, resolve_device
 
 PARTS = ("tokenizer", "vae", "prior", "clip")
+BUNDLED_DIR = Path(__file__).parent / "bundled"  # the pipelines that ship with the package
+
+
+def bundled_pipelines() -> list[str]:
+    """Names of the pipelines shipped inside the package (`shapes`, `emoji`)."""
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "prior").is_dir()) if BUNDLED_DIR.is_dir() else []
+
+
+def resolve_pipeline(name_or_dir: str | Path) -> Path:
+    """A bundled pipeline's name, or else a pipeline directory (write `./shapes` for a local
+    folder that shares a bundled name)."""
+    if isinstance(name_or_dir, str) and name_or_dir in bundled_pipelines():
+        return BUNDLED_DIR / name_or_dir
+    return Path(name_or_dir)
 
 
 @dataclass
@@ -68,11 +82,13 @@ class DallePipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> DallePipeline:
+        """Load from a pipeline directory or a bundled pipeline's name (`shapes`, `emoji`)."""
         from dalle.clip import CLIP
 
-        directory = Path(directory)
+        directory = resolve_pipeline(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"no pipeline directory at {directory}")
+            names = ", ".join(bundled_pipelines()) or "none installed"
+            raise FileNotFoundError(f"no pipeline directory at {directory} (bundled pipelines: {names})")
         missing = [part for part in PARTS[:3] if not (directory / part).is_dir()]
         if missing:
             raise FileNotFoundError(f"{directory} is not a pipeline: it has no {', '.join(missing)}/")
@@ -82,13 +98,14 @@ class DallePipeline:
                    DiscreteVAE.from_pretrained(directory / "vae", target),
                    Prior.from_pretrained(directory / "prior", target), clip)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write the parts' directories; `dtype` (e.g. torch.bfloat16) stores weights in it."""
         directory = ensure_writable_dir(directory)
         self.tokenizer.save_pretrained(directory / "tokenizer")
-        self.vae.save_pretrained(directory / "vae")
-        self.prior.save_pretrained(directory / "prior")
-        if self.clip is not None:
-            self.clip.save_pretrained(directory / "clip")
+        for part in ("vae", "prior", "clip"):
+            model = getattr(self, part)
+            if model is not None:
+                model.save_pretrained(directory / part, dtype=dtype)
         return directory
 
     def to(self, device: str | torch.device) -> DallePipeline:

@@ -28,15 +28,19 @@ class PretrainedModel(torch.nn.Module):
     config: JSONConfig
 
     def save_pretrained(self, directory: str | Path,
-                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                        state_dict: dict[str, torch.Tensor] | None = None,
+                        dtype: torch.dtype | None = None) -> Path:
         """Write `config.json` and `model.safetensors` into `directory` (created if needed).
 
         `state_dict` overrides the module's own, e.g. the full weights gathered from FSDP shards.
+        `dtype` stores floating-point tensors in it (bf16 halves the file); loading casts them
+        back to the model's dtype.
         """
         directory = ensure_writable_dir(directory)
         atomic_write(directory / CONFIG_NAME, (self.config.to_json() + "\n").encode())
         state_dict = self.state_dict() if state_dict is None else state_dict
-        state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        state = {k: v.detach().to(dtype if dtype and v.is_floating_point() else v.dtype).contiguous().cpu()
+                 for k, v in state_dict.items()}
         atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path)))
         return directory
 

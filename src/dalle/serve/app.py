@@ -1,0 +1,114 @@
+"""The FastAPI app: the page at `/` and the JSON API under `/api` (schema at /openapi.json).
+
+    POST /api/generate                 queue a job -> 202 JobStatus (429 when the queue is full)
+    GET  /api/jobs/{id}                its status, progress and, once done, image URLs
+    GET  /api/jobs/{id}/images/{i}.png an image, best first
+    GET  /api/health                   the model, the queue and the limits
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from dalle import __version__
+from dalle.pipeline import DallePipeline
+from dalle.serve.errors import BodySizeLimit, install_error_handlers
+from dalle.serve.jobs import Job, JobQueue, QueueFull
+from dalle.serve.schemas import ErrorResponse, GenerateRequest, Health, JobStatus, Limits, QueueInfo
+
+STATIC = Path(__file__).parent / "static"
+
+
+def errors(*codes: int) -> dict:
+    """OpenAPI entries for the error answers an endpoint can give."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+def check_against_pipeline(pipeline: DallePipeline, request: GenerateRequest) -> None:
+    """Refuse with 422 what the schema cannot know: a prompt this tokenizer cannot use, or
+    reranking without CLIP."""
+    try:
+        pipeline.encode_prompt(request.prompt)
+    except ValueError as e:
+        raise HTTPException(422, f"prompt: {e}") from None
+    if (request.candidates or request.images) > request.images and pipeline.clip is None:
+        raise HTTPException(422, "candidates: this pipeline has no CLIP model to rerank with; ask "
+                                 "for as many candidates as images")
+
+
+def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: float = 120.0,
+               max_body_bytes: int = 16 * 1024, keep_finished: int = 64) -> FastAPI:
+    """An app serving `pipeline`: jobs run one at a time; `max_queue` more may wait, each is
+    stopped after `time_limit_s` seconds running, and request bodies over `max_body_bytes` get 413."""
+    jobs = JobQueue(pipeline, max_queue=max_queue, time_limit_s=time_limit_s, keep_finished=keep_finished)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        jobs.close()
+
+    # No /docs or /redoc: both load their assets from a CDN, and the server runs offline.
+    app = FastAPI(title="DALL-E", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Generate images from text with a DALL-E pipeline. Submit a job, "
+                              "poll it, then fetch its PNGs. Every error body is `{\"error\": \"...\"}`.")
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    install_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def status_of(job: Job) -> JobStatus:
+        return JobStatus(id=job.id, status=job.status, queue_position=jobs.position(job),
+                         progress=job.progress, elapsed_s=job.elapsed_s, error=job.error,
+                         images=[f"/api/jobs/{job.id}/images/{i}.png" for i in range(len(job.pngs))],
+                         scores=job.scores)
+
+    def find(job_id: str) -> Job:
+        job = jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r} (unknown, or finished long ago and forgotten)")
+        return job
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/health", summary="The model, the queue and the limits")
+    def health() -> Health:
+        waiting, running = jobs.counts()
+        return Health(image_size=pipeline.vae.config.image_size, grid_size=pipeline.prior.config.grid_size,
+                      clip=pipeline.clip is not None, device=str(pipeline.device),
+                      queue=QueueInfo(waiting=waiting, running=running, max_queue=max_queue),
+                      limits=Limits(time_limit_s=time_limit_s))
+
+    @app.post("/api/generate", status_code=202, responses=errors(413, 422, 429),
+              summary="Queue a generation job")
+    def generate(request: GenerateRequest) -> JobStatus:
+        """Check the request, queue it and return its status; poll GET /api/jobs/{id} for the images."""
+        check_against_pipeline(pipeline, request)
+        try:
+            job = jobs.submit(request.prompt, request.sampling_options())
+        except QueueFull as e:
+            raise HTTPException(429, str(e), headers={"Retry-After": "5"}) from None
+        return status_of(job)
+
+    @app.get("/api/jobs/{job_id}", responses=errors(404), summary="A job's status, progress and image URLs")
+    def job_status(job_id: str) -> JobStatus:
+        return status_of(find(job_id))
+
+    @app.get("/api/jobs/{job_id}/images/{index}.png", response_class=Response, summary="One image as PNG",
+             responses={200: {"content": {"image/png": {}}}, **errors(404, 409, 422)})
+    def job_image(job_id: str, index: int = PathParam(ge=0, description="0 is the best image.")) -> Response:
+        job = find(job_id)
+        if job.status != "done":
+            raise HTTPException(409, f"job {job_id} has no images (status: {job.status})")
+        if index >= len(job.pngs):
+            raise HTTPException(404, f"job {job_id} has {len(job.pngs)} images; no image {index}")
+        return Response(job.pngs[index], media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=86400"})
+
+    return app

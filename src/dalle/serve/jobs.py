@@ -1,0 +1,163 @@
+"""A bounded queue of generation jobs that one worker thread runs one at a time.
+
+A job is stopped from inside the pipeline's progress callback, which is called after every image
+position sampled: past the time limit it raises `JobStopped`, and so it does when the server shuts
+down. Finished jobs keep their PNGs until `keep_finished` newer ones have finished.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from dalle.utils import to_pil
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The queue has no room for another job."""
+
+
+class JobStopped(Exception):
+    """Raised from the progress callback to stop a job; `status` is the state it ends in."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(eq=False)
+class Job:
+    prompt: str
+    options: dict
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    status: str = "queued"
+    done: int = 0
+    total: int = 0
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    pngs: list[bytes] = field(default_factory=list)
+    scores: list[float] | None = None
+
+    @property
+    def progress(self) -> float:
+        return self.done / self.total if self.total else float(self.status == "done")
+
+    @property
+    def elapsed_s(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or time.monotonic()) - self.started
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class JobQueue:
+    """Runs `pipeline(prompt, **options)` for submitted jobs in order, one at a time."""
+
+    def __init__(self, pipeline, *, max_queue: int, time_limit_s: float, keep_finished: int = 64) -> None:
+        self.pipeline, self.max_queue, self.time_limit_s = pipeline, max_queue, time_limit_s
+        self.keep_finished = keep_finished
+        self._lock = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._running: Job | None = None
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name="dalle-serve-worker", daemon=True)
+        self._worker.start()
+
+    def submit(self, prompt: str, options: dict) -> Job:
+        """Queue a job, or raise QueueFull when `max_queue` jobs already wait behind a running one."""
+        with self._lock:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            pending = len(self._waiting) + (self._running is not None)
+            if pending > self.max_queue:
+                raise QueueFull(f"busy: the queue is full ({self.max_queue} waiting behind the running "
+                                f"job); try again shortly")
+            job = Job(prompt, options)
+            self._jobs[job.id] = job
+            self._waiting.append(job)
+            self._lock.notify()
+            return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def position(self, job: Job) -> int | None:
+        """1 for the next job to run, 2 for the one after, ...; None unless queued."""
+        with self._lock:
+            return self._waiting.index(job) + 1 if job in self._waiting else None
+
+    def counts(self) -> tuple[int, bool]:
+        """(jobs waiting, whether one is running)."""
+        with self._lock:
+            return len(self._waiting), self._running is not None
+
+    def close(self) -> None:
+        """Stop the running job, fail the waiting ones and end the worker."""
+        with self._lock:
+            self._closed = True
+            while self._waiting:
+                self._finish(self._waiting.popleft(), "failed", error="the server shut down")
+            self._lock.notify_all()
+        self._worker.join(timeout=10)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                job = self._running = self._waiting.popleft()
+                job.status, job.started = "running", time.monotonic()
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        def progress(done: int, total: int) -> None:
+            job.done, job.total = done, total
+            if self._closed:
+                raise JobStopped("failed", "the server shut down")
+            if time.monotonic() - job.started > self.time_limit_s:
+                raise JobStopped("timed_out", f"stopped at the {self.time_limit_s:g} s time limit "
+                                              f"with {done / total:.0%} sampled; ask for fewer "
+                                              f"candidates or images")
+
+        try:
+            generation = self.pipeline(job.prompt, progress=progress, **job.options)
+            pngs = [png_bytes(image) for image in to_pil(generation.images)]
+            scores = None if generation.scores is None else [float(s) for s in generation.scores]
+        except JobStopped as e:
+            outcome = dict(status=e.status, error=str(e))
+        except ValueError as e:  # the pipeline's one-line messages about its input
+            outcome = dict(status="failed", error=str(e))
+        except Exception as e:
+            log.exception("job %s failed", job.id)
+            outcome = dict(status="failed", error=f"internal error: {type(e).__name__}: {e}")
+        else:
+            outcome = dict(status="done", pngs=pngs, scores=scores)
+        with self._lock:
+            self._running = None
+            self._finish(job, **outcome)
+
+    def _finish(self, job: Job, status: str, error: str | None = None, pngs: list[bytes] = (),
+                scores: list[float] | None = None) -> None:
+        """Record the outcome (status last, so a reader that sees "done" sees the images)."""
+        job.error, job.pngs, job.scores = error, list(pngs), scores
+        job.finished = time.monotonic()
+        job.status = status
+        finished = [j for j in self._jobs.values() if j.finished is not None]
+        for old in finished[: max(0, len(finished) - self.keep_finished)]:
+            del self._jobs[old.id]

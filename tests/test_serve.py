@@ -1,0 +1,177 @@
+"""`dalle serve`'s API through FastAPI's TestClient, with the tiny random pipeline."""
+
+import io
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from dalle.serve import create_app
+from test_pipeline import tiny_pipeline
+
+
+class Gated:
+    """A pipeline whose calls wait until `release` is set (then sleep `delay` s) before sampling."""
+
+    def __init__(self, pipeline, delay: float = 0.0) -> None:
+        self.pipeline, self.delay = pipeline, delay
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.pipeline, name)
+
+    def __call__(self, prompt, **options):
+        self.started.set()
+        assert self.release.wait(10)
+        time.sleep(self.delay)
+        return self.pipeline(prompt, **options)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return tiny_pipeline()
+
+
+@pytest.fixture
+def client(pipeline):
+    with TestClient(create_app(pipeline)) as client:
+        yield client
+
+
+def wait_for(client, job_id: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+def test_generation_returns_pngs_best_first(client):
+    r = client.post("/api/generate", json={"prompt": "a large red circle", "images": 2, "candidates": 4, "seed": 1})
+    assert r.status_code == 202, r.text
+    job = wait_for(client, r.json()["id"])
+    assert job["status"] == "done" and job["progress"] == 1 and job["error"] is None
+    assert len(job["images"]) == 2 and job["scores"][0] >= job["scores"][1]
+    for url in job["images"]:
+        png = client.get(url)
+        assert png.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(png.content)).size == (64, 64)
+
+
+def test_health_describes_the_model(client):
+    health = client.get("/api/health").json()
+    assert health["image_size"] == 64 and health["grid_size"] == 4 and health["clip"] is True
+    assert health["limits"]["max_images"] == 16 and health["queue"]["max_queue"] == 4
+
+
+def test_page_and_its_assets_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="prompt"' in page.text
+    assert "function submit" in client.get("/static/app.js").text
+    assert client.get("/static/style.css").status_code == 200
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"prompt": ""}, "prompt: string should have at least 1 character"),
+    ({"prompt": "x" * 501}, "prompt: string should have at most 500 characters"),
+    ({"prompt": "   "}, "prompt: the prompt is empty"),
+    ({"prompt": "∑∑ ∂"}, "prompt: the prompt has no character this model's captions ever used"),
+    ({"prompt": "a circle", "images": 17}, "images: input should be less than or equal to 16"),
+    ({"prompt": "a circle", "images": 4, "candidates": 2}, "candidates: must be at least the number of images (4), got 2"),
+    ({"prompt": "a circle", "candidates": 65}, "candidates: input should be less than or equal to 64"),
+    ({"prompt": "a circle", "temperature": 0}, "temperature: input should be greater than 0"),
+    ({"prompt": "a circle", "top_k": 0}, "top_k: input should be greater than or equal to 1"),
+    ({"prompt": "a circle", "top_p": 1.5}, "top_p: input should be less than or equal to 1"),
+    ({"prompt": "a circle", "guidance_scale": 30}, "guidance_scale: input should be less than or equal to 20"),
+    ({"prompt": "a circle", "seed": -1}, "seed: input should be greater than or equal to 0"),
+    ({"prompt": "a circle", "guidance": 3}, "guidance: extra inputs are not permitted"),
+    ({}, "prompt: field required"),
+])
+def test_bad_requests_are_one_line_naming_the_field(client, body, message):
+    r = client.post("/api/generate", json=body)
+    assert r.status_code == 422 and r.json() == {"error": r.json()["error"]}
+    assert r.json()["error"].startswith(message), r.json()
+
+
+def test_reranking_without_clip_is_refused():
+    with TestClient(create_app(tiny_pipeline(with_clip=False))) as client:
+        r = client.post("/api/generate", json={"prompt": "a red circle", "images": 1, "candidates": 4})
+    assert r.status_code == 422 and r.json()["error"].startswith("candidates: this pipeline has no CLIP")
+
+
+def test_a_body_that_is_not_a_json_object_is_named(client):
+    r = client.post("/api/generate", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"].startswith("the body is not valid JSON")
+    for body in ([1], None):
+        r = client.post("/api/generate", json=body)
+        assert r.json() == {"error": 'the body must be a JSON object like {"prompt": "a red circle"}'}
+
+
+def test_oversized_body_is_refused(client):
+    r = client.post("/api/generate", json={"prompt": "a" * 20_000})
+    assert r.status_code == 413 and r.json() == {"error": "the request body is over the 16384-byte limit"}
+
+    def chunks():  # no Content-Length: the limit still holds
+        yield b'{"prompt": "'
+        yield b"a" * 20_000
+        yield b'"}'
+
+    r = client.post("/api/generate", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "16384-byte limit" in r.json()["error"]
+
+
+def test_full_queue_answers_429(pipeline):
+    gated = Gated(pipeline)
+    with TestClient(create_app(gated, max_queue=1)) as client:
+        request = {"prompt": "a red circle", "images": 1}
+        first = client.post("/api/generate", json=request).json()
+        assert gated.started.wait(10)  # the first job runs, blocked
+        second = client.post("/api/generate", json=request).json()
+        assert second["status"] == "queued" and second["queue_position"] == 1
+        r = client.post("/api/generate", json=request)
+        assert r.status_code == 429 and r.json()["error"].startswith("busy: the queue is full")
+        assert r.headers["retry-after"] == "5"
+        gated.release.set()
+        assert wait_for(client, first["id"])["status"] == wait_for(client, second["id"])["status"] == "done"
+        assert client.post("/api/generate", json=request).status_code == 202
+
+
+def test_job_past_the_time_limit_is_stopped(pipeline):
+    gated = Gated(pipeline, delay=0.05)
+    gated.release.set()
+    with TestClient(create_app(gated, time_limit_s=0.01)) as client:
+        job_id = client.post("/api/generate", json={"prompt": "a red circle", "images": 1}).json()["id"]
+        job = wait_for(client, job_id)
+        assert job["status"] == "timed_out" and job["images"] == []
+        assert job["error"] == ("stopped at the 0.01 s time limit with 6% sampled; ask for fewer "
+                                "candidates or images")  # stopped after the first of 16 codes
+        r = client.get(f"/api/jobs/{job_id}/images/0.png")
+        assert r.status_code == 409 and r.json()["error"] == f"job {job_id} has no images (status: timed_out)"
+
+
+def test_unknown_things_are_404_json(client):
+    r = client.get("/api/jobs/nope")
+    assert r.status_code == 404 and r.json()["error"].startswith("no job 'nope'")
+    r = client.get("/api/nothing")
+    assert r.status_code == 404 and r.json() == {"error": "not found: GET /api/nothing"}
+    assert client.get("/api/generate").json() == {"error": "method not allowed: GET /api/generate"}
+    job_id = client.post("/api/generate", json={"prompt": "a red circle", "images": 1}).json()["id"]
+    wait_for(client, job_id)
+    r = client.get(f"/api/jobs/{job_id}/images/1.png")
+    assert r.status_code == 404 and r.json()["error"] == f"job {job_id} has 1 images; no image 1"
+
+
+def test_openapi_schema_lists_the_endpoints(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/api/generate", "/api/jobs/{job_id}", "/api/jobs/{job_id}/images/{index}.png",
+            "/api/health"} <= schema["paths"].keys()
+    assert "/" not in schema["paths"]
+    fields = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert fields["images"]["maximum"] == 16 and fields["temperature"]["exclusiveMinimum"] == 0
+    assert all(field.get("description") for field in fields.values())
+    errors = schema["paths"]["/api/generate"]["post"]["responses"]
+    assert {"202", "413", "422", "429"} <= errors.keys()
