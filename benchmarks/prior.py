@@ -1,119 +1,178 @@
-"""Prior speed: forward+backward time and peak memory per attention layout and grid size, and
-training throughput at the comparison config. Prints markdown tables.
+"""Prior speed: training throughput at the comparison config, and how each attention layout's
+forward + backward cost scales with the grid. Prints markdown tables.
 
-    python benchmarks/prior.py            # everything
-    python benchmarks/prior.py --quick    # fewer repeats
+    python benchmarks/prior.py [--device auto] [--threads N] [--repeats 7] [--quick]
+
+Training: dim 256, depth 8, 8 heads of 32, text 32 tokens, 8x8 grid, batch 16, AdamW, the paper's
+layouts, fp32 and bf16 autocast, for the paper's and the shapes recipe's vocabularies; tokens/s and
+model GFLOP/s against the matmul peak measured in the same run (benchmarks/matmul.py).
+Scaling: attention alone and a whole 4-layer prior at batch 2 per layout at grids 8, 16 and 32,
+and the exponent of time against sequence length.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-from collections import Counter
+import math
+from collections.abc import Callable
 
 import torch
 
-from common import peak_bytes
-from dalle.attention import layer_layouts, sparse_attention
-from dalle.config import PriorConfig, TrainConfig
+from attention import SCHEDULE, attention_cost, schedule_mix
+from common import (VOCABULARIES, Timing, autocast, comparison_config, environment, fmt, fmt_timing,
+                    markdown_table, measure, parser, peak_bytes, precision_name, random_batch, setup)
+from dalle.config import TrainConfig
 from dalle.prior import Prior
 from dalle.train.loop import build_optimizer
+from flops import counted_forward_flops, prior_forward_flops
+from matmul import matmul_section
+
+TRAIN_BATCH = 16
+SCALING_GRIDS = (8, 16, 32)
+MODEL_LAYOUTS = ("dense", "sparse", "row", "column", "conv")
 
 
-def batch(config: PriorConfig, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    text = torch.randint(0, config.text_vocab_size, (size, config.text_length + 1))
-    codes = torch.randint(0, config.image_vocab_size, (size, config.grid_size, config.grid_size))
-    return text, codes
+def training_step(model: Prior, device: torch.device, bf16: bool) -> Callable[[], None]:
+    """A function running one AdamW step (clipped at norm 4) on a fixed random batch."""
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=4.5e-2, betas=(0.9, 0.96)))
+    text, codes = random_batch(model.config, TRAIN_BATCH, device)
+
+    def step() -> None:
+        with autocast(device, bf16):
+            loss = model(text, codes).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 4.0)
+        optimizer.step()
+
+    return step
 
 
-def time_it(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def flops_note(vocabulary: str, model: Prior, device: torch.device) -> str:
+    """A footnote: the analytic forward FLOPs by part, and FlopCounterMode's count to check them."""
+    config = model.config
+    useful = prior_forward_flops(config, TRAIN_BATCH)
+    executed = sum(prior_forward_flops(config, TRAIN_BATCH, executed=True).values())
+    counted = counted_forward_flops(model, *random_batch(config, TRAIN_BATCH, device))
+    parts = ", ".join(f"{part} {flops / 1e9:.2f}" for part, flops in useful.items())
+    return (f"- {vocabulary}: {sum(useful.values()) / 1e9:.2f} GFLOP ({parts}); executed "
+            f"{executed / 1e9:.2f}; FlopCounterMode {counted / 1e9:.2f} ({counted / executed - 1:+.2%} "
+            f"vs executed, {counted / sum(useful.values()) - 1:+.2%} vs useful)")
 
 
-def layouts_table(repeats: int) -> None:
-    print("\n### Forward + backward per layout (batch 2, 8 heads of 32, text 32; the model: dim 256, "
-          "4 layers)\n\nAttention alone is `sparse_attention` on random inputs, and for `sparse` the "
-          "mean over the paper's 64-layer schedule (48 row, 15 column, 1 conv). The model is "
-          "the whole prior, whose projections and MLPs cost the same in every layout.\n")
-    print("| grid | layout | attention ms | vs dense | attention peak MiB | model ms | vs dense | model peak MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    device = torch.device("cpu")
-    schedule = Counter(layer_layouts(64))
-    for grid in (8, 16, 32):
-        q, k, v = (torch.randn(2, 8, 32 + grid * grid, 32, requires_grad=True) for _ in range(3))
-        attention_ms, attention_mib, dense = {}, {}, {}
-        for layout in ("dense", "row", "column", "conv"):
-            def attend(layout: str = layout) -> None:
-                sparse_attention(q, k, v, layout, 32, grid).sum().backward()
-
-            attention_ms[layout] = time_it(attend, repeats) * 1e3
-            attention_mib[layout] = peak_bytes(attend, device) / 2**20
-        attention_ms["sparse"] = sum(attention_ms[n] * c for n, c in schedule.items()) / 64
-        attention_mib["sparse"] = max(attention_mib[n] for n in schedule)
-        for layout in ("dense", "sparse", "row", "column", "conv"):
-            config = PriorConfig(text_vocab_size=1024, text_length=32, image_vocab_size=512,
-                                 grid_size=grid, dim=256, depth=4, heads=8, head_dim=32,
-                                 layout=layout)
-            torch.manual_seed(0)
-            model = Prior(config)
-            text, codes = batch(config, 2)
-
-            def step() -> None:
-                model.zero_grad(set_to_none=True)
-                model(text, codes).loss.backward()
-
-            ms = time_it(step, repeats) * 1e3
-            mib = peak_bytes(step, device) / 2**20
-            dense = dense or {"attention": attention_ms["dense"], "model": ms}
-            print(f"| {grid}x{grid} | {layout} | {attention_ms[layout]:.1f} | "
-                  f"{dense['attention'] / attention_ms[layout]:.2f}x | {attention_mib[layout]:.0f} | "
-                  f"{ms:.1f} | {dense['model'] / ms:.2f}x | {mib:.0f} |", flush=True)
-
-
-def training_table(repeats: int) -> None:
-    print("\n### Training throughput at the comparison config\n"
-          "(dim 256, depth 8, 8 heads of 32, text 32 tokens, 8x8 image grid, batch 16, AdamW, "
-          "paper layouts)\n")
-    print("| vocabularies | precision | ms / step | tokens/s | images/s |")
-    print("|---|---|---|---|---|")
-    for vocab, (text_ids, codes_k) in {"paper": (16_384 + 32 + 1, 8192), "shapes": (371, 512)}.items():
-        config = PriorConfig(text_vocab_size=text_ids, text_length=32, image_vocab_size=codes_k,
-                             grid_size=8, dim=256, depth=8, heads=8, head_dim=32)
+def training_section(device: torch.device, repeats: int,
+                     peaks: dict[str, float] | None) -> tuple[str, dict]:
+    """The table and {(vocabulary, "fp32" | "bf16"): {"tokens/s", "GFLOP/s": Timing, "of peak"}},
+    "of peak" being the fraction of the matmul peak of that dtype, given `peaks`."""
+    rows, notes, results = [], [], {}
+    for vocabulary, (text_ids, codes) in VOCABULARIES.items():
+        config = comparison_config(vocabulary)
         torch.manual_seed(0)
-        model = Prior(config)
-        optimizer = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=4.5e-2, betas=(0.9, 0.96)))
-        text, codes = batch(config, 16)
-        tokens = 16 * (config.text_length + config.grid_size**2)
+        model = Prior(config).to(device)
+        notes.append(flops_note(vocabulary, model, device))
+        tokens = TRAIN_BATCH * (config.text_length + config.image_tokens)
+        gflop = 3 * sum(prior_forward_flops(config, TRAIN_BATCH).values()) / 1e9
         for bf16 in (False, True):
-            def step() -> None:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = model(text, codes).loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 4.0)
-                optimizer.step()
+            seconds = measure(training_step(model, device, bf16), repeats)
+            dtype = "bf16" if bf16 else "fp32"
+            gflops = seconds.rate(gflop)
+            results[vocabulary, dtype] = {"tokens/s": seconds.rate(tokens), "GFLOP/s": gflops}
+            peak = "–"
+            if peaks:
+                results[vocabulary, dtype]["of peak"] = gflops.median / peaks[dtype]
+                peak = f"{gflops.median / peaks[dtype]:.0%} of {fmt(peaks[dtype])}"
+            rows.append([f"{vocabulary} ({text_ids:,} text ids, {codes:,} codes)", precision_name(bf16),
+                         fmt_timing(seconds.scale(1e3)), fmt_timing(seconds.rate(tokens)),
+                         fmt_timing(gflops), peak])
+    text = ("### Prior training at the comparison config\n\ndim 256, depth 8, 8 heads of 32, text 32 "
+            f"tokens, 8x8 grid, batch {TRAIN_BATCH} ({tokens:,} tokens), AdamW, paper "
+            "layouts. Model GFLOP/s = 3 x the analytic forward FLOPs (useful attention pairs only) "
+            "per second, against the matmul peak of the same dtype.\n\n"
+            + markdown_table(["vocabularies", "precision", "ms / step", "tokens/s", "model GFLOP/s",
+                              "of matmul peak"], rows)
+            + f"\n\nForward FLOPs at batch {TRAIN_BATCH} (benchmarks/flops.py): analytic, useful "
+            "attention pairs, by part; analytic as executed (the whole blocks the attention kernels "
+            "are handed); torch's FlopCounterMode on one forward pass.\n\n" + "\n".join(notes))
+    return text, results
 
-            seconds = time_it(step, repeats)
-            print(f"| {vocab} ({text_ids:,} text ids, {codes_k:,} codes) | "
-                  f"{'bf16 autocast' if bf16 else 'fp32'} | {seconds * 1e3:.0f} | "
-                  f"{tokens / seconds:,.0f} | {16 / seconds:.1f} |", flush=True)
+
+def model_cost(layout: str, grid: int, device: torch.device, repeats: int) -> tuple[Timing, int]:
+    """Seconds and peak bytes of forward + backward of a 4-layer comparison prior at batch 2."""
+    config = comparison_config("shapes", grid=grid, layout=layout, depth=4)
+    torch.manual_seed(0)
+    model = Prior(config).to(device)
+    text, codes = random_batch(config, 2, device)
+
+    def step() -> None:
+        model(text, codes).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return measure(step, repeats), peak_bytes(step, device)
+
+
+def loglog_slope(xs: list[float], ys: list[float]) -> float:
+    """The least-squares slope of log(y) against log(x)."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def scaling_costs(device: torch.device, repeats: int) -> dict:
+    """{(kind, grid, layout): (Timing, peak bytes)} for kind "attention" and "model"."""
+    costs = {}
+    for grid in SCALING_GRIDS:
+        for layout in ("dense", *SCHEDULE):
+            costs["attention", grid, layout] = attention_cost(layout, grid, device, repeats)
+        costs["attention", grid, "sparse"] = (
+            schedule_mix({name: costs["attention", grid, name][0] for name in SCHEDULE}),
+            max(costs["attention", grid, name][1] for name in SCHEDULE))
+        for layout in MODEL_LAYOUTS:
+            costs["model", grid, layout] = model_cost(layout, grid, device, repeats)
+    return costs
+
+
+def scaling_section(device: torch.device, repeats: int) -> tuple[str, dict]:
+    """The per-layout table, the exponents, and {kind: {"speed-up", "memory"}} of sparse at 32x32."""
+    costs = scaling_costs(device, repeats)
+    rows = []
+    for grid in SCALING_GRIDS:
+        for layout in MODEL_LAYOUTS:
+            row = [f"{grid}x{grid}", layout]
+            for kind in ("attention", "model"):
+                (timing, peak), (dense, dense_peak) = costs[kind, grid, layout], costs[kind, grid, "dense"]
+                row += [fmt_timing(timing.scale(1e3)), f"{dense.median / timing.median:.2f}x",
+                        f"{peak / 2**20:.1f}", f"{peak / dense_peak:.2f}x"]
+            rows.append(row)
+    lengths = [32 + grid * grid for grid in SCALING_GRIDS]
+
+    def slope(kind: str, layout: str) -> str:
+        return f"{loglog_slope(lengths, [costs[kind, g, layout][0].median for g in SCALING_GRIDS]):.2f}"
+
+    slopes = [[layout, slope("attention", layout), slope("model", layout)] for layout in MODEL_LAYOUTS]
+    big = SCALING_GRIDS[-1]
+    results = {kind: {"speed-up": costs[kind, big, "dense"][0].median / costs[kind, big, "sparse"][0].median,
+                      "memory": costs[kind, big, "sparse"][1] / costs[kind, big, "dense"][1]}
+               for kind in ("attention", "model")}
+    headers = ["grid", "layout"] + [f"{kind} {column}" for kind in ("attention", "model")
+                                    for column in ("ms", "speed-up", "peak MiB", "memory vs dense")]
+    text = ("### Attention layouts: forward + backward vs dense\n\nAttention alone: `sparse_attention` "
+            "on random (2, 8, S, 32) inputs; `sparse` is the paper's 64-layer schedule (48 row, 15 "
+            "column, 1 conv): mean time, peak of its hungriest layout. Model: a 4-layer comparison "
+            "prior (shapes vocabularies) at batch 2, every layer of the layout (`sparse`: row, column, "
+            "row, conv). Peak MiB: allocated beyond the inputs. fp32.\n\n" + markdown_table(headers, rows)
+            + f"\n\nExponent of time against sequence length S = 32 + G^2 (least squares over "
+            f"S = {', '.join(map(str, lengths))}; dense attention tends to 2, sparse to 1.5):\n\n"
+            + markdown_table(["layout", "attention exponent", "model exponent"], slopes))
+    return text, results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 timed repeat instead of 5")
-    args = parser.parse_args()
-    repeats = 1 if args.quick else 5
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    training_table(repeats)
-    layouts_table(repeats)
+    args = parser(__doc__, repeats=7).parse_args()
+    device = setup(args)
+    print(environment(device) + "\n", flush=True)
+    matmul, peaks = matmul_section(device, args.repeats)
+    print(matmul + "\n", flush=True)
+    print(training_section(device, args.repeats, peaks)[0] + "\n", flush=True)
+    print(scaling_section(device, args.repeats)[0])
 
 
 if __name__ == "__main__":

@@ -1,63 +1,122 @@
 """Sampling speed: image tokens/s of `sample_codes` with the KV cache, per batch size and grid.
 
-The prior is the comparison config of benchmarks/prior.py (dim 256, depth 8, 8 heads of 32,
-text 32 tokens, paper layouts) with the paper's vocabularies (16,384 BPE + pads, 8,192 codes).
+    python benchmarks/sampling.py [--device auto] [--threads N] [--repeats 5] [--quick] [--no-cache]
+                                  [--paper-12b]
 
-    python benchmarks/sampling.py            # the table
-    python benchmarks/sampling.py --no-cache # also time full recompute per step, batch 8, 8x8
+The prior is the comparison config (dim 256, depth 8, 8 heads of 32, text 32 tokens, paper
+layouts) with the paper's vocabularies (16,384 BPE + pads, 8,192 codes), random weights, in fp32
+and with bf16 weights. A run samples every position of the grid after the text prefill; ms per
+position is its time over the grid's positions (one step of the whole batch). --quick: 8x8 only.
+--no-cache adds full recompute per step (batch 8, 8x8); --paper-12b the 12B preset's time per
+token on CUDA.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import torch
 
+from common import Timing, comparison_config, environment, fmt_timing, markdown_table, measure, parser, setup
 from dalle.config import PriorConfig
 from dalle.prior import Prior
 from dalle.sampling import sample_codes
 
+BATCHES = (1, 8, 64)
+WEIGHTS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-def prior(grid: int) -> Prior:
+
+def sampling_prior(grid: int, device: torch.device, dtype: torch.dtype) -> Prior:
     torch.manual_seed(0)
-    config = PriorConfig(text_vocab_size=16_384 + 32 + 1, text_length=32, image_vocab_size=8192,
-                         grid_size=grid, dim=256, depth=8, heads=8, head_dim=32)
-    return Prior(config).eval()
+    return Prior(comparison_config("paper", grid=grid)).to(device, dtype).eval()
 
 
-def tokens_per_second(model: Prior, batch: int, repeats: int, **kwargs) -> float:
-    c = model.config
-    text = torch.randint(0, c.text_vocab_size, (batch, c.text_length + 1))
-    generator = torch.Generator().manual_seed(0)
-    sample_codes(model, text, generator=generator, **kwargs)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sample_codes(model, text, generator=generator, **kwargs)
-        best = min(best, time.perf_counter() - start)
-    return batch * c.grid_size**2 / best
+def sampling_time(model: Prior, batch: int, repeats: int, **kwargs) -> Timing:
+    """Seconds to sample a batch of whole code grids (prefill included)."""
+    c, device = model.config, model.image_head.weight.device
+    text = torch.randint(0, c.text_vocab_size, (batch, c.text_length + 1), device=device)
+    generator = torch.Generator(device).manual_seed(0)
+    return measure(lambda: sample_codes(model, text, generator=generator, **kwargs), repeats)
+
+
+def sampling_row(label: str, model: Prior, batch: int, repeats: int, **kwargs) -> tuple[list[str], Timing]:
+    """A table row and the image tokens/s of sampling `batch` grids."""
+    positions = model.config.image_tokens
+    seconds = sampling_time(model, batch, repeats, **kwargs)
+    grid = model.config.grid_size
+    tokens = seconds.rate(batch * positions)
+    return [f"{grid}x{grid}", str(batch), label, fmt_timing(tokens),
+            fmt_timing(seconds.scale(1e3 / positions)), fmt_timing(seconds.rate(batch))], tokens
+
+
+def sampling_section(device: torch.device, repeats: int, grids: tuple[int, ...] = (8, 16),
+                     no_cache: bool = False) -> tuple[str, dict]:
+    """The table and {(grid, batch, "fp32" | "bf16"): image tokens/s Timing}."""
+    rows, results = [], {}
+    for grid in grids:
+        for weights, dtype in WEIGHTS.items():
+            model = sampling_prior(grid, device, dtype)
+            for batch in BATCHES:
+                row, results[grid, batch, weights] = sampling_row(f"{weights} weights", model, batch, repeats)
+                rows.append(row)
+    if no_cache:
+        rows.append(sampling_row("fp32, no cache", sampling_prior(8, device, torch.float32), 8, repeats,
+                                 use_cache=False)[0])
+    text = ("### Sampling with the KV cache\n\nThe comparison prior with the paper's vocabularies; "
+            "`sample_codes` of whole grids, prefill included.\n\n"
+            + markdown_table(["grid", "batch", "weights", "image tokens/s", "ms / position", "images/s"],
+                             rows))
+    return text, results
+
+
+def paper_prior(device: torch.device) -> Prior:
+    """The 12B preset in bf16 on `device`, random weights (speed does not depend on them)."""
+    with torch.device("meta"):
+        model = Prior(PriorConfig.paper())
+    model = model.to(torch.bfloat16).to_empty(device=device).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(std=0.02)
+    return model
+
+
+@torch.no_grad()
+def step_time(model: Prior, batch: int, repeats: int) -> Timing:
+    """Seconds of one cached sampling step (one image position) after the text prefill."""
+    c, device = model.config, model.image_head.weight.device
+    cache = model.new_cache()
+    model.prefill(torch.randint(0, c.text_vocab_size, (batch, c.text_length + 1), device=device), cache)
+    code = torch.zeros(batch, dtype=torch.long, device=device)
+    return measure(lambda: model.step(code, 1, cache), repeats)
+
+
+def paper_12b_section(device: torch.device, repeats: int) -> str:
+    """Per-token sampling time of `PriorConfig.paper()` on one GPU, or why it was skipped."""
+    title = "### The 12B prior: sampling time per token\n\n"
+    if device.type != "cuda":
+        return title + "Skipped: runs on CUDA only (`--device cuda`); its bf16 weights take about 24 GB."
+    try:
+        model = paper_prior(device)
+        timings = {batch: step_time(model, batch, repeats) for batch in (1, 8)}
+    except torch.cuda.OutOfMemoryError:
+        return title + f"Skipped: does not fit on {torch.cuda.get_device_name(device)}."
+    n = model.config.image_tokens
+    rows = [[str(batch), fmt_timing(t.scale(1e3)), fmt_timing(t.rate(batch)), f"{t.median * n:.1f}"]
+            for batch, t in timings.items()]
+    return (title + f"`PriorConfig.paper()` ({model.num_parameters() / 1e9:.1f}B parameters, bf16 "
+            f"weights, 32x32 grid): one cached step of the whole batch.\n\n"
+            + markdown_table(["batch", "ms / token position", "image tokens/s", f"s / {n} positions"], rows))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-cache", action="store_true", help="also time sampling without the cache")
-    args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n", flush=True)
-    print("| grid | batch | precision | image tokens/s | images/s |")
-    print("|---|---|---|---|---|")
-    for grid in (8, 16):
-        for dtype in (torch.float32, torch.bfloat16):
-            model = prior(grid).to(dtype)
-            for batch in (1, 8, 64):
-                rate = tokens_per_second(model, batch, args.repeats)
-                name = "fp32" if dtype == torch.float32 else "bf16 weights"
-                print(f"| {grid}x{grid} | {batch} | {name} | {rate:,.0f} | {rate / grid**2:.1f} |",
-                      flush=True)
-    if args.no_cache:
-        rate = tokens_per_second(prior(8), 8, 1, use_cache=False)
-        print(f"| 8x8 | 8 | fp32, no cache | {rate:,.0f} | {rate / 64:.1f} |")
+    p = parser(__doc__, repeats=5)
+    p.add_argument("--no-cache", action="store_true", help="also time sampling without the cache")
+    p.add_argument("--paper-12b", action="store_true", help="also time the 12B preset (CUDA only)")
+    args = p.parse_args()
+    device = setup(args)
+    print(environment(device) + "\n", flush=True)
+    grids = (8,) if args.quick else (8, 16)
+    print(sampling_section(device, args.repeats, grids, no_cache=args.no_cache)[0], flush=True)
+    if args.paper_12b:
+        print("\n" + paper_12b_section(device, args.repeats))
 
 
 if __name__ == "__main__":

@@ -65,13 +65,22 @@ def attention_mask(layout: str, text_len: int, grid: int, *, row_window: int | N
     return mask
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """`scaled_dot_product_attention`, run in fp32 for bf16 inputs on CPU, whose bf16 kernels are
+    2-4x slower than fp32 at these head sizes (measured: benchmarks/run.py --only scaling)."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
+
+
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, text_len: int,
                         grid: int, *, row_window: int | None = None, conv_kernel: int = 11) -> torch.Tensor:
     """Attention of (B, H, S, D) queries, keys and values under the layout's dense mask: O(S^2)."""
     _check_shapes(q, k, v, text_len, grid)
     mask = attention_mask(layout, text_len, grid, row_window=row_window, conv_kernel=conv_kernel,
                           device=q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return sdpa(q, k, v, attn_mask=mask)
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, text_len: int,
@@ -86,9 +95,9 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     window, kernel = _check_args(layout, text_len, grid, row_window, conv_kernel)
     _check_shapes(q, k, v, text_len, grid)
     if layout == "dense":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return sdpa(q, k, v, is_causal=True)
     T = text_len
-    text = F.scaled_dot_product_attention(q[:, :, :T], k[:, :, :T], v[:, :, :T], is_causal=True)
+    text = sdpa(q[:, :, :T], k[:, :, :T], v[:, :, :T], is_causal=True)
     plan = _plan(layout, T, grid, window, kernel, q.device)
     B, H, _, _ = q.shape
     blocks, n_queries, n_keys = plan.mask.shape[1:]
@@ -97,8 +106,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
         x = x[:, :, T:] if index is None else x.index_select(2, index)
         return x.reshape(B * H, blocks, n, x.shape[-1])
 
-    image = F.scaled_dot_product_attention(gather(q, plan.queries, n_queries), gather(k, plan.keys, n_keys),
-                                           gather(v, plan.keys, n_keys), attn_mask=plan.mask)
+    image = sdpa(gather(q, plan.queries, n_queries), gather(k, plan.keys, n_keys),
+                 gather(v, plan.keys, n_keys), attn_mask=plan.mask)
     image = image.reshape(B, H, blocks * n_queries, -1)
     if plan.outputs is not None:
         image = image.index_select(2, plan.outputs)
@@ -214,13 +223,14 @@ class LayerCache:
         self.v = v.new_zeros(B, H, T + self.ring, D)
         self.k[:, :, : T + 1] = k
         self.v[:, :, : T + 1] = v
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return sdpa(q, k, v, is_causal=True)
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: int) -> torch.Tensor:
         """Attention of image position `position` (>= 1) from its (B, H, 1, D) query, key, value."""
         slot = self.text_len + position % self.ring
         self.k[:, :, slot] = k[:, :, 0]
         self.v[:, :, slot] = v[:, :, 0]
+        # One query per step: the native-dtype kernel beats casting the whole cache to fp32.
         return F.scaled_dot_product_attention(q, self.k, self.v, attn_mask=self.masks[position])
 
 
