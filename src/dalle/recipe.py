@@ -152,8 +152,8 @@ def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
         start = time.perf_counter()
         invoke(args)
         seconds = time.perf_counter() - start
-        atomic_write(record, json.dumps({"command": ["dalle", *args], "seconds": round(seconds, 1)},
-                                        indent=2).encode())
+        atomic_write(record, json.dumps({"command": ["dalle", *args], "seconds": round(seconds, 1),
+                                         **machine()}, indent=2).encode())
     for name in recipe.extra_files:
         source, target = run / "data" / name, run / "pipeline" / name
         if source.is_dir():
@@ -164,6 +164,17 @@ def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
     atomic_write(card, model_card(recipe, run).encode())
     echo(f"[card] wrote {card}")
     return run / "pipeline"
+
+
+def machine() -> dict:
+    """What a stage ran on, for the model card's training times."""
+    import os
+
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "gpu": gpu}
 
 
 def _last_row_with(path: Path, column: str) -> dict[str, str]:
@@ -204,6 +215,11 @@ def model_card(recipe: Recipe, run: Path) -> str:
         seconds = stages.get(stage, {}).get("seconds")
         lines.append(f"| {part} | {text} | {'-' if seconds is None else f'{seconds / 60:.1f} min'} |")
     total = sum(s["seconds"] for s in stages.values())
+    where = stages.get("train-prior", {})
+    if "torch" in where:
+        lines += ["", f"Times measured with torch {where['torch']} on "
+                  + (f"one {where['gpu']}." if where["gpu"] else
+                     f"a CPU with {where['cpus']} cores, {where['threads']} torch thread(s) per stage.")]
     lines += ["", f"All stages together took {total / 60:.1f} min; each stage's exact command is "
               "below.", "", "## Metrics", ""]
     vae_metrics = run / "eval" / "vae.json"

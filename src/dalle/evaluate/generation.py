@@ -130,8 +130,9 @@ def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | 
         features = InceptionFeatures()
         real_feats, fake_feats = features(real_images), features(generated)
         metrics["fid"] = fid(real_feats, fake_feats)
+        # Subsets of half the set, so that they differ and the spread means something.
         metrics["kid"], metrics["kid_std"] = kid(real_feats, fake_feats, subsets=50,
-                                                 subset_size=min(1000, n))
+                                                 subset_size=min(1000, max(2, n // 2)))
     if pipeline.clip is not None:
         text = torch.stack([pipeline.tokenizer.encode(c) for c in captions])
         metrics["clip_score"] = clip_score(pipeline.clip, generated, text)

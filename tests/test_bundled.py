@@ -1,0 +1,55 @@
+"""The pipelines that ship inside the package: present, small, documented, and generating."""
+
+from pathlib import Path
+
+from safetensors import safe_open
+
+from dalle.pipeline import BUNDLED_DIR, DallePipeline, bundled_pipelines, resolve_pipeline
+from test_cli import dalle
+
+
+def test_shapes_and_emoji_ship_within_40_mb_in_bf16():
+    assert bundled_pipelines() == ["emoji", "shapes"]
+    files = [p for p in BUNDLED_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 40 * 2**20
+    for weights in BUNDLED_DIR.rglob("model.safetensors"):
+        with safe_open(str(weights), "pt") as f:
+            assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}, weights
+
+
+def test_model_cards_state_data_licences_and_metrics():
+    for name in bundled_pipelines():
+        card = (BUNDLED_DIR / name / "README.md").read_text()
+        for needed in ("## Data", "## Parts", "## Metrics", f"dalle recipe {name}"):
+            assert needed in card, (name, needed)
+    emoji = BUNDLED_DIR / "emoji"
+    assert "CC-BY-4.0" in (emoji / "README.md").read_text()
+    assert (emoji / "ATTRIBUTION.md").exists() and (emoji / "licenses").is_dir()
+
+
+def test_names_resolve_to_bundled_and_paths_stay_paths(tmp_path):
+    assert resolve_pipeline("shapes") == BUNDLED_DIR / "shapes"
+    assert resolve_pipeline(tmp_path) == tmp_path
+    assert resolve_pipeline("./shapes") == Path("./shapes")
+
+
+def test_emoji_pipeline_generates_from_the_python_api():
+    out = DallePipeline.from_pretrained("emoji")("a red apple, twitter style", images=1, candidates=2)
+    assert out.images.shape == (1, 3, 64, 64) and out.scores is not None
+
+
+def test_generate_uses_the_bundled_shapes_pipeline_by_default(tmp_path):
+    r = dalle("generate", "a small green triangle above a large red circle", "--out", tmp_path,
+              "--images", "2", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    printed = r.stdout.split()
+    assert printed == [str(tmp_path / "00.png"), str(tmp_path / "01.png"), str(tmp_path / "grid.png")]
+    assert all(Path(p).stat().st_size > 0 for p in printed)
+    # Never overwritten without --overwrite.
+    again = dalle("generate", "a red circle", "--out", tmp_path, "--images", "1")
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+
+
+def test_unknown_pipeline_names_the_bundled_ones(tmp_path):
+    r = dalle("generate", "a red circle", "--pipeline", "faces", "--out", tmp_path)
+    assert r.returncode == 1 and "bundled pipelines: emoji, shapes" in r.stderr
