@@ -62,6 +62,15 @@ def test_generation_returns_pngs_best_first(client):
         assert Image.open(io.BytesIO(png.content)).size == (64, 64)
 
 
+def test_truncated_prompt_is_reported_in_the_job(client):
+    r = client.post("/api/generate", json={"prompt": "a small blue square above a large red circle and more"})
+    assert r.status_code == 202 and "truncated" in r.json()["warnings"][0]
+    job = wait_for(client, r.json()["id"])
+    assert job["status"] == "done" and job["warnings"] == r.json()["warnings"]
+    short = client.post("/api/generate", json={"prompt": "a large red circle"}).json()
+    assert short["warnings"] == []
+
+
 def test_health_describes_the_model(client):
     health = client.get("/api/health").json()
     assert health["image_size"] == 64 and health["grid_size"] == 4 and health["clip"] is True

@@ -609,7 +609,10 @@ def serve_command(
 
 
 def main() -> None:
-    """Entry point: run the app, turning user-caused errors into one line."""
+    """Entry point: run the app, turning user-caused errors and warnings into one line."""
+    import warnings
+
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     try:
         app()
     # OSError covers missing paths, permissions and unreadable files (Pillow's UnidentifiedImageError).

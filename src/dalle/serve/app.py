@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -30,16 +31,19 @@ def errors(*codes: int) -> dict:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
-def check_against_pipeline(pipeline: DallePipeline, request: GenerateRequest) -> None:
+def check_against_pipeline(pipeline: DallePipeline, request: GenerateRequest) -> list[str]:
     """Refuse with 422 what the schema cannot know: a prompt this tokenizer cannot use, or
-    reranking without CLIP."""
+    reranking without CLIP. Returns the warnings the prompt raised (e.g. truncation)."""
     try:
-        pipeline.encode_prompt(request.prompt)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipeline.encode_prompt(request.prompt)
     except ValueError as e:
         raise HTTPException(422, f"prompt: {e}") from None
     if (request.candidates or request.images) > request.images and pipeline.clip is None:
         raise HTTPException(422, "candidates: this pipeline has no CLIP model to rerank with; ask "
                                  "for as many candidates as images")
+    return [f"prompt: {w.message}" for w in caught]
 
 
 def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: float = 120.0,
@@ -65,7 +69,7 @@ def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: flo
         return JobStatus(id=job.id, status=job.status, queue_position=jobs.position(job),
                          progress=job.progress, elapsed_s=job.elapsed_s, error=job.error,
                          images=[f"/api/jobs/{job.id}/images/{i}.png" for i in range(len(job.pngs))],
-                         scores=job.scores)
+                         scores=job.scores, warnings=job.warnings)
 
     def find(job_id: str) -> Job:
         job = jobs.get(job_id)
@@ -89,9 +93,9 @@ def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: flo
               summary="Queue a generation job")
     def generate(request: GenerateRequest) -> JobStatus:
         """Check the request, queue it and return its status; poll GET /api/jobs/{id} for the images."""
-        check_against_pipeline(pipeline, request)
+        notes = check_against_pipeline(pipeline, request)
         try:
-            job = jobs.submit(request.prompt, request.sampling_options())
+            job = jobs.submit(request.prompt, request.sampling_options(), notes)
         except QueueFull as e:
             raise HTTPException(429, str(e), headers={"Retry-After": "5"}) from None
         return status_of(job)

@@ -43,6 +43,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
     pngs: list[bytes] = field(default_factory=list)
     scores: list[float] | None = None
 
@@ -77,7 +78,7 @@ class JobQueue:
         self._worker = threading.Thread(target=self._work, name="dalle-serve-worker", daemon=True)
         self._worker.start()
 
-    def submit(self, prompt: str, options: dict) -> Job:
+    def submit(self, prompt: str, options: dict, warnings: list[str] | None = None) -> Job:
         """Queue a job, or raise QueueFull when `max_queue` jobs already wait behind a running one."""
         with self._lock:
             if self._closed:
@@ -86,7 +87,7 @@ class JobQueue:
             if pending > self.max_queue:
                 raise QueueFull(f"busy: the queue is full ({self.max_queue} waiting behind the running "
                                 f"job); try again shortly")
-            job = Job(prompt, options)
+            job = Job(prompt, options, warnings=warnings or [])
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._lock.notify()

@@ -56,6 +56,8 @@ class JobStatus(BaseModel):
     error: str | None = Field(description="Why the job failed or was stopped.")
     images: list[str] = Field(description="URLs of the PNGs, best first (empty until done).")
     scores: list[float] | None = Field(description="CLIP scores of the images; null without CLIP.")
+    warnings: list[str] = Field(description="What the request was changed to run, e.g. a prompt "
+                                            "truncated to the model's text length.")
 
 
 class QueueInfo(BaseModel):

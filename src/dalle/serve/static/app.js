@@ -73,7 +73,8 @@ function render(card, job) {
     state.textContent = percent < 100 ? `Sampling… ${percent}%` : "Decoding and ranking…";
   } else if (job.status === "done") {
     const ranked = job.scores ? " · best first by CLIP score" : "";
-    state.textContent = `Done in ${job.elapsed_s.toFixed(job.elapsed_s < 1 ? 2 : 1)} s${ranked}`;
+    const notes = job.warnings.length ? ` · ${job.warnings.join("; ")}` : "";
+    state.textContent = `Done in ${job.elapsed_s.toFixed(job.elapsed_s < 1 ? 2 : 1)} s${ranked}${notes}`;
     showImages(card, job);
   } else {
     fail(card, job.error);
