@@ -12,13 +12,17 @@ stage writes the model card, `pipeline/README.md`, from the stage records and th
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from dalle.evaluate.fid import INCEPTION_PACKAGE
 from dalle.utils import atomic_write
@@ -168,10 +172,6 @@ def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
 
 def machine() -> dict:
     """What a stage ran on, for the model card's training times."""
-    import os
-
-    import torch
-
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "gpu": gpu}
@@ -179,8 +179,6 @@ def machine() -> dict:
 
 def _last_row_with(path: Path, column: str) -> dict[str, str]:
     """The last metrics.csv row that has `column` filled in ({} when none)."""
-    import csv
-
     if not path.exists():
         return {}
     with open(path, newline="") as f:
