@@ -61,36 +61,42 @@ def _encode(run: Path, split: str) -> Stage:
                  resume_if=f"codes/{split}/progress.json")
 
 
-def _assemble(run: Path) -> Stage:
-    return Stage("assemble", ["assemble", "--tokenizer", str(run / "tokenizer"), "--vae",
-                              str(run / "vae/model"), "--prior", str(run / "prior/model"), "--clip",
-                              str(run / "clip/model"), "--out", str(run / "pipeline"),
-                              "--bf16-weights"])
+def _model_stages(run: Path, quick: bool, vocab_size: int, val_split: str) -> list[Stage]:
+    """Tokenizer to assembled pipeline, the same for every recipe: `val_split` is the held-out
+    split that validates the prior and CLIP."""
+    d = run / "data"
+    vae = ["--steps", "20", "--batch-size", "8", "--sample-every", "0"] if quick else []
+    prior = (["--steps", "10", "--batch-size", "8", "--dim", "32", "--depth", "2", "--heads", "2",
+              "--head-dim", "16"] if quick else
+             ["--steps", "1500", "--batch-size", "32", "--lr", "1e-3", "--warmup-steps", "100"])
+    clip = (["--steps", "10", "--batch-size", "8", "--width", "32", "--image-depth", "1",
+             "--text-depth", "1"] if quick else [])
+    return [
+        Stage("tokenizer", ["train-tokenizer", "--data", str(d / "train"), "--out",
+                            str(run / "tokenizer"), "--vocab-size", str(vocab_size), "--text-length", "32"]),
+        _train(run, "vae", "--data", str(d / "train"), *vae),
+        Stage("eval-vae", ["eval-vae", "--vae", str(run / "vae/model"), "--data",
+                           str(d / "test-zero-shot"), "--json", str(run / "eval/vae.json")]),
+        *(_encode(run, split) for split in ("train", val_split)),
+        _train(run, "prior", "--data", str(run / "codes/train"), "--tokenizer", str(run / "tokenizer"),
+               "--vae", str(run / "vae/model"), "--val-data", str(run / "codes" / val_split),
+               "--bf16", *prior),
+        _train(run, "clip", "--data", str(d / "train"), "--tokenizer", str(run / "tokenizer"),
+               "--val-data", str(d / val_split), *clip),
+        Stage("assemble", ["assemble", "--tokenizer", str(run / "tokenizer"), "--vae",
+                           str(run / "vae/model"), "--prior", str(run / "prior/model"), "--clip",
+                           str(run / "clip/model"), "--out", str(run / "pipeline"), "--bf16-weights"]),
+    ]
 
 
 def shapes_recipe(run: Path, quick: bool = False) -> Recipe:
     """The shapes benchmark (SHAPES.md): the measured configuration in README.md "Results"."""
     d = run / "data"
     sizes = ["--train", "256", "--test-seen", "32", "--test-zero-shot", "32"] if quick else []
-    vae = ["--steps", "20", "--batch-size", "8", "--sample-every", "0"] if quick else []
-    prior = (["--steps", "10", "--batch-size", "8", "--dim", "32", "--depth", "2", "--heads", "2",
-              "--head-dim", "16"] if quick else ["--steps", "1500", "--batch-size", "32", "--lr", "1e-3", "--warmup-steps", "100"])
-    clip = (["--steps", "10", "--batch-size", "8", "--width", "32", "--image-depth", "1", "--text-depth", "1"]
-            if quick else [])
     prompts = ["--prompts", "4", "--candidates", "2"] if quick else ["--prompts", "100", "--candidates", "16"]
     return Recipe("shapes", [
         Stage("data", ["data", "shapes", "--out", str(d), *sizes], rebuild="data"),
-        Stage("tokenizer", ["train-tokenizer", "--data", str(d / "train"), "--out",
-                            str(run / "tokenizer"), "--vocab-size", "1000", "--text-length", "32"]),
-        _train(run, "vae", "--data", str(d / "train"), *vae),
-        Stage("eval-vae", ["eval-vae", "--vae", str(run / "vae/model"), "--data",
-                           str(d / "test-zero-shot"), "--json", str(run / "eval/vae.json")]),
-        *(_encode(run, split) for split in ("train", "test-seen")),
-        _train(run, "prior", "--data", str(run / "codes/train"), "--tokenizer", str(run / "tokenizer"),
-               "--vae", str(run / "vae/model"), "--val-data", str(run / "codes/test-seen"), "--bf16", *prior),
-        _train(run, "clip", "--data", str(d / "train"), "--tokenizer", str(run / "tokenizer"),
-               "--val-data", str(d / "test-seen"), *clip),
-        _assemble(run),
+        *_model_stages(run, quick, vocab_size=1000, val_split="test-seen"),
         Stage("eval", ["eval", "shapes", "--pipeline", str(run / "pipeline"), "--data", str(d),
                        "--out", str(run / "eval"), "--bf16", *prompts]),
     ], evaluation="results.md", data_note=(
@@ -104,28 +110,12 @@ def emoji_recipe(run: Path, quick: bool = False, source: Path | None = None,
     """Emoji in the Google and Twitter styles (DESIGN.md "Data"); captions `{label}, {style} style`."""
     d = run / "data"
     fetch = [*(["--from", str(source)] if source else []), *(["--cache", str(cache)] if cache else [])]
-    vae = ["--steps", "20", "--batch-size", "8", "--sample-every", "0"] if quick else []
-    prior = (["--steps", "10", "--batch-size", "8", "--dim", "32", "--depth", "2", "--heads", "2",
-              "--head-dim", "16"] if quick else ["--steps", "1500", "--batch-size", "32", "--lr", "1e-3", "--warmup-steps", "100"])
-    clip = (["--steps", "10", "--batch-size", "8", "--width", "32", "--image-depth", "1", "--text-depth", "1"]
-            if quick else [])
     # FID needs the Inception-v3 wheel (scripts/install.sh --test adds it); without it, skip FID.
     fid = [] if not quick and importlib.util.find_spec(INCEPTION_PACKAGE) else ["--no-fid"]
     prompts = [*fid, "--prompts", "4", "--r", "2"] if quick else [*fid, "--prompts", "200"]
     return Recipe("emoji", [
         Stage("data", ["data", "emoji", "--out", str(d), *fetch], rebuild="data"),
-        Stage("tokenizer", ["train-tokenizer", "--data", str(d / "train"), "--out",
-                            str(run / "tokenizer"), "--vocab-size", "2000", "--text-length", "32"]),
-        _train(run, "vae", "--data", str(d / "train"), *vae),
-        Stage("eval-vae", ["eval-vae", "--vae", str(run / "vae/model"), "--data",
-                           str(d / "test-zero-shot"), "--json", str(run / "eval/vae.json")]),
-        *(_encode(run, split) for split in ("train", "test-zero-shot")),
-        _train(run, "prior", "--data", str(run / "codes/train"), "--tokenizer", str(run / "tokenizer"),
-               "--vae", str(run / "vae/model"), "--val-data", str(run / "codes/test-zero-shot"),
-               "--bf16", *prior),
-        _train(run, "clip", "--data", str(d / "train"), "--tokenizer", str(run / "tokenizer"),
-               "--val-data", str(d / "test-zero-shot"), *clip),
-        _assemble(run),
+        *_model_stages(run, quick, vocab_size=2000, val_split="test-zero-shot"),
         Stage("eval", ["eval", "images", "--pipeline", str(run / "pipeline"), "--data",
                        str(d / "test-zero-shot"), "--out", str(run / "eval"), "--bf16", *prompts]),
     ], evaluation="results.json", extra_files=["ATTRIBUTION.md", "licenses"], data_note=(
