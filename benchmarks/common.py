@@ -92,6 +92,11 @@ def fmt(value: float, digits: int | None = None) -> str:
     return f"{value:,.{digits}f}"
 
 
+def percent(fraction: float) -> str:
+    """A share as a percentage with about two significant digits: 0.39 -> '39%', 0.0035 -> '0.35%'."""
+    return f"{fmt(100 * fraction, 0 if fraction >= 0.1 else None)}%"
+
+
 def fmt_timing(t: Timing) -> str:
     """'median (min–max)' with the median's digits, e.g. '4,160 (4,010–4,220)'."""
     digits = len(fmt(t.median).partition(".")[2])

@@ -19,7 +19,8 @@ import torch
 
 from attention import SCHEDULE, attention_cost, schedule_mix
 from common import (VOCABULARIES, Timing, autocast, comparison_config, environment, fmt, fmt_timing,
-                    markdown_table, measure, parser, peak_bytes, precision_name, random_batch, setup)
+                    markdown_table, measure, parser, peak_bytes, percent, precision_name, random_batch,
+                    setup)
 from dalle.config import TrainConfig
 from dalle.prior import Prior
 from dalle.train.loop import build_optimizer
@@ -79,7 +80,7 @@ def training_section(device: torch.device, repeats: int,
             peak = "–"
             if peaks:
                 results[vocabulary, dtype]["of peak"] = gflops.median / peaks[dtype]
-                peak = f"{gflops.median / peaks[dtype]:.0%} of {fmt(peaks[dtype])}"
+                peak = f"{percent(gflops.median / peaks[dtype])} of {fmt(peaks[dtype])}"
             rows.append([f"{vocabulary} ({text_ids:,} text ids, {codes:,} codes)", precision_name(bf16),
                          fmt_timing(seconds.scale(1e3)), fmt_timing(seconds.rate(tokens)),
                          fmt_timing(gflops), peak])

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from clip_score import clip_section
-from common import Timing, environment, fmt, markdown_table, parser, setup
+from common import Timing, environment, fmt, markdown_table, parser, percent, setup
 from dvae import dvae_section
 from matmul import matmul_section
 from prior import scaling_section, training_section
@@ -36,10 +36,6 @@ class Target(NamedTuple):
 
 def ratio(value: float) -> str:
     return f"{value:.2f}x"
-
-
-def percent(value: float) -> str:
-    return f"{value:.0%}"
 
 
 TARGETS = [

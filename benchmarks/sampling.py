@@ -18,7 +18,7 @@ import torch
 from common import Timing, comparison_config, environment, fmt_timing, markdown_table, measure, parser, setup
 from dalle.config import PriorConfig
 from dalle.prior import Prior
-from dalle.sampling import sample_codes
+from dalle.sampling import graphed_step, sample_codes
 
 BATCHES = (1, 8, 64)
 WEIGHTS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -49,7 +49,8 @@ def sampling_row(label: str, model: Prior, batch: int, repeats: int, **kwargs) -
 
 def sampling_section(device: torch.device, repeats: int, grids: tuple[int, ...] = (8, 16),
                      no_cache: bool = False) -> tuple[str, dict]:
-    """The table and {(grid, batch, "fp32" | "bf16"): image tokens/s Timing}."""
+    """The table and {(grid, batch, "fp32" | "bf16"): image tokens/s Timing}; on CUDA the steps
+    replay a CUDA graph, and rows without it show what the graph gains."""
     rows, results = [], {}
     for grid in grids:
         for weights, dtype in WEIGHTS.items():
@@ -57,6 +58,9 @@ def sampling_section(device: torch.device, repeats: int, grids: tuple[int, ...] 
             for batch in BATCHES:
                 row, results[grid, batch, weights] = sampling_row(f"{weights} weights", model, batch, repeats)
                 rows.append(row)
+                if device.type == "cuda":
+                    rows.append(sampling_row(f"{weights} weights, no CUDA graph", model, batch, repeats,
+                                             cuda_graph=False)[0])
     if no_cache:
         rows.append(sampling_row("fp32, no cache", sampling_prior(8, device, torch.float32), 8, repeats,
                                  use_cache=False)[0])
@@ -79,13 +83,14 @@ def paper_prior(device: torch.device) -> Prior:
 
 
 @torch.no_grad()
-def step_time(model: Prior, batch: int, repeats: int) -> Timing:
+def step_time(model: Prior, batch: int, repeats: int, cuda_graph: bool) -> Timing:
     """Seconds of one cached sampling step (one image position) after the text prefill."""
     c, device = model.config, model.image_head.weight.device
     cache = model.new_cache()
     model.prefill(torch.randint(0, c.text_vocab_size, (batch, c.text_length + 1), device=device), cache)
     code = torch.zeros(batch, dtype=torch.long, device=device)
-    return measure(lambda: model.step(code, 1, cache), repeats)
+    step = graphed_step(model, cache, batch) if cuda_graph else lambda code, at: model.step(code, at, cache)
+    return measure(lambda: step(code, 1), repeats)
 
 
 def paper_12b_section(device: torch.device, repeats: int) -> str:
@@ -95,15 +100,17 @@ def paper_12b_section(device: torch.device, repeats: int) -> str:
         return title + "Skipped: runs on CUDA only (`--device cuda`); its bf16 weights take about 24 GB."
     try:
         model = paper_prior(device)
-        timings = {batch: step_time(model, batch, repeats) for batch in (1, 8)}
+        timings = {(batch, graph): step_time(model, batch, repeats, graph)
+                   for batch in (1, 8) for graph in (True, False)}
     except torch.cuda.OutOfMemoryError:
         return title + f"Skipped: does not fit on {torch.cuda.get_device_name(device)}."
     n = model.config.image_tokens
-    rows = [[str(batch), fmt_timing(t.scale(1e3)), fmt_timing(t.rate(batch)), f"{t.median * n:.1f}"]
-            for batch, t in timings.items()]
+    rows = [[str(batch), "yes" if graph else "no", fmt_timing(t.scale(1e3)), fmt_timing(t.rate(batch)),
+             f"{t.median * n:.1f}"] for (batch, graph), t in timings.items()]
     return (title + f"`PriorConfig.paper()` ({model.num_parameters() / 1e9:.1f}B parameters, bf16 "
             f"weights, 32x32 grid): one cached step of the whole batch.\n\n"
-            + markdown_table(["batch", "ms / token position", "image tokens/s", f"s / {n} positions"], rows))
+            + markdown_table(["batch", "CUDA graph", "ms / token position", "image tokens/s",
+                              f"s / {n} positions"], rows))
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import pytest
 from safetensors import safe_open
 
 from dalle.pipeline import DallePipeline
-from dalle.recipe import Recipe, Stage, run_recipe, shapes_recipe
+from dalle.recipe import Recipe, Stage, emoji_recipe, run_recipe, shapes_recipe
 from test_cli import dalle
 from test_data_emoji import make_source
 
@@ -25,13 +25,14 @@ def test_quick_shapes_recipe_makes_a_pipeline_with_a_card(tmp_path):
         assert weight_dtypes(pipeline / part) == {"BF16"}
     card = (pipeline / "README.md").read_text()
     for needed in ("## Data", "| prior |", "PSNR", "bits per image token", "| test-zero-shot | first |",
+                   "dalle recipe shapes --budget quick",
                    "dalle train-prior --out $RUN/prior"):
         assert needed in card
     out = DallePipeline.from_pretrained(pipeline)("a small red circle", images=1, candidates=2)
     assert out.images.shape == (1, 3, 64, 64)
     # A second call finds every stage done and only rewrites the card.
     again = dalle("recipe", "shapes", "--quick", "--out", run)
-    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == len(shapes_recipe(run).stages)
+    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == len(shapes_recipe(run, "quick").stages)
 
 
 def test_quick_emoji_recipe_ships_the_licences(tmp_path):
@@ -48,7 +49,7 @@ def test_quick_emoji_recipe_ships_the_licences(tmp_path):
 def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr("dalle.recipe.model_card", lambda recipe, run: "card")
     run = tmp_path / "run"
-    recipe = Recipe("toy", [Stage("data", ["data"], rebuild="data"),
+    recipe = Recipe("toy", "quick", [Stage("data", ["data"], rebuild="data"),
                             Stage("train", ["train"], resume_if="train/checkpoint.pt"),
                             Stage("last", ["last"])], evaluation="none.json", data_note="toy")
     calls = []
@@ -86,7 +87,7 @@ def test_interrupted_data_stage_is_rebuilt(tmp_path, monkeypatch):
     def data_stage(args):
         seen.append(sorted(p.name for p in (run / "data").iterdir()) if (run / "data").exists() else None)
 
-    recipe = Recipe("toy", [Stage("data", ["data"], rebuild="data")], evaluation="none", data_note="")
+    recipe = Recipe("toy", "quick", [Stage("data", ["data"], rebuild="data")], evaluation="none", data_note="")
     run_recipe(recipe, run, data_stage, echo=lambda line: None)
     assert seen == [None]  # the partial folder was cleared first
 
@@ -94,3 +95,22 @@ def test_interrupted_data_stage_is_rebuilt(tmp_path, monkeypatch):
 def test_unknown_recipe_is_one_line():
     r = dalle("recipe", "faces")
     assert r.returncode == 1 and r.stderr.strip() == "error: unknown recipe 'faces'; choose from shapes, emoji"
+
+
+def test_budgets_change_training_lengths_not_model_sizes(tmp_path):
+    def stages(recipe):
+        return {s.name: s.args for s in recipe.stages}
+
+    cpu, gpu = stages(shapes_recipe(tmp_path, "cpu")), stages(shapes_recipe(tmp_path, "gpu"))
+    assert cpu.keys() == gpu.keys()
+    assert [name for name in cpu if cpu[name] != gpu[name]] == ["train-vae", "train-prior", "train-clip"]
+    for name in ("train-vae", "train-prior", "train-clip"):  # same architecture flags on both
+        assert not {"--dim", "--depth", "--hidden", "--width"} & set(cpu[name] + gpu[name])
+    assert "--dropout" in stages(emoji_recipe(tmp_path, "gpu"))["train-prior"]
+
+
+@pytest.mark.parametrize("args, message", [(["--budget", "tpu"], "unknown budget 'tpu'"),
+                                           (["--quick", "--budget", "gpu"], "--quick is its own budget")])
+def test_bad_budget_is_one_line(tmp_path, args, message):
+    r = dalle("recipe", "shapes", "--out", tmp_path, *args)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr

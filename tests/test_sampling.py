@@ -127,3 +127,35 @@ def test_draw_follows_the_probabilities():
     assert set(out[:, 0].tolist()) == {1, 3} and set(out[:, 1].tolist()) == {0, 3}
     assert abs((out[:, 0] == 1).float().mean() - 0.5) < 0.05
     assert abs((out[:, 1] == 0).float().mean() - 0.1) < 0.03
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_step_at_a_tensor_position_equals_an_int_position(layout):
+    """The CUDA graph path feeds positions as device tensors: same logits, same cache."""
+    model = tiny(layout)
+    config = model.config
+    text = text_ids(config)
+    codes = torch.randint(0, config.image_vocab_size, (3, config.grid_size**2))
+    by_int, by_tensor = model.new_cache(), model.new_cache()
+    with torch.no_grad():
+        model.prefill(text, by_int)
+        model.prefill(text, by_tensor)
+        for p in range(1, config.grid_size**2):
+            expected = model.step(codes[:, p - 1], p, by_int)
+            torch.testing.assert_close(model.step(codes[:, p - 1], torch.tensor(p), by_tensor), expected,
+                                       atol=0, rtol=0)
+    assert all(torch.equal(a.k, b.k) and torch.equal(a.v, b.v) for a, b in zip(by_int, by_tensor))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_graph_sampling_equals_eager(layout, autocast):
+    model = tiny(layout).cuda()
+    text = text_ids(model.config).cuda()
+    uncond = text_ids(model.config, b=1, seed=5)[0]
+    for kwargs in ({}, dict(guidance_scale=3.0, unconditional=uncond, top_k=8)):
+        runs = [sample_codes(model, text, generator=torch.Generator("cuda").manual_seed(1), autocast=autocast,
+                             cuda_graph=graph, **kwargs) for graph in (True, False)]
+        assert torch.equal(*runs)
+        assert len(runs[0].unique()) > 2

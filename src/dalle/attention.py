@@ -225,13 +225,24 @@ class LayerCache:
         self.v[:, :, : T + 1] = v
         return sdpa(q, k, v, is_causal=True)
 
-    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: int) -> torch.Tensor:
-        """Attention of image position `position` (>= 1) from its (B, H, 1, D) query, key, value."""
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             position: int | torch.Tensor) -> torch.Tensor:
+        """Attention of image position `position` (>= 1) from its (B, H, 1, D) query, key, value.
+
+        `position` may be a 0-d tensor on the cache's device: then nothing here depends on its
+        value on the host, so one CUDA graph capture serves every position.
+        """
         slot = self.text_len + position % self.ring
-        self.k[:, :, slot] = k[:, :, 0]
-        self.v[:, :, slot] = v[:, :, 0]
+        if isinstance(position, torch.Tensor):
+            self.k.index_copy_(2, slot.view(1), k)
+            self.v.index_copy_(2, slot.view(1), v)
+            mask = self.masks.index_select(0, position.view(1))[0]
+        else:
+            self.k[:, :, slot] = k[:, :, 0]
+            self.v[:, :, slot] = v[:, :, 0]
+            mask = self.masks[position]
         # One query per step: the native-dtype kernel beats casting the whole cache to fp32.
-        return F.scaled_dot_product_attention(q, self.k, self.v, attn_mask=self.masks[position])
+        return F.scaled_dot_product_attention(q, self.k, self.v, attn_mask=mask)
 
 
 @lru_cache(maxsize=64)

@@ -363,6 +363,7 @@ def train_clip_command(
     ema_decay: Annotated[float, typer.Option(help="EMA decay; 0 disables the EMA.")] = 0.99,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (CPU and CUDA).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data loader worker processes.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order, dropout and crops.")] = 0,
     log_every: Annotated[int, typer.Option(help="Steps between metrics rows.")] = 50,
     eval_every: Annotated[int, typer.Option(help="Steps between validation passes.")] = 300,
@@ -381,8 +382,8 @@ def train_clip_command(
     train_config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
         weight_decay=weight_decay, betas=(0.9, 0.98), grad_clip=1.0, ema_decay=ema_decay,
-        bf16=bf16, device=device, seed=seed, log_every=log_every, sample_every=0,
-        eval_every=eval_every, checkpoint_every=checkpoint_every)
+        bf16=bf16, device=device, num_workers=workers, seed=seed, log_every=log_every,
+        sample_every=0, eval_every=eval_every, checkpoint_every=checkpoint_every)
     train_clip(data, tokenizer, out, model_config, train_config, val_data=val_data,
                max_crop=max_crop, hard_negatives=hard_negatives, resume=resume)
     typer.echo(f"model saved to {out / 'model'}")
@@ -393,19 +394,25 @@ def recipe_command(
     name: Annotated[str, typer.Argument(help="shapes or emoji.")],
     out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/recipe-NAME].")] = None,
     quick: Annotated[bool, typer.Option(help="Tiny data and models: checks the whole recipe in about a minute.")] = False,
+    budget: Annotated[Optional[str], typer.Option(help="Training sizes: cpu (about 70 min of one CPU thread) or gpu (about 5 min of one H100) [default: gpu when CUDA is available, else cpu].")] = None,
     source: Annotated[Optional[Path], typer.Option("--from", help="emoji: folder holding the npm packages instead of fetching them.")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="emoji: keep the fetched npm tarballs here.")] = None,
 ) -> None:
     """Everything from data to a pipeline with its model card: data, tokenizer, dVAE, codes,
     prior, CLIP, evaluation. Run it again after an interruption: finished stages are skipped and
     the interrupted one resumes from its checkpoint."""
-    from dalle.recipe import RECIPES, emoji_recipe, run_recipe, shapes_recipe
+    from dalle.recipe import RECIPES, default_budget, emoji_recipe, run_recipe, shapes_recipe
 
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    if budget not in (None, "cpu", "gpu"):
+        raise ValueError(f"unknown budget {budget!r}; choose cpu or gpu")
+    if quick and budget:
+        raise ValueError("--quick is its own budget; leave out --budget")
+    budget = "quick" if quick else budget or default_budget()
     run = out or Path(f"runs/recipe-{name}")
-    recipe = (shapes_recipe(run, quick) if name == "shapes"
-              else emoji_recipe(run, quick, source=source, cache=cache))
+    recipe = (shapes_recipe(run, budget) if name == "shapes"
+              else emoji_recipe(run, budget, source=source, cache=cache))
     pipeline = run_recipe(recipe, run, lambda args: app(args, standalone_mode=False), typer.echo)
     typer.echo(f"pipeline ready in {pipeline}; try: dalle generate --pipeline {pipeline} \"a ...\"")
 

@@ -38,7 +38,7 @@ class Attention(nn.Module):
         self.dense_reference = False  # tests switch this on to compare with the dense-mask path
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None,
-                position: int | None = None) -> torch.Tensor:
+                position: int | torch.Tensor | None = None) -> torch.Tensor:
         """The whole stream; or with `cache`, its prefix (text + start-of-image) when `position`
         is None, else the one image position `position`."""
         c = self.config
@@ -70,7 +70,7 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None,
-                position: int | None = None) -> torch.Tensor:
+                position: int | torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), cache, position))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
@@ -149,10 +149,12 @@ class Prior(PretrainedModel):
             x = block(x, layer)
         return self.image_head(self.norm(x[:, -1])).float()
 
-    def step(self, code: torch.Tensor, position: int, cache: list[LayerCache]) -> torch.Tensor:
-        """Feed code `position - 1` (B,) at image position `position`; logits (B, K) of its code."""
+    def step(self, code: torch.Tensor, position: int | torch.Tensor,
+             cache: list[LayerCache]) -> torch.Tensor:
+        """Feed code `position - 1` (B,) at image position `position` (an int, or a 0-d tensor
+        for CUDA graphs); logits (B, K) of its code."""
         c = self.config
-        cell = torch.tensor(position, device=code.device)
+        cell = position if isinstance(position, torch.Tensor) else torch.tensor(position, device=code.device)
         x = (self.image_embedding(code) + self.image_row(cell // c.grid_size)
              + self.image_column(cell % c.grid_size))[:, None]
         for block, layer in zip(self.blocks, cache):

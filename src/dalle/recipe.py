@@ -44,6 +44,7 @@ class Stage:
 @dataclass
 class Recipe:
     name: str
+    budget: str  # one of BUDGETS
     stages: list[Stage]
     evaluation: str  # the file in <run>/eval/ the model card quotes
     data_note: str
@@ -61,16 +62,36 @@ def _encode(run: Path, split: str) -> Stage:
                  resume_if=f"codes/{split}/progress.json")
 
 
-def _model_stages(run: Path, quick: bool, vocab_size: int, val_split: str) -> list[Stage]:
+# Training sizes per budget: `cpu` fits about 70 min of one CPU thread per recipe, `gpu` about
+# 5 min of one H100 (launch-bound at these model sizes, so it trains on bigger batches), `quick`
+# only checks that every stage runs. The model sizes are the same for cpu and gpu: the bundled
+# pipelines must stay under 40 MB together.
+BUDGETS = ("cpu", "gpu", "quick")
+_TRAINING = {
+    "quick": {"vae": ["--steps", "20", "--batch-size", "8", "--sample-every", "0"],
+              "prior": ["--steps", "10", "--batch-size", "8", "--dim", "32", "--depth", "2",
+                        "--heads", "2", "--head-dim", "16"],
+              "clip": ["--steps", "10", "--batch-size", "8", "--width", "32", "--image-depth", "1",
+                       "--text-depth", "1"]},
+    "cpu": {"vae": [],
+            "prior": ["--steps", "1500", "--batch-size", "32", "--lr", "1e-3", "--warmup-steps", "100"],
+            "clip": []},
+    "gpu": {"vae": ["--steps", "4000", "--batch-size", "128", "--bf16", "--workers", "6"],
+            "prior": ["--steps", "2000", "--batch-size", "256", "--lr", "1e-3", "--warmup-steps", "200"],
+            "clip": ["--steps", "1000", "--batch-size", "128", "--bf16", "--workers", "6"]},
+}
+
+
+def default_budget() -> str:
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def _model_stages(run: Path, budget: str, vocab_size: int, val_split: str,
+                  prior_extra: list[str]) -> list[Stage]:
     """Tokenizer to assembled pipeline, the same for every recipe: `val_split` is the held-out
     split that validates the prior and CLIP."""
     d = run / "data"
-    vae = ["--steps", "20", "--batch-size", "8", "--sample-every", "0"] if quick else []
-    prior = (["--steps", "10", "--batch-size", "8", "--dim", "32", "--depth", "2", "--heads", "2",
-              "--head-dim", "16"] if quick else
-             ["--steps", "1500", "--batch-size", "32", "--lr", "1e-3", "--warmup-steps", "100"])
-    clip = (["--steps", "10", "--batch-size", "8", "--width", "32", "--image-depth", "1",
-             "--text-depth", "1"] if quick else [])
+    vae, prior, clip = (_TRAINING[budget][part] for part in ("vae", "prior", "clip"))
     return [
         Stage("tokenizer", ["train-tokenizer", "--data", str(d / "train"), "--out",
                             str(run / "tokenizer"), "--vocab-size", str(vocab_size), "--text-length", "32"]),
@@ -80,7 +101,7 @@ def _model_stages(run: Path, quick: bool, vocab_size: int, val_split: str) -> li
         *(_encode(run, split) for split in ("train", val_split)),
         _train(run, "prior", "--data", str(run / "codes/train"), "--tokenizer", str(run / "tokenizer"),
                "--vae", str(run / "vae/model"), "--val-data", str(run / "codes" / val_split),
-               "--bf16", *prior),
+               "--bf16", *prior, *prior_extra),
         _train(run, "clip", "--data", str(d / "train"), "--tokenizer", str(run / "tokenizer"),
                "--val-data", str(d / val_split), *clip),
         Stage("assemble", ["assemble", "--tokenizer", str(run / "tokenizer"), "--vae",
@@ -89,14 +110,14 @@ def _model_stages(run: Path, quick: bool, vocab_size: int, val_split: str) -> li
     ]
 
 
-def shapes_recipe(run: Path, quick: bool = False) -> Recipe:
+def shapes_recipe(run: Path, budget: str = "cpu") -> Recipe:
     """The shapes benchmark (SHAPES.md): the measured configuration in README.md "Results"."""
-    d = run / "data"
+    d, quick = run / "data", budget == "quick"
     sizes = ["--train", "256", "--test-seen", "32", "--test-zero-shot", "32"] if quick else []
     prompts = ["--prompts", "4", "--candidates", "2"] if quick else ["--prompts", "100", "--candidates", "16"]
-    return Recipe("shapes", [
+    return Recipe("shapes", budget, [
         Stage("data", ["data", "shapes", "--out", str(d), *sizes], rebuild="data"),
-        *_model_stages(run, quick, vocab_size=1000, val_split="test-seen"),
+        *_model_stages(run, budget, vocab_size=1000, val_split="test-seen", prior_extra=[]),
         Stage("eval", ["eval", "shapes", "--pipeline", str(run / "pipeline"), "--data", str(d),
                        "--out", str(run / "eval"), "--bf16", *prompts]),
     ], evaluation="results.md", data_note=(
@@ -105,17 +126,19 @@ def shapes_recipe(run: Path, quick: bool = False) -> Recipe:
         "licence restrictions."))
 
 
-def emoji_recipe(run: Path, quick: bool = False, source: Path | None = None,
+def emoji_recipe(run: Path, budget: str = "cpu", source: Path | None = None,
                  cache: Path | None = None) -> Recipe:
     """Emoji in the Google and Twitter styles (DESIGN.md "Data"); captions `{label}, {style} style`."""
-    d = run / "data"
+    d, quick = run / "data", budget == "quick"
     fetch = [*(["--from", str(source)] if source else []), *(["--cache", str(cache)] if cache else [])]
     # FID needs the Inception-v3 wheel (scripts/install.sh --test adds it); without it, skip FID.
     fid = [] if not quick and importlib.util.find_spec(INCEPTION_PACKAGE) else ["--no-fid"]
     prompts = [*fid, "--prompts", "4", "--r", "2"] if quick else [*fid, "--prompts", "200"]
-    return Recipe("emoji", [
+    return Recipe("emoji", budget, [
         Stage("data", ["data", "emoji", "--out", str(d), *fetch], rebuild="data"),
-        *_model_stages(run, quick, vocab_size=2000, val_split="test-zero-shot"),
+        # ~7k training pairs: the gpu budget's ~70 epochs of the prior need dropout.
+        *_model_stages(run, budget, vocab_size=2000, val_split="test-zero-shot",
+                       prior_extra=["--dropout", "0.1"] if budget == "gpu" else []),
         Stage("eval", ["eval", "images", "--pipeline", str(run / "pipeline"), "--data",
                        str(d / "test-zero-shot"), "--out", str(run / "eval"), "--bf16", *prompts]),
     ], evaluation="results.json", extra_files=["ATTRIBUTION.md", "licenses"], data_note=(
@@ -146,8 +169,8 @@ def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
         start = time.perf_counter()
         invoke(args)
         seconds = time.perf_counter() - start
-        atomic_write(record, json.dumps({"command": ["dalle", *args], "seconds": round(seconds, 1),
-                                         **machine()}, indent=2).encode())
+        atomic_write(record, json.dumps({"command": ["dalle", *args], "run": str(run),
+                                         "seconds": round(seconds, 1), **machine()}, indent=2).encode())
     for name in recipe.extra_files:
         source, target = run / "data" / name, run / "pipeline" / name
         if source.is_dir():
@@ -231,8 +254,9 @@ def model_card(recipe: Recipe, run: Path) -> str:
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" for k, v in json.loads(evaluation.read_text()).items()
                   if isinstance(v, (int, float))]
-    lines += ["", "## Reproduce", "", "```bash", f"dalle recipe {recipe.name}   # resumable; or stage by stage:"]
-    lines += [" ".join(a for a in s["command"] if a != "--resume").replace(str(run), "$RUN")
+    lines += ["", "## Reproduce", "", "```bash",
+              f"dalle recipe {recipe.name} --budget {recipe.budget}   # resumable; or stage by stage:"]
+    lines += [" ".join(a for a in s["command"] if a != "--resume").replace(s.get("run", str(run)), "$RUN")
               for s in stages.values()]
     lines += ["```", ""]
     return "\n".join(lines)

@@ -73,13 +73,42 @@ def _check_inputs(prior: Prior, text: torch.Tensor, unconditional: torch.Tensor 
                          f"got {tuple(mask.shape)}")
 
 
+def graphed_step(prior: Prior, cache: list, batch: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """`prior.step` captured once as a CUDA graph and replayed at every position.
+
+    A small prior's step is hundreds of tiny kernels, so on a GPU it costs their launches, not
+    their arithmetic; a replay is one launch. The position travels as a device tensor (see
+    `LayerCache.step`), so one capture serves every position. The returned logits are a buffer
+    that the next call overwrites.
+    """
+    device = cache[0].k.device
+    code = torch.zeros(batch, dtype=torch.long, device=device)
+    position = torch.ones((), dtype=torch.long, device=device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # lazy initialisation and kernel choice happen outside the capture
+        prior.step(code, position, cache)  # writes position 1's slot, which its real step overwrites
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits = prior.step(code, position, cache)
+
+    def step(previous: torch.Tensor, at: int) -> torch.Tensor:
+        code.copy_(previous)
+        position.fill_(at)
+        graph.replay()
+        return logits
+
+    return step
+
+
 @torch.no_grad()
 def sample_codes(prior: Prior, text: torch.Tensor, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  guidance_scale: float = 1.0, unconditional: torch.Tensor | None = None,
                  codes: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True,
-                 autocast: bool = False,
+                 cuda_graph: bool = True, autocast: bool = False,
                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """(B, G, G) codes sampled for text ids (B, T + 1).
 
@@ -89,6 +118,8 @@ def sample_codes(prior: Prior, text: torch.Tensor, *, temperature: float = 1.0,
         `codes` is kept (and fed to the model as context).
     use_cache: False recomputes the whole stream at every step (the reference the cache is
         tested against; much slower).
+    cuda_graph: on CUDA, replay each cached step as one captured graph (`graphed_step`); the
+        same tokens as without, several times faster for small priors.
     autocast: bf16 autocast on the prior's device.
     progress: called with the number of image positions done after each step.
     """
@@ -117,13 +148,17 @@ def sample_codes(prior: Prior, text: torch.Tensor, *, temperature: float = 1.0,
             sampled = torch.where(keep[:, position], given[:, position], sampled)
         return sampled
 
+    graphed = use_cache and cuda_graph and device.type == "cuda" and n > 1
     was_training = prior.training
     prior.eval()
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        # A graph must not capture autocast's cached weight casts (their memory is freed later).
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast, cache_enabled=not graphed):
             if use_cache:
                 cache = prior.new_cache()
                 logits = prior.prefill(text, cache)
+                step = (graphed_step(prior, cache, len(text)) if graphed
+                        else lambda code, at: prior.step(code, at, cache))
             for position in range(n):
                 if not use_cache:
                     # Codes not drawn yet are zeros; causality keeps them out of this position.
@@ -132,7 +167,7 @@ def sample_codes(prior: Prior, text: torch.Tensor, *, temperature: float = 1.0,
                     logits = prior.image_head(h[:, c.text_length + position]).float()
                 elif position > 0:
                     previous = out[:, position - 1]
-                    logits = prior.step(previous.repeat(2) if guided else previous, position, cache)
+                    logits = step(previous.repeat(2) if guided else previous, position)
                 out[:, position] = choose(logits, position)
                 if progress is not None:
                     progress(position + 1)
