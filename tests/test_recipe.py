@@ -9,6 +9,7 @@ from dalle.pipeline import DallePipeline
 from dalle.recipe import Recipe, Stage, emoji_recipe, run_recipe, shapes_recipe
 from test_cli import dalle
 from test_data_emoji import make_source
+from test_data_fashion_mnist import fake_fashion_mnist
 
 
 def weight_dtypes(model_dir):
@@ -44,6 +45,17 @@ def test_quick_emoji_recipe_ships_the_licences(tmp_path):
     assert (pipeline / "ATTRIBUTION.md").exists() and any((pipeline / "licenses").iterdir())
     card = (pipeline / "README.md").read_text()
     assert "CC-BY-4.0" in card and "r_precision_2" in card
+
+
+def test_quick_fashion_mnist_recipe_reports_label_accuracy(tmp_path):
+    fake_fashion_mnist(tmp_path / "idx", n_train=32, n_test=8)
+    run = tmp_path / "run"
+    r = dalle("recipe", "fashion-mnist", "--quick", "--out", run, "--from", tmp_path / "idx")
+    assert r.returncode == 0, r.stderr
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert 0 <= results["label_accuracy"] <= 1
+    assert DallePipeline.from_pretrained(run / "pipeline").vae.config.image_size == 32
+    assert "Zalando" in (run / "pipeline" / "README.md").read_text()
 
 
 def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch):
@@ -94,7 +106,7 @@ def test_interrupted_data_stage_is_rebuilt(tmp_path, monkeypatch):
 
 def test_unknown_recipe_is_one_line():
     r = dalle("recipe", "faces")
-    assert r.returncode == 1 and r.stderr.strip() == "error: unknown recipe 'faces'; choose from shapes, emoji"
+    assert r.returncode == 1 and r.stderr.strip() == "error: unknown recipe 'faces'; choose from shapes, emoji, fashion-mnist"
 
 
 def test_budgets_change_training_lengths_not_model_sizes(tmp_path):

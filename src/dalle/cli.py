@@ -391,17 +391,18 @@ def train_clip_command(
 
 @app.command("recipe")
 def recipe_command(
-    name: Annotated[str, typer.Argument(help="shapes or emoji.")],
+    name: Annotated[str, typer.Argument(help="shapes, emoji or fashion-mnist.")],
     out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/recipe-NAME].")] = None,
     quick: Annotated[bool, typer.Option(help="Tiny data and models: checks the whole recipe in about a minute.")] = False,
     budget: Annotated[Optional[str], typer.Option(help="Training sizes: cpu (about 70 min of one CPU thread) or gpu (about 5 min of one H100) [default: gpu when CUDA is available, else cpu].")] = None,
-    source: Annotated[Optional[Path], typer.Option("--from", help="emoji: folder holding the npm packages instead of fetching them.")] = None,
+    source: Annotated[Optional[Path], typer.Option("--from", help="emoji: folder holding the npm packages instead of fetching them; fashion-mnist: folder of the IDX files [default: the Debian package's].")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="emoji: keep the fetched npm tarballs here.")] = None,
 ) -> None:
     """Everything from data to a pipeline with its model card: data, tokenizer, dVAE, codes,
     prior, CLIP, evaluation. Run it again after an interruption: finished stages are skipped and
     the interrupted one resumes from its checkpoint."""
-    from dalle.recipe import RECIPES, default_budget, emoji_recipe, run_recipe, shapes_recipe
+    from dalle.recipe import (RECIPES, default_budget, emoji_recipe, fashion_mnist_recipe, run_recipe,
+                              shapes_recipe)
 
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
@@ -412,7 +413,8 @@ def recipe_command(
     budget = "quick" if quick else budget or default_budget()
     run = out or Path(f"runs/recipe-{name}")
     recipe = (shapes_recipe(run, budget) if name == "shapes"
-              else emoji_recipe(run, budget, source=source, cache=cache))
+              else emoji_recipe(run, budget, source=source, cache=cache) if name == "emoji"
+              else fashion_mnist_recipe(run, budget, source=source))
     pipeline = run_recipe(recipe, run, lambda args: app(args, standalone_mode=False), typer.echo)
     typer.echo(f"pipeline ready in {pipeline}; try: dalle generate --pipeline {pipeline} \"a ...\"")
 

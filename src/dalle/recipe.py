@@ -27,7 +27,7 @@ import torch
 from dalle.evaluate.fid import INCEPTION_PACKAGE
 from dalle.utils import atomic_write
 
-RECIPES = ("shapes", "emoji")
+RECIPES = ("shapes", "emoji", "fashion-mnist")
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Stage:
 @dataclass
 class Recipe:
     name: str
-    budget: str  # one of BUDGETS
+    budget: str  # a key of _TRAINING: cpu, gpu or quick
     stages: list[Stage]
     evaluation: str  # the file in <run>/eval/ the model card quotes
     data_note: str
@@ -66,7 +66,6 @@ def _encode(run: Path, split: str) -> Stage:
 # 5 min of one H100 (launch-bound at these model sizes, so it trains on bigger batches), `quick`
 # only checks that every stage runs. The model sizes are the same for cpu and gpu: the bundled
 # pipelines must stay under 40 MB together.
-BUDGETS = ("cpu", "gpu", "quick")
 _TRAINING = {
     "quick": {"vae": ["--steps", "20", "--batch-size", "8", "--sample-every", "0"],
               "prior": ["--steps", "10", "--batch-size", "8", "--dim", "32", "--depth", "2",
@@ -86,24 +85,33 @@ def default_budget() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def _model_stages(run: Path, budget: str, vocab_size: int, val_split: str,
-                  prior_extra: list[str]) -> list[Stage]:
+def _image_eval(quick: bool, prompts: int) -> list[str]:
+    """`dalle eval images` flags; FID needs the Inception-v3 wheel (scripts/install.sh --test adds
+    it), and without it the evaluation skips FID."""
+    fid = [] if not quick and importlib.util.find_spec(INCEPTION_PACKAGE) else ["--no-fid"]
+    return [*fid, "--prompts", "4", "--r", "2"] if quick else [*fid, "--prompts", str(prompts)]
+
+
+def _model_stages(run: Path, budget: str, vocab_size: int, val_split: str, *,
+                  vae_eval_split: str = "test-zero-shot", vae_extra: tuple[str, ...] = (),
+                  prior_extra: tuple[str, ...] = (), clip_extra: tuple[str, ...] = ()) -> list[Stage]:
     """Tokenizer to assembled pipeline, the same for every recipe: `val_split` is the held-out
-    split that validates the prior and CLIP."""
+    split that validates the prior and CLIP, `vae_eval_split` the one the dVAE is measured on, and
+    the extras are a recipe's own flags for a stage (image size, grid factor, dropout)."""
     d = run / "data"
     vae, prior, clip = (_TRAINING[budget][part] for part in ("vae", "prior", "clip"))
     return [
         Stage("tokenizer", ["train-tokenizer", "--data", str(d / "train"), "--out",
                             str(run / "tokenizer"), "--vocab-size", str(vocab_size), "--text-length", "32"]),
-        _train(run, "vae", "--data", str(d / "train"), *vae),
+        _train(run, "vae", "--data", str(d / "train"), *vae, *vae_extra),
         Stage("eval-vae", ["eval-vae", "--vae", str(run / "vae/model"), "--data",
-                           str(d / "test-zero-shot"), "--json", str(run / "eval/vae.json")]),
+                           str(d / vae_eval_split), "--json", str(run / "eval/vae.json")]),
         *(_encode(run, split) for split in ("train", val_split)),
         _train(run, "prior", "--data", str(run / "codes/train"), "--tokenizer", str(run / "tokenizer"),
                "--vae", str(run / "vae/model"), "--val-data", str(run / "codes" / val_split),
                "--bf16", *prior, *prior_extra),
         _train(run, "clip", "--data", str(d / "train"), "--tokenizer", str(run / "tokenizer"),
-               "--val-data", str(d / val_split), *clip),
+               "--val-data", str(d / val_split), *clip, *clip_extra),
         Stage("assemble", ["assemble", "--tokenizer", str(run / "tokenizer"), "--vae",
                            str(run / "vae/model"), "--prior", str(run / "prior/model"), "--clip",
                            str(run / "clip/model"), "--out", str(run / "pipeline"), "--bf16-weights"]),
@@ -117,7 +125,7 @@ def shapes_recipe(run: Path, budget: str = "cpu") -> Recipe:
     prompts = ["--prompts", "4", "--candidates", "2"] if quick else ["--prompts", "100", "--candidates", "16"]
     return Recipe("shapes", budget, [
         Stage("data", ["data", "shapes", "--out", str(d), *sizes], rebuild="data"),
-        *_model_stages(run, budget, vocab_size=1000, val_split="test-seen", prior_extra=[]),
+        *_model_stages(run, budget, vocab_size=1000, val_split="test-seen"),
         Stage("eval", ["eval", "shapes", "--pipeline", str(run / "pipeline"), "--data", str(d),
                        "--out", str(run / "eval"), "--bf16", *prompts]),
     ], evaluation="results.md", data_note=(
@@ -131,22 +139,44 @@ def emoji_recipe(run: Path, budget: str = "cpu", source: Path | None = None,
     """Emoji in the Google and Twitter styles (DESIGN.md "Data"); captions `{label}, {style} style`."""
     d, quick = run / "data", budget == "quick"
     fetch = [*(["--from", str(source)] if source else []), *(["--cache", str(cache)] if cache else [])]
-    # FID needs the Inception-v3 wheel (scripts/install.sh --test adds it); without it, skip FID.
-    fid = [] if not quick and importlib.util.find_spec(INCEPTION_PACKAGE) else ["--no-fid"]
-    prompts = [*fid, "--prompts", "4", "--r", "2"] if quick else [*fid, "--prompts", "200"]
     return Recipe("emoji", budget, [
         Stage("data", ["data", "emoji", "--out", str(d), *fetch], rebuild="data"),
         # ~7k training pairs: the gpu budget's ~70 epochs of the prior need dropout.
         *_model_stages(run, budget, vocab_size=2000, val_split="test-zero-shot",
-                       prior_extra=["--dropout", "0.1"] if budget == "gpu" else []),
+                       prior_extra=("--dropout", "0.1") if budget == "gpu" else ()),
         Stage("eval", ["eval", "images", "--pipeline", str(run / "pipeline"), "--data",
-                       str(d / "test-zero-shot"), "--out", str(run / "eval"), "--bf16", *prompts]),
+                       str(d / "test-zero-shot"), "--out", str(run / "eval"), "--bf16",
+                       *_image_eval(quick, prompts=200)]),
     ], evaluation="results.json", extra_files=["ATTRIBUTION.md", "licenses"], data_note=(
         "Emoji art from the npm packages `emoji-datasource-google` (Apache-2.0) and "
         "`emoji-datasource-twitter` (Twemoji, CC-BY-4.0: Copyright 2020 Twitter, Inc and other "
         "contributors), captions from `emojibase-data` (MIT), built by `dalle data emoji`. 10% of "
         "the (emoji, style) pairs are held out as test-zero-shot while the other style of the same "
         "emoji stays in training. See ATTRIBUTION.md and licenses/ in this directory."))
+
+
+def fashion_mnist_recipe(run: Path, budget: str = "cpu", source: Path | None = None) -> Recipe:
+    """Fashion-MNIST at 32 px (8x8 codes at f = 4), from the Debian package or the IDX files in
+    `source`; evaluated by FID/KID, CLIP score and R-precision, and by the label accuracy of a
+    classifier trained on the real training split."""
+    d, quick = run / "data", budget == "quick"
+    root = ["--root", str(source)] if source else []
+    return Recipe("fashion-mnist", budget, [
+        Stage("data", ["data", "fashion-mnist", "--out", str(d), "--image-size", "32", *root],
+              rebuild="data"),
+        *_model_stages(run, budget, vocab_size=1000, val_split="test", vae_eval_split="test",
+                       vae_extra=("--image-size", "32", "--downsample", "4"),
+                       clip_extra=("--image-size", "32", "--patch-size", "4")),
+        Stage("classifier", ["train-classifier", "--out", str(run / "classifier"), "--image-size", "32",
+                             "--epochs", "1" if quick else "2", *root]),
+        Stage("eval", ["eval", "images", "--pipeline", str(run / "pipeline"), "--data", str(d / "test"),
+                       "--out", str(run / "eval"), "--bf16", "--classifier", str(run / "classifier"),
+                       *_image_eval(quick, prompts=500)]),
+    ], evaluation="results.json", data_note=(
+        "Fashion-MNIST (Xiao et al. 2017; MIT licence, Copyright 2017 Zalando SE) from the Debian package "
+        "`dataset-fashion-mnist`, built by `dalle data fashion-mnist`: 60,000 training and 10,000 "
+        "test images of 10 clothing classes, upscaled from 28 to 32 px, captioned with their class "
+        "(`an ankle boot`)."))
 
 
 def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
