@@ -18,7 +18,7 @@ import torch
 from common import Timing, comparison_config, environment, fmt_timing, markdown_table, measure, parser, setup
 from dalle.config import PriorConfig
 from dalle.prior import Prior
-from dalle.sampling import graphed_step, sample_codes
+from dalle.sampling import cached_step, sample_codes
 
 BATCHES = (1, 8, 64)
 WEIGHTS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -89,7 +89,7 @@ def step_time(model: Prior, batch: int, repeats: int, cuda_graph: bool) -> Timin
     cache = model.new_cache()
     model.prefill(torch.randint(0, c.text_vocab_size, (batch, c.text_length + 1), device=device), cache)
     code = torch.zeros(batch, dtype=torch.long, device=device)
-    step = graphed_step(model, cache, batch) if cuda_graph else lambda code, at: model.step(code, at, cache)
+    step = cached_step(model, cache, batch, cuda_graph)
     return measure(lambda: step(code, 1), repeats)
 
 

@@ -102,6 +102,15 @@ def graphed_step(prior: Prior, cache: list, batch: int) -> Callable[[torch.Tenso
     return step
 
 
+def cached_step(prior: Prior, cache: list, batch: int,
+                cuda_graph: bool) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The cached step after `prior.prefill` as (codes, position) -> logits: replayed as a CUDA
+    graph (`graphed_step`) when `cuda_graph`, else `prior.step` itself."""
+    if cuda_graph:
+        return graphed_step(prior, cache, batch)
+    return lambda code, at: prior.step(code, at, cache)
+
+
 @torch.no_grad()
 def sample_codes(prior: Prior, text: torch.Tensor, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
@@ -157,8 +166,7 @@ def sample_codes(prior: Prior, text: torch.Tensor, *, temperature: float = 1.0,
             if use_cache:
                 cache = prior.new_cache()
                 logits = prior.prefill(text, cache)
-                step = (graphed_step(prior, cache, len(text)) if graphed
-                        else lambda code, at: prior.step(code, at, cache))
+                step = cached_step(prior, cache, len(text), graphed)
             for position in range(n):
                 if not use_cache:
                     # Codes not drawn yet are zeros; causality keeps them out of this position.
