@@ -77,6 +77,24 @@ def test_nll_matches_formula(model):
     torch.testing.assert_close(model.nll(images, stats), -f.log().sum(), rtol=1e-4, atol=1e-3)
 
 
+def test_gaussian_likelihood():
+    torch.manual_seed(0)
+    model = DiscreteVAE(DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "likelihood": "gaussian",
+                                      "gaussian_sigma": 0.05}))
+    images = torch.rand(2, 3, 16, 16)
+    stats = model.decoder(F.softmax(model.logits(images), dim=1))
+    assert stats.shape == (2, 3, 16, 16)  # the mean only: no scale maps
+    x = 0.8 * images + 0.1
+    expected = -torch.distributions.Normal(torch.sigmoid(stats), 0.05).log_prob(x).sum()
+    torch.testing.assert_close(model.nll(images, stats), expected, rtol=1e-5, atol=1e-2)
+    assert model.decode(model.encode(images)).shape == images.shape
+    out = model(images, step=10)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    with pytest.raises(ValueError, match="likelihood must be"):
+        DVAEConfig(likelihood="laplace")
+
+
 def test_schedules(model):
     c = model.config
     assert model.schedules(0) == (c.tau_start, 0.0)

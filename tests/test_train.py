@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from dalle.train.checkpoint import load_checkpoint, save_checkpoint
+from dalle.train.ema import EMA
 from dalle.train.sampler import StepBatchSampler
 from dalle.train.schedules import WarmupDecay
 from helpers import assert_same_weights, make_trainer, one_and_two_processes, tiny_train_config
@@ -75,6 +76,19 @@ def test_training_improves_reconstruction(tmp_path):
     assert after < 0.95 * before
     assert (tmp_path / "model" / "model.safetensors").exists()
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 150 // 25
+
+
+def test_ema_warms_up_its_decay():
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.999)
+    torch.nn.init.ones_(model.weight)
+    remaining = 1.0  # the share of the initial weight (0) left in the average of ones
+    for step in range(1500):
+        ema.update(model, step)
+        remaining *= min(0.999, (1 + step) / (10 + step))
+    assert ema.shadow.weight.item() == pytest.approx(1 - remaining, abs=1e-5)
+    assert remaining < 1e-3  # a fixed 0.999 would leave 0.999 ** 1500 = 22%
 
 
 def test_sampler_shards_without_duplicates():

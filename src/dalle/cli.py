@@ -138,6 +138,7 @@ def train_vae_command(
     tau_steps: Annotated[Optional[int], typer.Option(help="Steps to anneal tau 1 -> 1/16 [default: --steps].")] = None,
     kl_weight: Annotated[float, typer.Option(help="Final KL weight beta (paper: 6.6).")] = 6.6,
     kl_warmup_steps: Annotated[Optional[int], typer.Option(help="Steps to ramp beta from 0 [default: min(5000, --steps / 2)].")] = None,
+    likelihood: Annotated[str, typer.Option(help="Pixel likelihood: logit-laplace (paper) or gaussian (fixed scale; keeps colour in the codes on black-background data such as shapes).")] = "logit-laplace",
     ema_decay: Annotated[float, typer.Option(help="EMA decay; 0 disables the EMA.")] = 0.999,
     max_crop: Annotated[float, typer.Option(help="Train on random square crops removing up to this fraction of the side (paper: random crops; 0 for shapes, whose objects touch the edges).")] = 0.0,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (CPU and CUDA).")] = False,
@@ -156,7 +157,8 @@ def train_vae_command(
     model_config = DVAEConfig(
         image_size=image_size, downsample=downsample, vocab_size=vocab_size, hidden=hidden,
         blocks_per_group=blocks_per_group, decoder_init=decoder_init, kl_weight=kl_weight,
-        tau_steps=tau_steps or steps, kl_warmup_steps=kl_warmup_steps or min(5000, steps // 2))
+        tau_steps=tau_steps or steps, kl_warmup_steps=kl_warmup_steps or min(5000, steps // 2),
+        likelihood=likelihood)
     train_config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
         weight_decay=weight_decay, betas=(0.9, 0.999), ema_decay=ema_decay, bf16=bf16,

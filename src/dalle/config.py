@@ -80,6 +80,12 @@ class DVAEConfig(JSONConfig):
     kl_warmup_steps: int = 5_000
     # Logit-Laplace pixel mapping (paper: eps = 0.1).
     logit_laplace_eps: float = 0.1
+    # The pixel likelihood: "logit-laplace" (paper, appendix A.3; mu and a learned scale b per
+    # pixel) or "gaussian" (mean only, fixed `gaussian_sigma`, on the same mapped pixels). On
+    # black-background data a learned scale becomes tiny on the background and wide on objects,
+    # so edges outweigh colour and the codes carry geometry but not colour (README, "Stage 1").
+    likelihood: str = "logit-laplace"
+    gaussian_sigma: float = 0.07
 
     def __post_init__(self) -> None:
         if self.downsample < 2 or self.downsample & (self.downsample - 1):
@@ -92,6 +98,10 @@ class DVAEConfig(JSONConfig):
             raise ValueError("hidden must be a multiple of 4; decoder_init and vocab_size positive")
         if not 0 < self.logit_laplace_eps < 0.5:
             raise ValueError("logit_laplace_eps must be in (0, 0.5)")
+        if self.likelihood not in ("logit-laplace", "gaussian"):
+            raise ValueError(f"likelihood must be 'logit-laplace' or 'gaussian', got {self.likelihood!r}")
+        if self.gaussian_sigma <= 0:
+            raise ValueError(f"gaussian_sigma must be positive, got {self.gaussian_sigma}")
 
     @property
     def num_groups(self) -> int:
@@ -100,6 +110,11 @@ class DVAEConfig(JSONConfig):
     @property
     def grid_size(self) -> int:
         return self.image_size // self.downsample
+
+    @property
+    def decoder_outputs(self) -> int:
+        """Decoder output maps: mu and ln b per channel for the logit-Laplace, mu for the Gaussian."""
+        return 2 * self.channels if self.likelihood == "logit-laplace" else self.channels
 
     @classmethod
     def paper(cls) -> "DVAEConfig":

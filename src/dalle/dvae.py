@@ -1,7 +1,8 @@
 """Stage 1: the discrete VAE (paper §2.1, appendix A).
 
 An encoder maps an image to a grid of logits over a codebook of K codes, a decoder maps (relaxed)
-one-hot codes back to the parameters of a logit-Laplace distribution over pixels. Training uses
+one-hot codes back to the parameters of a logit-Laplace distribution over pixels (or, as an
+option, the mean of a Gaussian of fixed scale). Training uses
 the Gumbel-softmax relaxation, soft in both passes, and maximises the ELB with a KL term to the
 uniform prior. Module and parameter names mirror OpenAI's released `dall_e` package (with
 `weight`/`bias` for its `w`/`b`) so that its weights import as a plain rename.
@@ -88,7 +89,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(Relaxed) one-hot codes -> 2 * channels maps: logit-Laplace mu and ln b per pixel.
+    """(Relaxed) one-hot codes -> the likelihood's maps: logit-Laplace mu and ln b per pixel
+    (Gaussian: mu only).
 
     1x1 input conv from K channels, groups of widths hidden * (..., 4, 2, 1) with nearest-neighbour
     2x upsampling between groups, then ReLU and a 1x1 conv.
@@ -103,7 +105,7 @@ class Decoder(nn.Module):
             n_in = config.decoder_init if i == 0 else 2 * n_out
             up = ("upsample", nn.Upsample(scale_factor=2, mode="nearest")) if i < g - 1 else None
             layers.append((f"group_{i + 1}", _group(n_in, n_out, config, (1, 3, 3, 3), up)))
-        output = OrderedDict([("relu", nn.ReLU()), ("conv", conv(h, 2 * config.channels, 1))])
+        output = OrderedDict([("relu", nn.ReLU()), ("conv", conv(h, config.decoder_outputs, 1))])
         layers.append(("output", nn.Sequential(output)))
         self.blocks = nn.Sequential(OrderedDict(layers))
 
@@ -184,7 +186,7 @@ class DiscreteVAE(PretrainedModel):
         return self.logits(images).argmax(dim=1)
 
     def reconstruct_from_stats(self, stats: torch.Tensor) -> torch.Tensor:
-        """Decoder output (B, 2C, H, W) -> image in [0, 1]: phi^-1(sigmoid(mu)), clamped."""
+        """Decoder output (B, 2C or C, H, W) -> image in [0, 1]: phi^-1(sigmoid(mu)), clamped."""
         mu = stats[:, : self.config.channels].float()
         return self.unmap_pixels(torch.sigmoid(mu))
 
@@ -199,11 +201,16 @@ class DiscreteVAE(PretrainedModel):
         return self.reconstruct_from_stats(self.decoder.forward_codes(codes.long()))
 
     def nll(self, images: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-        """Summed negative log-likelihood of images under the logit-Laplace (appendix A.3).
+        """Summed negative log-likelihood of images under the configured likelihood.
 
-        f(x | mu, b) = exp(-|logit(x) - mu| / b) / (2 b x (1 - x)) on mapped pixels x.
+        logit-Laplace (appendix A.3): f(x | mu, b) = exp(-|logit(x) - mu| / b) / (2 b x (1 - x));
+        Gaussian: N(x | sigmoid(mu), sigma^2); both on mapped pixels x.
         """
         x = self.map_pixels(images.float())
+        if self.config.likelihood == "gaussian":
+            sigma = self.config.gaussian_sigma
+            per_value = (x - torch.sigmoid(stats.float())).square() / (2 * sigma**2)
+            return per_value.sum() + x.numel() * math.log(sigma * math.sqrt(2 * math.pi))
         mu, log_b = stats.float().chunk(2, dim=1)
         logit_x = torch.log(x) - torch.log1p(-x)
         per_pixel = (logit_x - mu).abs() * torch.exp(-log_b) + log_b + math.log(2) + torch.log(x * (1 - x))

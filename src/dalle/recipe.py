@@ -125,7 +125,10 @@ def shapes_recipe(run: Path, budget: str = "cpu") -> Recipe:
     prompts = ["--prompts", "4", "--candidates", "2"] if quick else ["--prompts", "100", "--candidates", "16"]
     return Recipe("shapes", budget, [
         Stage("data", ["data", "shapes", "--out", str(d), *sizes], rebuild="data"),
-        *_model_stages(run, budget, vocab_size=1000, val_split="test-seen"),
+        # The Gaussian likelihood keeps colour in the codes on the black background (README,
+        # "Stage 1 on shapes"): 17.8% -> 92.8% of test-zero-shot reconstructions parse at f = 8.
+        *_model_stages(run, budget, vocab_size=1000, val_split="test-seen",
+                       vae_extra=("--likelihood", "gaussian")),
         Stage("eval", ["eval", "shapes", "--pipeline", str(run / "pipeline"), "--data", str(d),
                        "--out", str(run / "eval"), "--bf16", *prompts]),
     ], evaluation="results.md", data_note=(

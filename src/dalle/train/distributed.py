@@ -9,6 +9,7 @@ was parallelised.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -151,5 +152,8 @@ def barrier(ctx: DistributedContext) -> None:
 
 
 def teardown_distributed(ctx: DistributedContext) -> None:
+    """Leave the process group once every process is done with it (a collective)."""
     if ctx.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+        gc.collect()

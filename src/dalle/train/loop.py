@@ -241,7 +241,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, self.step)
         return loss, metrics
 
     def fit(self, until: int | None = None) -> nn.Module:
@@ -289,6 +289,10 @@ class Trainer:
         return self.eval_model
 
     def close(self) -> None:
+        """Flush the log and leave the process group (every process calls it)."""
         if self.logger is not None:
             self.logger.close()
+        # The DDP wrapper holds the process group: dropping it lets the group be freed now rather
+        # than at interpreter exit, where gloo's worker threads can abort the process.
+        self.train_model = self.model
         D.teardown_distributed(self.ctx)
