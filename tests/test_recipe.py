@@ -121,8 +121,11 @@ def test_budgets_change_training_lengths_not_model_sizes(tmp_path):
     assert "--dropout" in stages(emoji_recipe(tmp_path, "gpu"))["train-prior"]
 
 
-@pytest.mark.parametrize("args, message", [(["--budget", "tpu"], "unknown budget 'tpu'"),
-                                           (["--quick", "--budget", "gpu"], "--quick is its own budget")])
-def test_bad_budget_is_one_line(tmp_path, args, message):
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "tpu"], "unknown budget 'tpu'"),
+    (["--quick", "--budget", "gpu"], "--quick is its own budget"),
+    (["--from", "somewhere"], "the shapes recipe makes its own data; --from is for emoji and fashion-mnist"),
+    (["--cache", "somewhere"], "--cache keeps the emoji recipe's npm downloads")])
+def test_bad_options_are_one_line(tmp_path, args, message):
     r = dalle("recipe", "shapes", "--out", tmp_path, *args)
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr

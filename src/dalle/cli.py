@@ -403,20 +403,15 @@ def recipe_command(
     """Everything from data to a pipeline with its model card: data, tokenizer, dVAE, codes,
     prior, CLIP, evaluation. Run it again after an interruption: finished stages are skipped and
     the interrupted one resumes from its checkpoint."""
-    from dalle.recipe import (RECIPES, default_budget, emoji_recipe, fashion_mnist_recipe, run_recipe,
-                              shapes_recipe)
+    from dalle.recipe import build_recipe, default_budget, run_recipe
 
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     if budget not in (None, "cpu", "gpu"):
         raise ValueError(f"unknown budget {budget!r}; choose cpu or gpu")
     if quick and budget:
         raise ValueError("--quick is its own budget; leave out --budget")
     budget = "quick" if quick else budget or default_budget()
     run = out or Path(f"runs/recipe-{name}")
-    recipe = (shapes_recipe(run, budget) if name == "shapes"
-              else emoji_recipe(run, budget, source=source, cache=cache) if name == "emoji"
-              else fashion_mnist_recipe(run, budget, source=source))
+    recipe = build_recipe(name, run, budget, source=source, cache=cache)
     pipeline = run_recipe(recipe, run, lambda args: app(args, standalone_mode=False), typer.echo)
     typer.echo(f"pipeline ready in {pipeline}; try: dalle generate --pipeline {pipeline} \"a ...\"")
 

@@ -27,9 +27,6 @@ import torch
 from dalle.evaluate.fid import INCEPTION_PACKAGE
 from dalle.utils import atomic_write
 
-RECIPES = ("shapes", "emoji", "fashion-mnist")
-
-
 @dataclass
 class Stage:
     """One `dalle` command line; `resume_if` (relative to the run) exists after an interruption
@@ -92,6 +89,17 @@ def _image_eval(quick: bool, prompts: int) -> list[str]:
     return [*fid, "--prompts", "4", "--r", "2"] if quick else [*fid, "--prompts", str(prompts)]
 
 
+def _with_flags(args: list[str], extra: tuple[str, ...]) -> list[str]:
+    """`args` with each `--flag value` pair of `extra` replacing that flag's value or appended."""
+    out = list(args)
+    for flag, value in zip(extra[::2], extra[1::2]):
+        if flag in out:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag, value]
+    return out
+
+
 def _model_stages(run: Path, budget: str, vocab_size: int, val_split: str, *,
                   vae_eval_split: str = "test-zero-shot", vae_extra: tuple[str, ...] = (),
                   prior_extra: tuple[str, ...] = (), clip_extra: tuple[str, ...] = ()) -> list[Stage]:
@@ -99,19 +107,21 @@ def _model_stages(run: Path, budget: str, vocab_size: int, val_split: str, *,
     split that validates the prior and CLIP, `vae_eval_split` the one the dVAE is measured on, and
     the extras are a recipe's own flags for a stage (image size, grid factor, dropout)."""
     d = run / "data"
-    vae, prior, clip = (_TRAINING[budget][part] for part in ("vae", "prior", "clip"))
+    vae, prior, clip = (_with_flags(_TRAINING[budget][part], extra)
+                        for part, extra in (("vae", vae_extra), ("prior", prior_extra),
+                                            ("clip", clip_extra)))
     return [
         Stage("tokenizer", ["train-tokenizer", "--data", str(d / "train"), "--out",
                             str(run / "tokenizer"), "--vocab-size", str(vocab_size), "--text-length", "32"]),
-        _train(run, "vae", "--data", str(d / "train"), *vae, *vae_extra),
+        _train(run, "vae", "--data", str(d / "train"), *vae),
         Stage("eval-vae", ["eval-vae", "--vae", str(run / "vae/model"), "--data",
                            str(d / vae_eval_split), "--json", str(run / "eval/vae.json")]),
         *(_encode(run, split) for split in ("train", val_split)),
         _train(run, "prior", "--data", str(run / "codes/train"), "--tokenizer", str(run / "tokenizer"),
                "--vae", str(run / "vae/model"), "--val-data", str(run / "codes" / val_split),
-               "--bf16", *prior, *prior_extra),
+               "--bf16", *prior),
         _train(run, "clip", "--data", str(d / "train"), "--tokenizer", str(run / "tokenizer"),
-               "--val-data", str(d / val_split), *clip, *clip_extra),
+               "--val-data", str(d / val_split), *clip),
         Stage("assemble", ["assemble", "--tokenizer", str(run / "tokenizer"), "--vae",
                            str(run / "vae/model"), "--prior", str(run / "prior/model"), "--clip",
                            str(run / "clip/model"), "--out", str(run / "pipeline"), "--bf16-weights"]),
@@ -127,8 +137,10 @@ def shapes_recipe(run: Path, budget: str = "cpu") -> Recipe:
         Stage("data", ["data", "shapes", "--out", str(d), *sizes], rebuild="data"),
         # The Gaussian likelihood keeps colour in the codes on the black background (README,
         # "Stage 1 on shapes"): 17.8% -> 92.8% of test-zero-shot reconstructions parse at f = 8.
+        # The cpu budget's 1,500 prior steps are 2.4 epochs here; shapes gets 5,000 (8 epochs).
         *_model_stages(run, budget, vocab_size=1000, val_split="test-seen",
-                       vae_extra=("--likelihood", "gaussian")),
+                       vae_extra=("--likelihood", "gaussian"),
+                       prior_extra=("--steps", "5000") if budget == "cpu" else ()),
         Stage("eval", ["eval", "shapes", "--pipeline", str(run / "pipeline"), "--data", str(d),
                        "--out", str(run / "eval"), "--bf16", *prompts]),
     ], evaluation="results.md", data_note=(
@@ -180,6 +192,30 @@ def fashion_mnist_recipe(run: Path, budget: str = "cpu", source: Path | None = N
         "`dataset-fashion-mnist`, built by `dalle data fashion-mnist`: 60,000 training and 10,000 "
         "test images of 10 clothing classes, upscaled from 28 to 32 px, captioned with their class "
         "(`an ankle boot`)."))
+
+
+_BUILDERS: dict[str, Callable[..., Recipe]] = {
+    "shapes": shapes_recipe, "emoji": emoji_recipe, "fashion-mnist": fashion_mnist_recipe}
+_SOURCED = {"emoji", "fashion-mnist"}  # the recipes whose data can come `--from` a folder
+
+
+def build_recipe(name: str, run: Path, budget: str, source: Path | None = None,
+                 cache: Path | None = None) -> Recipe:
+    """The recipe called `name`; `source` (`--from`) and `cache` only where that recipe uses them."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(_BUILDERS)}")
+    options: dict[str, Path] = {}
+    if source is not None:
+        if name not in _SOURCED:
+            raise ValueError(f"the {name} recipe makes its own data; --from is for "
+                             f"{' and '.join(sorted(_SOURCED))}")
+        options["source"] = source
+    if cache is not None:
+        if name != "emoji":
+            raise ValueError("--cache keeps the emoji recipe's npm downloads; the "
+                             f"{name} recipe has none")
+        options["cache"] = cache
+    return _BUILDERS[name](run, budget, **options)
 
 
 def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
