@@ -58,6 +58,17 @@ def test_train_resume_reconstruct_eval(shapes, tmp_path):
     assert "PSNR" in r.stdout and "shapes parse" in r.stdout
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["train-vae", "--data", "d", "--out", "o", "--steps", "many"], "Invalid value for '--steps'"),
+    (["train-vae", "--out", "o"], "Missing option '--data'. (see 'dalle train-vae --help')"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["generate", "a red circle", "--bogus"], "No such option: --bogus")])
+def test_usage_errors_are_one_line(args, needle):
+    r = dalle(*args)
+    one_line_error(r, needle)
+    assert r.returncode == 2
+
+
 def test_missing_data_folder(tmp_path):
     one_line_error(dalle("train-vae", "--data", tmp_path / "nope", "--out", tmp_path / "run", *TINY), "does not exist")
 

@@ -614,17 +614,30 @@ def serve_command(
     uvicorn.run(create_app(pipe, max_queue=max_queue, time_limit_s=time_limit), host=host, port=port)
 
 
+def _click_exception() -> type[Exception]:
+    """click's ClickException as typer raises it (recent typer vendors its own copy of click)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    """Entry point: run the app, turning user-caused errors and warnings into one line."""
+    """Entry point: run the app, turning user-caused errors, usage errors and warnings into one line."""
     import warnings
 
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     try:
-        app()
+        # Not standalone: click's usage errors reach us instead of being drawn as a box.
+        code = app(standalone_mode=False, prog_name="dalle")
+    except _click_exception() as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # typer has already shown the help
+            sys.exit(0)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"error: {e.format_message()}{hint}", err=True)
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
     # OSError covers missing paths, permissions and unreadable files (Pillow's UnidentifiedImageError).
     except (OSError, ValueError, RuntimeError, ImportError) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
+    if code == 130:  # typer turns Ctrl-C into exit status 130
         typer.echo("interrupted; the last checkpoint is intact (resume with --resume)", err=True)
-        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
