@@ -1,8 +1,10 @@
+import json
+
 import pytest
 import torch
 
 from dalle.clip import CLIP
-from dalle.config import CLIPConfig, DVAEConfig, PriorConfig
+from dalle.config import CLIPConfig, DVAEConfig, PriorConfig, SamplingConfig
 from dalle.dvae import DiscreteVAE
 from dalle.evaluate.generation import evaluate_shapes
 from dalle.pipeline import DallePipeline
@@ -48,6 +50,27 @@ def test_save_load_round_trip(pipeline, tmp_path):
     assert torch.equal(a.codes, b.codes)
 
 
+def test_sampling_defaults_travel_with_the_pipeline(pipeline, tmp_path):
+    guided = DallePipeline(pipeline.tokenizer, pipeline.vae, pipeline.prior, pipeline.clip,
+                           SamplingConfig(temperature=0.8, top_k=8, guidance_scale=3.0))
+    guided.save_pretrained(tmp_path / "p")
+    loaded = DallePipeline.from_pretrained(tmp_path / "p")
+    assert loaded.sampling == guided.sampling
+    explicit = pipeline("a large red circle", images=2, temperature=0.8, top_k=8,
+                        guidance_scale=3.0, seed=4)
+    assert torch.equal(loaded("a large red circle", images=2, seed=4).codes, explicit.codes)
+    # An argument overrides the default; the unguided draw differs from the guided one.
+    plain = pipeline("a large red circle", images=2, temperature=0.8, top_k=8, seed=4)
+    assert torch.equal(loaded("a large red circle", images=2, guidance_scale=1.0, seed=4).codes,
+                       plain.codes)
+    assert not torch.equal(plain.codes, explicit.codes)
+    with pytest.raises(ValueError, match="guidance_scale must be at least 1"):
+        SamplingConfig(guidance_scale=0.5)
+    (tmp_path / "p" / "sampling.json").write_text('{"temperature": 0}')
+    with pytest.raises(ValueError, match="not a valid SamplingConfig: temperature must be positive"):
+        DallePipeline.from_pretrained(tmp_path / "p")
+
+
 def test_completion_keeps_the_top_rows(pipeline):
     image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
     out = pipeline("a large red circle", images=3, init_image=image, keep_rows=2, seed=0)
@@ -82,8 +105,11 @@ def test_shapes_evaluation_writes_results(pipeline, tmp_path):
         (tmp_path / "data" / split).mkdir(parents=True)
         for i, caption in enumerate(CAPTIONS):
             (tmp_path / "data" / split / f"{i}.txt").write_text(caption)
-    results = evaluate_shapes(pipeline, tmp_path / "data", tmp_path / "out", prompts=2, candidates=3)
+    results = evaluate_shapes(pipeline, tmp_path / "data", tmp_path / "out", prompts=2, candidates=3,
+                              guidance_scale=2.0)
     assert set(results["test-zero-shot"]) == {"first", "best_of_3"}
+    settings = json.loads((tmp_path / "out" / "results.json").read_text())["settings"]
+    assert settings["guidance_scale"] == 2.0 and settings["temperature"] == 1.0  # the pipeline's
     assert results["test-seen"]["first"]["n"] == 2
     for name in ("results.json", "results.md", "test-seen-first-and-best.png"):
         assert (tmp_path / "out" / name).exists()

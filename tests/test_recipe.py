@@ -26,7 +26,7 @@ def test_quick_shapes_recipe_makes_a_pipeline_with_a_card(tmp_path):
         assert weight_dtypes(pipeline / part) == {"BF16"}
     card = (pipeline / "README.md").read_text()
     for needed in ("## Data", "| prior |", "PSNR", "bits per image token", "| test-zero-shot | first |",
-                   "dalle recipe shapes --budget quick",
+                   "dalle recipe shapes --budget quick", "guidance scale 2.0",
                    "dalle train-prior --out $RUN/prior"):
         assert needed in card
     out = DallePipeline.from_pretrained(pipeline)("a small red circle", images=1, candidates=2)

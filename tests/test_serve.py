@@ -75,6 +75,8 @@ def test_health_describes_the_model(client):
     health = client.get("/api/health").json()
     assert health["image_size"] == 64 and health["grid_size"] == 4 and health["clip"] is True
     assert health["limits"]["max_images"] == 16 and health["queue"]["max_queue"] == 4
+    assert health["sampling"] == {"temperature": 1.0, "top_k": None, "top_p": None,
+                                  "guidance_scale": 1.0}
 
 
 def test_page_and_its_assets_are_served(client):
@@ -180,7 +182,9 @@ def test_openapi_schema_lists_the_endpoints(client):
             "/api/health"} <= schema["paths"].keys()
     assert "/" not in schema["paths"]
     fields = schema["components"]["schemas"]["GenerateRequest"]["properties"]
-    assert fields["images"]["maximum"] == 16 and fields["temperature"]["exclusiveMinimum"] == 0
+    temperature = fields["temperature"]["anyOf"]  # a number, or null for the pipeline's default
+    assert fields["images"]["maximum"] == 16 and {"type": "null"} in temperature
+    assert any(t.get("exclusiveMinimum") == 0 for t in temperature)
     assert all(field.get("description") for field in fields.values())
     errors = schema["paths"]["/api/generate"]["post"]["responses"]
     assert {"202", "413", "422", "429"} <= errors.keys()

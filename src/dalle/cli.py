@@ -15,6 +15,7 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="DALL-E (Ramesh et al. 2021): train, evaluate and sample text-to-image models.")
+PIPELINE_DEFAULT = " \\[default: the pipeline's sampling.json, else {}]."
 data_app = typer.Typer(no_args_is_help=True, help="Build image-caption datasets.")
 app.add_typer(data_app, name="data")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a trained pipeline.")
@@ -94,7 +95,7 @@ def data_inspect(
     data: Annotated[Path, typer.Argument(help="Image-caption folder or shard folder.")],
     image_size: Annotated[int, typer.Option(help="Image side for the sample grid.")] = 64,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer directory: also report caption lengths in BPE tokens.")] = None,
-    grid: Annotated[Optional[Path], typer.Option(help="Sample grid PNG [default: ./<name>-samples.png].")] = None,
+    grid: Annotated[Optional[Path], typer.Option(help="Sample grid PNG \\[default: ./<name>-samples.png].")] = None,
     n: Annotated[int, typer.Option(help="Images in the sample grid.")] = 32,
 ) -> None:
     """Counts, skipped files by reason, the caption length histogram, and a sample grid."""
@@ -135,9 +136,9 @@ def train_vae_command(
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 2e-3,
     warmup_steps: Annotated[int, typer.Option(help="Linear LR warm-up steps.")] = 100,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (paper: 1e-4).")] = 1e-4,
-    tau_steps: Annotated[Optional[int], typer.Option(help="Steps to anneal tau 1 -> 1/16 [default: --steps].")] = None,
+    tau_steps: Annotated[Optional[int], typer.Option(help="Steps to anneal tau 1 -> 1/16 \\[default: --steps].")] = None,
     kl_weight: Annotated[float, typer.Option(help="Final KL weight beta (paper: 6.6).")] = 6.6,
-    kl_warmup_steps: Annotated[Optional[int], typer.Option(help="Steps to ramp beta from 0 [default: min(5000, --steps / 2)].")] = None,
+    kl_warmup_steps: Annotated[Optional[int], typer.Option(help="Steps to ramp beta from 0 \\[default: min(5000, --steps / 2)].")] = None,
     likelihood: Annotated[str, typer.Option(help="Pixel likelihood: logit-laplace (paper) or gaussian (fixed scale; keeps colour in the codes on black-background data such as shapes).")] = "logit-laplace",
     ema_decay: Annotated[float, typer.Option(help="EMA decay; 0 disables the EMA.")] = 0.999,
     max_crop: Annotated[float, typer.Option(help="Train on random square crops removing up to this fraction of the side (paper: random crops; 0 for shapes, whose objects touch the edges).")] = 0.0,
@@ -205,7 +206,7 @@ def reconstruct_command(
 def eval_vae_command(
     vae: Annotated[Path, typer.Option(help="dVAE model directory.")],
     data: Annotated[Path, typer.Option(help="Held-out image-caption folder.")],
-    shapes: Annotated[Optional[bool], typer.Option(help="Parse reconstructions per SHAPES.md [default: when every caption is a shapes caption].")] = None,
+    shapes: Annotated[Optional[bool], typer.Option(help="Parse reconstructions per SHAPES.md \\[default: when every caption is a shapes caption].")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics here.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -394,10 +395,10 @@ def train_clip_command(
 @app.command("recipe")
 def recipe_command(
     name: Annotated[str, typer.Argument(help="shapes, emoji or fashion-mnist.")],
-    out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/recipe-NAME].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder \\[default: runs/recipe-NAME].")] = None,
     quick: Annotated[bool, typer.Option(help="Tiny data and models: checks the whole recipe in about a minute.")] = False,
-    budget: Annotated[Optional[str], typer.Option(help="Training sizes: cpu (about 70 min of one CPU thread) or gpu (about 5 min of one H100) [default: gpu when CUDA is available, else cpu].")] = None,
-    source: Annotated[Optional[Path], typer.Option("--from", help="emoji: folder holding the npm packages instead of fetching them; fashion-mnist: folder of the IDX files [default: the Debian package's].")] = None,
+    budget: Annotated[Optional[str], typer.Option(help="Training sizes: cpu (about 70 min of one CPU thread) or gpu (about 5 min of one H100) \\[default: gpu when CUDA is available, else cpu].")] = None,
+    source: Annotated[Optional[Path], typer.Option("--from", help="emoji: folder holding the npm packages instead of fetching them; fashion-mnist: folder of the IDX files \\[default: the Debian package's].")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="emoji: keep the fetched npm tarballs here.")] = None,
 ) -> None:
     """Everything from data to a pipeline with its model card: data, tokenizer, dVAE, codes,
@@ -424,18 +425,25 @@ def assemble_command(
     out: Annotated[Path, typer.Option(help="Pipeline directory to write.")],
     clip: Annotated[Optional[Path], typer.Option(help="CLIP model directory (enables reranking).")] = None,
     bf16_weights: Annotated[bool, typer.Option(help="Store the weights in bf16 (half the size; how the bundled pipelines ship).")] = False,
+    temperature: Annotated[float, typer.Option(help="Default sampling temperature (sampling.json).")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Default top-k (sampling.json) \\[default: all codes].")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Default nucleus probability (sampling.json) \\[default: off].")] = None,
+    guidance: Annotated[float, typer.Option(help="Default classifier-free guidance scale (sampling.json), 1 = off; the prior must have been trained with --caption-drop.")] = 1.0,
 ) -> None:
-    """Put trained parts together as one pipeline directory (their vocabularies are checked)."""
+    """Put trained parts together as one pipeline directory (their vocabularies are checked),
+    with the sampling defaults that `dalle generate`, `dalle eval` and `dalle serve` will use."""
     import torch
 
     from dalle.clip import CLIP
+    from dalle.config import SamplingConfig
     from dalle.dvae import DiscreteVAE
     from dalle.pipeline import DallePipeline
     from dalle.prior import Prior
     from dalle.text import TextTokenizer
 
     pipeline = DallePipeline(TextTokenizer.from_pretrained(tokenizer), DiscreteVAE.from_pretrained(vae),
-                             Prior.from_pretrained(prior), CLIP.from_pretrained(clip) if clip else None)
+                             Prior.from_pretrained(prior), CLIP.from_pretrained(clip) if clip else None,
+                             SamplingConfig(temperature, top_k, top_p, guidance))
     typer.echo(f"wrote {pipeline.save_pretrained(out, dtype=torch.bfloat16 if bf16_weights else None)}")
 
 
@@ -456,14 +464,14 @@ def generate_command(
     pipeline: Annotated[str, typer.Option(help="A bundled pipeline (shapes, emoji) or a pipeline directory.")] = "shapes",
     out: Annotated[Path, typer.Option(help="Output folder for the images and grid.png.")] = Path("outputs"),
     images: Annotated[int, typer.Option(help="Images to keep.")] = 4,
-    candidates: Annotated[Optional[int], typer.Option(help="Images to sample; CLIP keeps the best --images [default: --images].")] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
-    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely codes.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: the smallest set with this probability.")] = None,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 1.0,
+    candidates: Annotated[Optional[int], typer.Option(help="Images to sample; CLIP keeps the best --images \\[default: --images].")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature" + PIPELINE_DEFAULT.format(1), show_default=False)] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely codes" + PIPELINE_DEFAULT.format("all"), show_default=False)] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: the smallest set with this probability" + PIPELINE_DEFAULT.format("off"), show_default=False)] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale, 1 = off" + PIPELINE_DEFAULT.format(1), show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same images.")] = 0,
     init_image: Annotated[Optional[Path], typer.Option(help="Complete this image from its top rows.")] = None,
-    keep_rows: Annotated[Optional[int], typer.Option(help="Code rows of --init-image to keep [default: half].")] = None,
+    keep_rows: Annotated[Optional[int], typer.Option(help="Code rows of --init-image to keep \\[default: half].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing files in --out.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights (faster on recent CPUs and GPUs).")] = False,
@@ -512,9 +520,9 @@ def eval_shapes_command(
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and grids.")] = Path("results/shapes"),
     prompts: Annotated[int, typer.Option(help="Prompts per split (the first in file order).")] = 200,
     candidates: Annotated[int, typer.Option(help="Samples per prompt; CLIP reranks them.")] = 16,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
-    top_k: Annotated[Optional[int], typer.Option(help="Top-k filtering.")] = None,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 1.0,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature" + PIPELINE_DEFAULT.format(1), show_default=False)] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Top-k filtering" + PIPELINE_DEFAULT.format("all"), show_default=False)] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale, 1 = off" + PIPELINE_DEFAULT.format(1), show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights.")] = False,

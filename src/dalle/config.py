@@ -319,3 +319,30 @@ class CLIPConfig(JSONConfig):
         return cls(image_size=16, patch_size=4, image_width=16, image_depth=1, image_heads=2,
                    text_vocab_size=40, text_length=6, text_width=16, text_depth=1, text_heads=2,
                    mlp_ratio=2, embed_dim=8)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig(JSONConfig):
+    """A pipeline's default sampling settings (`sampling.json`), the ones its model card reports.
+
+    `dalle generate`, `dalle eval` and the server use them for every option a request leaves out.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None  # None: all codes
+    top_p: float | None = None  # None: no nucleus filtering
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.guidance_scale < 1:
+            raise ValueError(f"guidance_scale must be at least 1 (1 = off), got {self.guidance_scale}")
+
+    def updated(self, **overrides: float | int | None) -> "SamplingConfig":
+        """These settings with every override that is not None applied."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})

@@ -5,6 +5,7 @@
       vae/         config.json + model.safetensors
       prior/       config.json + model.safetensors
       clip/        config.json + model.safetensors   (optional: without it, no reranking)
+      sampling.json  default temperature, top-k, top-p, guidance  (optional: defaults are off)
       README.md    the model card
 
 `DallePipeline.__call__` encodes the prompt, samples `candidates` code grids per image with the
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from dalle.config import SamplingConfig
 from dalle.dvae import DiscreteVAE
 from dalle.prior import Prior
 from dalle.sampling import completion_mask, sample_codes
@@ -27,6 +29,7 @@ from dalle.text import TextTokenizer
 from dalle.utils import ensure_writable_dir, resolve_device
 
 PARTS = ("tokenizer", "vae", "prior", "clip")
+SAMPLING_FILE = "sampling.json"
 BUNDLED_DIR = Path(__file__).parent / "bundled"  # the pipelines that ship with the package
 
 
@@ -70,9 +73,11 @@ def check_parts(tokenizer: TextTokenizer, vae: DiscreteVAE, prior: Prior, clip=N
 class DallePipeline:
     """Tokenizer + dVAE + prior (+ CLIP) loaded from one directory."""
 
-    def __init__(self, tokenizer: TextTokenizer, vae: DiscreteVAE, prior: Prior, clip=None) -> None:
+    def __init__(self, tokenizer: TextTokenizer, vae: DiscreteVAE, prior: Prior, clip=None,
+                 sampling: SamplingConfig | None = None) -> None:
         check_parts(tokenizer, vae, prior, clip)
         self.tokenizer, self.vae, self.prior, self.clip = tokenizer, vae.eval(), prior.eval(), clip
+        self.sampling = sampling or SamplingConfig()
         if clip is not None:
             clip.eval()
 
@@ -94,9 +99,11 @@ class DallePipeline:
             raise FileNotFoundError(f"{directory} is not a pipeline: it has no {', '.join(missing)}/")
         target = resolve_device(device)
         clip = CLIP.from_pretrained(directory / "clip", target) if (directory / "clip").is_dir() else None
+        sampling = directory / SAMPLING_FILE
         return cls(TextTokenizer.from_pretrained(directory / "tokenizer"),
                    DiscreteVAE.from_pretrained(directory / "vae", target),
-                   Prior.from_pretrained(directory / "prior", target), clip)
+                   Prior.from_pretrained(directory / "prior", target), clip,
+                   SamplingConfig.load(sampling) if sampling.exists() else None)
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write the parts' directories; `dtype` (e.g. torch.bfloat16) stores weights in it."""
@@ -106,6 +113,7 @@ class DallePipeline:
             model = getattr(self, part)
             if model is not None:
                 model.save_pretrained(directory / part, dtype=dtype)
+        self.sampling.save(directory / SAMPLING_FILE)
         return directory
 
     def to(self, device: str | torch.device) -> DallePipeline:
@@ -136,12 +144,14 @@ class DallePipeline:
 
     @torch.no_grad()
     def __call__(self, prompt: str, *, images: int = 4, candidates: int | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 guidance_scale: float = 1.0, seed: int = 0, init_image: torch.Tensor | None = None,
+                 temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, guidance_scale: float | None = None,
+                 seed: int = 0, init_image: torch.Tensor | None = None,
                  keep_rows: int | None = None, batch_size: int = 16, autocast: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> Generation:
         """Generate `images` pictures for `prompt`, each the best of `candidates / images` by CLIP.
 
+        Sampling options left as None take the pipeline's defaults (`self.sampling`).
         init_image + keep_rows: complete an image from the first `keep_rows` rows of its codes.
         progress(done, total) is called with image positions sampled so far.
         """
@@ -154,6 +164,8 @@ class DallePipeline:
         if candidates > images and self.clip is None:
             raise ValueError("this pipeline has no CLIP model to rerank with; ask for as many "
                              "candidates as images")
+        sampling = self.sampling.updated(temperature=temperature, top_k=top_k, top_p=top_p,
+                                         guidance_scale=guidance_scale).to_dict()
         ids = self.encode_prompt(prompt)
         codes = mask = None
         grid = self.prior.config.grid_size
@@ -174,8 +186,8 @@ class DallePipeline:
                 progress(base + done * n, candidates * grid**2)  # type: ignore[misc]
 
             drawn.append(sample_codes(
-                self.prior, ids.expand(n, -1), temperature=temperature, top_k=top_k, top_p=top_p,
-                guidance_scale=guidance_scale, unconditional=unconditional, codes=codes, mask=mask,
+                self.prior, ids.expand(n, -1), **sampling, unconditional=unconditional,
+                codes=codes, mask=mask,
                 generator=generator, autocast=autocast, progress=progress and report))
         all_codes = torch.cat(drawn)
         pictures = torch.cat([self.vae.decode(all_codes[i : i + batch_size])

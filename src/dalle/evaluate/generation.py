@@ -29,19 +29,21 @@ def split_prompts(folder: str | Path, limit: int | None = None) -> list[str]:
 
 @torch.no_grad()
 def generate_candidates(pipeline: DallePipeline, prompts: list[str], candidates: int, *,
-                        seed: int = 0, batch_size: int = 64, temperature: float = 1.0,
+                        seed: int = 0, batch_size: int = 64, temperature: float | None = None,
                         top_k: int | None = None, top_p: float | None = None,
-                        guidance_scale: float = 1.0, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(P, N, 3, H, W) images for P prompts x N candidates, and their (P, N) CLIP scores."""
+                        guidance_scale: float | None = None, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(P, N, 3, H, W) images for P prompts x N candidates, and their (P, N) CLIP scores.
+    Sampling options left as None take the pipeline's defaults."""
+    sampling = pipeline.sampling.updated(temperature=temperature, top_k=top_k, top_p=top_p,
+                                         guidance_scale=guidance_scale).to_dict()
     ids = torch.stack([pipeline.encode_prompt(p) for p in prompts]).repeat_interleave(candidates, 0)
     unconditional = pipeline.tokenizer.encode("")
     generator = torch.Generator(pipeline.device).manual_seed(seed)
     images, scores = [], []
     for start in range(0, len(ids), batch_size):
         text = ids[start : start + batch_size]
-        codes = sample_codes(pipeline.prior, text, temperature=temperature, top_k=top_k,
-                             top_p=top_p, guidance_scale=guidance_scale,
-                             unconditional=unconditional, generator=generator, autocast=autocast)
+        codes = sample_codes(pipeline.prior, text, **sampling, unconditional=unconditional,
+                             generator=generator, autocast=autocast)
         pictures = pipeline.vae.decode(codes).clamp(0, 1)
         images.append(pictures.cpu())
         if pipeline.clip is not None:
@@ -80,6 +82,8 @@ def evaluate_shapes(pipeline: DallePipeline, data: str | Path, out: str | Path, 
                     prompts: int | None = 200, candidates: int = 16, **kwargs) -> dict:
     """Run every split; write results.json, results.md and a grid per split into `out`."""
     out = ensure_writable_dir(out)
+    sampling = {k: kwargs.pop(k, None) for k in ("temperature", "top_k", "top_p", "guidance_scale")}
+    kwargs.update(pipeline.sampling.updated(**sampling).to_dict())
     results, settings = {}, {"candidates": candidates, "prompts": prompts, **kwargs}
     for split in splits:
         texts = split_prompts(Path(data) / split, prompts)

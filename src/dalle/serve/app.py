@@ -21,7 +21,8 @@ from dalle import __version__
 from dalle.pipeline import DallePipeline
 from dalle.serve.errors import BodySizeLimit, install_error_handlers
 from dalle.serve.jobs import Job, JobQueue, QueueFull
-from dalle.serve.schemas import ErrorResponse, GenerateRequest, Health, JobStatus, Limits, QueueInfo
+from dalle.serve.schemas import (ErrorResponse, GenerateRequest, Health, JobStatus, Limits, QueueInfo,
+                                 SamplingDefaults)
 
 STATIC = Path(__file__).parent / "static"
 
@@ -86,6 +87,7 @@ def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: flo
         waiting, running = jobs.counts()
         return Health(image_size=pipeline.vae.config.image_size, grid_size=pipeline.prior.config.grid_size,
                       clip=pipeline.clip is not None, device=str(pipeline.device),
+                      sampling=SamplingDefaults(**pipeline.sampling.to_dict()),
                       queue=QueueInfo(waiting=waiting, running=running, max_queue=max_queue),
                       limits=Limits(time_limit_s=time_limit_s))
 

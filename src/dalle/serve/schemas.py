@@ -24,12 +24,16 @@ class GenerateRequest(BaseModel):
     candidates: int | None = Field(None, ge=1, le=MAX_CANDIDATES,
                                    description="Images to sample; CLIP keeps the best `images` "
                                                "(needs a pipeline with CLIP). Default: `images`.")
-    temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature.")
-    top_k: int | None = Field(None, ge=1, description="Sample among the k most likely codes; null = all.")
+    temperature: float | None = Field(None, gt=0, le=5, description="Sampling temperature; null = "
+                                                                    "the pipeline's default.")
+    top_k: int | None = Field(None, ge=1, description="Sample among the k most likely codes; null = "
+                                                      "the pipeline's default.")
     top_p: float | None = Field(None, gt=0, le=1,
                                 description="Nucleus sampling: the smallest set of codes with this "
-                                            "probability; null = off.")
-    guidance_scale: float = Field(1.0, ge=1, le=20, description="Classifier-free guidance scale (1 = off).")
+                                            "probability; null = the pipeline's default.")
+    guidance_scale: float | None = Field(None, ge=1, le=20,
+                                         description="Classifier-free guidance scale (1 = off); "
+                                                     "null = the pipeline's default.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="The same seed and settings give the same images.")
 
     @field_validator("candidates")
@@ -73,6 +77,15 @@ class Limits(BaseModel):
     time_limit_s: float = Field(description="Seconds a job may run before it is stopped.")
 
 
+class SamplingDefaults(BaseModel):
+    """The pipeline's sampling settings (its sampling.json), used for what a request leaves out."""
+
+    temperature: float
+    top_k: int | None = Field(description="null: all codes.")
+    top_p: float | None = Field(description="null: no nucleus filtering.")
+    guidance_scale: float = Field(description="1: no classifier-free guidance.")
+
+
 class Health(BaseModel):
     """The loaded model, the queue and the request limits."""
 
@@ -80,6 +93,7 @@ class Health(BaseModel):
     image_size: int = Field(description="Side of the generated images in pixels.")
     grid_size: int = Field(description="Side of the code grid the prior samples.")
     clip: bool = Field(description="Whether the pipeline has CLIP, so candidates > images works.")
+    sampling: SamplingDefaults
     device: str
     queue: QueueInfo
     limits: Limits

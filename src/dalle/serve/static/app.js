@@ -142,6 +142,13 @@ function randomSeed() {
   $("seed").value = Math.floor(Math.random() * 2 ** 32);
 }
 
+// The sliders start at the pipeline's defaults; empty number fields leave theirs to the server.
+function useSamplingDefaults(sampling) {
+  for (const id of Object.keys(SLIDER_DIGITS)) $(id).value = $(id).defaultValue = sampling[id];
+  $("top_k").placeholder = sampling.top_k ?? "off";
+  $("top_p").placeholder = sampling.top_p ?? "off";
+}
+
 async function showModel() {
   try {
     const health = await (await fetch("/api/health")).json();
@@ -151,6 +158,7 @@ async function showModel() {
     $("prompt").maxLength = health.limits.max_prompt_chars;
     $("images").max = health.limits.max_images;
     $("candidates").max = health.limits.max_candidates;
+    useSamplingDefaults(health.sampling);
     if (!health.clip) {
       $("candidates").disabled = true;
       $("candidates").title = "This model has no CLIP to rerank candidates with";
