@@ -119,6 +119,9 @@ def test_budgets_change_training_lengths_not_model_sizes(tmp_path):
     for name in ("train-vae", "train-prior", "train-clip"):  # same architecture flags on both
         assert not {"--dim", "--depth", "--hidden", "--width"} & set(cpu[name] + gpu[name])
     assert "--dropout" in stages(emoji_recipe(tmp_path, "gpu"))["train-prior"]
+    prior = cpu["train-prior"]  # a recipe's own flag replaces the budget's rather than repeating it
+    assert prior.count("--steps") == 1 and prior[prior.index("--steps") + 1] == "5000"
+    assert cpu["assemble"][-2:] == gpu["assemble"][-2:] == ["--guidance", "2"]
 
 
 @pytest.mark.parametrize("args, message", [
