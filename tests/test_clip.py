@@ -172,16 +172,26 @@ def test_check_compatible_names_the_mismatch(data):
         check_compatible(CLIPConfig.tiny(), tokenizer)
 
 
-def test_word_swaps_change_one_interchangeable_word():
+def test_word_swaps_replace_one_word_or_trade_two():
     swaps = WordSwaps(["a red circle above a blue square", "a blue circle above a blue square",
                        "a red circle below a blue square", "a red square", "a red circle"])
     assert swaps.alternatives == {"red": ["blue"], "blue": ["red"], "above": ["below"],
                                   "below": ["above"], "circle": ["square"], "square": ["circle"]}
-    negatives = {swaps("A red circle above a blue square", random.Random(i)) for i in range(50)}
-    assert negatives == {"a blue circle above a blue square", "a red circle below a blue square",
-                         "a red square above a blue square", "a red circle above a red square",
-                         "a red circle above a blue circle"}
-    assert swaps("a green cone", random.Random(0)) is None
+    caption = "A red circle above a blue square"
+    replaced = {swaps.replace(caption, random.Random(i)) for i in range(50)}
+    assert replaced == {"a blue circle above a blue square", "a red circle below a blue square",
+                        "a red square above a blue square", "a red circle above a red square",
+                        "a red circle above a blue circle"}
+    # Trading binds each attribute to the other object; above/below appear once, so never trade.
+    exchanged = {swaps.exchange(caption, random.Random(i)) for i in range(50)}
+    assert exchanged == {"a blue circle above a red square", "a red square above a blue circle"}
+    assert swaps.negatives(caption, random.Random(0))[1] in exchanged
+    assert swaps.exchange("a red circle above a red square", random.Random(0)) == \
+        "a red square above a red circle"
+    assert swaps.exchange("a red circle", random.Random(0)) is None
+    assert swaps.negatives("a red circle", random.Random(0)) in (["a blue circle"], ["a red square"])
+    assert swaps.replace("a green cone", random.Random(0)) is None
+    assert swaps.negatives("a green cone", random.Random(0)) == []
 
 
 def test_random_crops_are_keyed_and_keep_the_size():

@@ -357,7 +357,7 @@ def train_clip_command(
     text_depth: Annotated[int, typer.Option(help="Text transformer layers.")] = 3,
     heads: Annotated[int, typer.Option(help="Attention heads in both towers.")] = 4,
     max_crop: Annotated[float, typer.Option(help="Largest fraction of the side a random crop removes (no flips).")] = 0.1,
-    hard_negatives: Annotated[bool, typer.Option(help="Add a one-word-swapped caption per sample as a negative (folders only).")] = True,
+    hard_negatives: Annotated[bool, typer.Option(help="Add word-swapped captions per sample as negatives: one word replaced, two traded (folders only).")] = True,
     steps: Annotated[int, typer.Option(help="Optimizer updates.")] = 900,
     batch_size: Annotated[int, typer.Option(help="Global batch size (the contrastive batch).")] = 64,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,

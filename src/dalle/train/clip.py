@@ -30,13 +30,15 @@ def same_caption(rows: list[str], columns: list[str], device: torch.device) -> t
 
 
 class WordSwaps:
-    """Hard-negative captions: one word changed for another that the data uses in its place.
+    """Hard-negative captions: one word changed, or two words traded places.
 
     Two words are interchangeable when a caption holding one becomes another caption of the
     corpus with the other ("a red circle" / "a blue circle"); that finds the colours, shapes,
     sizes and left/right of a synthetic set without a word list. A caption with one such word
-    changed no longer describes its image, which teaches the attribute binding and word order
-    that contrastive training on random batches misses (NegCLIP, Yuksekgonul et al. 2023).
+    replaced no longer describes its image, and neither does one where two interchangeable words
+    trade places ("a red circle above a blue square" -> "a blue circle above a red square"): the
+    first teaches attributes and word order, the second which object each attribute belongs to,
+    both of which contrastive training on random batches misses (NegCLIP, Yuksekgonul et al. 2023).
     """
 
     def __init__(self, captions: Iterable[str]) -> None:
@@ -51,8 +53,8 @@ class WordSwaps:
                 alternatives[word] |= words - {word}
         self.alternatives = {w: sorted(a) for w, a in sorted(alternatives.items()) if a}
 
-    def __call__(self, caption: str, rng: random.Random) -> str | None:
-        """The caption with one word swapped, or None when no word has an alternative."""
+    def replace(self, caption: str, rng: random.Random) -> str | None:
+        """The caption with one word replaced, or None when no word has an alternative."""
         words = clean_caption(caption).lower().split()
         swappable = [i for i, w in enumerate(words) if w in self.alternatives]
         if not swappable:
@@ -61,6 +63,22 @@ class WordSwaps:
         words[i] = rng.choice(self.alternatives[words[i]])
         return " ".join(words)
 
+    def exchange(self, caption: str, rng: random.Random) -> str | None:
+        """The caption with two different interchangeable words traded, or None when it has no
+        such pair."""
+        words = clean_caption(caption).lower().split()
+        pairs = [(i, j) for i, a in enumerate(words) for j in range(i + 1, len(words))
+                 if words[j] in self.alternatives.get(a, ())]
+        if not pairs:
+            return None
+        i, j = rng.choice(pairs)
+        words[i], words[j] = words[j], words[i]
+        return " ".join(words)
+
+    def negatives(self, caption: str, rng: random.Random) -> list[str]:
+        """A replaced and an exchanged caption, each where the caption allows one."""
+        return [n for n in (self.replace(caption, rng), self.exchange(caption, rng)) if n is not None]
+
 
 class CLIPLoss:
     """The loop's loss function for CLIP: images + captions -> (loss, metrics).
@@ -68,7 +86,7 @@ class CLIPLoss:
     Captions get BPE dropout and images an optional random crop, both drawn from a generator
     keyed on (seed, step, index) so that resumed and data-parallel runs see the same batches.
     Repeats of a caption within a batch count as matches, not as negatives. With `swaps`, each
-    caption also brings one hard negative.
+    caption also brings its hard negatives (a replaced and an exchanged word).
     """
 
     def __init__(self, tokenizer: TextTokenizer, seed: int, max_crop: float = 0.0,
@@ -85,10 +103,9 @@ class CLIPLoss:
         texts, text_rngs = list(captions), list(rngs)
         if self.swaps is not None:
             for caption, rng in zip(captions, rngs):
-                negative = self.swaps(caption, rng)
-                if negative is not None:
-                    texts.append(negative)
-                    text_rngs.append(rng)
+                negatives = self.swaps.negatives(caption, rng)
+                texts += negatives
+                text_rngs += [rng] * len(negatives)
         text = self.tokenizer.encode_batch(texts, text_rngs).to(images.device)
         out = model(images, text, positives=same_caption(captions, texts, images.device))
         return out.loss, {"logit_scale": out.logit_scale.detach()}
@@ -146,7 +163,7 @@ def train_clip(data: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
     """Train CLIP on an image-caption folder or shards; the result lands in out_dir/model.
 
     `max_crop` is the largest fraction of the side a random crop removes; `hard_negatives` adds
-    a word-swapped caption per sample (WordSwaps learns the swaps from a folder's captions).
+    word-swapped captions per sample (WordSwaps learns the swaps from a folder's captions).
     """
     tokenizer = TextTokenizer.from_pretrained(tokenizer_dir)
     check_compatible(model_config, tokenizer)
