@@ -143,10 +143,12 @@ def shapes_recipe(run: Path, budget: str = "cpu") -> Recipe:
         Stage("data", ["data", "shapes", "--out", str(d), *sizes], rebuild="data"),
         # The Gaussian likelihood keeps colour in the codes on the black background (README,
         # "Stage 1 on shapes"): 17.8% -> 92.8% of test-zero-shot reconstructions parse at f = 8.
+        # lr 1e-3: at 2e-3 the encoder saturated (every cell one-hot, so no gradient reaches it)
+        # for its first 1,500 steps in a run on 100,000 scenes (README, same section).
         # The cpu budget's 1,500 prior steps and 900 CLIP steps are too few here: shapes trains
         # the prior 5,000 and CLIP 2,700.
         *_model_stages(run, budget, vocab_size=1000, val_split="test-seen",
-                       vae_extra=("--likelihood", "gaussian"),
+                       vae_extra=("--likelihood", "gaussian", "--lr", "1e-3"),
                        prior_extra=("--steps", "5000") if budget == "cpu" else (),
                        clip_extra=("--steps", "2700") if budget == "cpu" else (),
                        # Guidance 2 against 1 on the earlier CPU pipeline, 300 prompts per split:
