@@ -6,7 +6,7 @@ import pytest
 from safetensors import safe_open
 
 from dalle.pipeline import DallePipeline
-from dalle.recipe import Recipe, Stage, emoji_recipe, run_recipe, shapes_recipe
+from dalle.recipe import Recipe, Stage, _stage_time, emoji_recipe, run_recipe, shapes_recipe
 from test_cli import dalle
 from test_data_emoji import make_source
 from test_data_fashion_mnist import fake_fashion_mnist
@@ -86,6 +86,10 @@ def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch):
     run_recipe(recipe, run, calls.append, echo=lambda line: None)
     assert calls == [["train", "--resume"], ["last"]]
     assert (run / "pipeline" / "README.md").read_text() == "card"
+    # The card must not pass off the last attempt's time as the whole stage's.
+    train = json.loads((run / "stages" / "train.json").read_text())
+    assert train["resumed"] and not json.loads((run / "stages" / "last.json").read_text())["resumed"]
+    assert _stage_time(train).endswith("resumed, last attempt)")
 
 
 def test_interrupted_data_stage_is_rebuilt(tmp_path, monkeypatch):

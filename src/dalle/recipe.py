@@ -59,10 +59,10 @@ def _encode(run: Path, split: str) -> Stage:
                  resume_if=f"codes/{split}/progress.json")
 
 
-# Training sizes per budget: `cpu` fits about 70 min of one CPU thread per recipe, `gpu` about
-# 5 min of one H100 (launch-bound at these model sizes, so it trains on bigger batches), `quick`
-# only checks that every stage runs. The model sizes are the same for cpu and gpu: the bundled
-# pipelines must stay under 40 MB together.
+# Training sizes per budget: `cpu` takes 1.5 h (emoji) to 3 h (shapes) of one CPU thread, `gpu`
+# about 5 min of one H100 (launch-bound at these model sizes, so it trains on bigger batches),
+# `quick` only checks that every stage runs. The model sizes are the same for cpu and gpu: the
+# bundled pipelines must stay under 40 MB together.
 _TRAINING = {
     "quick": {"vae": ["--steps", "20", "--batch-size", "8", "--sample-every", "0"],
               "prior": ["--steps", "10", "--batch-size", "8", "--dim", "32", "--depth", "2",
@@ -245,8 +245,8 @@ def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
         if record.exists():
             echo(f"[{stage.name}] done earlier, skipped")
             continue
-        args = list(stage.args)
-        if stage.resume_if and (run / stage.resume_if).exists():
+        args, resumed = list(stage.args), bool(stage.resume_if and (run / stage.resume_if).exists())
+        if resumed:
             args.append("--resume")
         elif stage.rebuild and (run / stage.rebuild).exists():
             shutil.rmtree(run / stage.rebuild)
@@ -255,7 +255,8 @@ def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
         invoke(args)
         seconds = time.perf_counter() - start
         atomic_write(record, json.dumps({"command": ["dalle", *args], "run": str(run),
-                                         "seconds": round(seconds, 1), **machine()}, indent=2).encode())
+                                         "seconds": round(seconds, 1), "resumed": resumed, **machine()},
+                                        indent=2).encode())
     for name in recipe.extra_files:
         source, target = run / "data" / name, run / "pipeline" / name
         if source.is_dir():
@@ -284,6 +285,15 @@ def _last_row_with(path: Path, column: str) -> dict[str, str]:
     return rows[-1] if rows else {}
 
 
+def _stage_time(stage: dict | None) -> str:
+    """A stage's training time for the model card, with its thread count on a CPU."""
+    if stage is None:
+        return "-"
+    notes = ([] if stage.get("gpu") else [f"{stage['threads']} thread{'s' * (stage['threads'] > 1)}"]) + \
+        (["resumed, last attempt"] if stage.get("resumed") else [])
+    return f"{stage['seconds'] / 60:.1f} min" + (f" ({', '.join(notes)})" if notes else "")
+
+
 def model_card(recipe: Recipe, run: Path) -> str:
     """pipeline/README.md: data, licences, configs, training time and the measured metrics."""
     from dalle.pipeline import DallePipeline
@@ -308,16 +318,16 @@ def model_card(recipe: Recipe, run: Path) -> str:
                                               and split.name != "licenses") + ".", "",
              "## Parts", "", "| part | configuration | training time |", "|---|---|---|"]
     for part, text, stage in parts:
-        seconds = stages.get(stage, {}).get("seconds")
-        lines.append(f"| {part} | {text} | {'-' if seconds is None else f'{seconds / 60:.1f} min'} |")
+        lines.append(f"| {part} | {text} | {_stage_time(stages.get(stage))} |")
     total = sum(s["seconds"] for s in stages.values())
+    resumed = any(s.get("resumed") for s in stages.values())
     where = stages.get("train-prior", {})
     if "torch" in where:
         lines += ["", f"Times measured with torch {where['torch']} on "
-                  + (f"one {where['gpu']}." if where["gpu"] else
-                     f"a CPU with {where['cpus']} cores, {where['threads']} torch thread(s) per stage.")]
-    lines += ["", f"All stages together took {total / 60:.1f} min; each stage's exact command is "
-              "below.", "", "## Metrics", ""]
+                  + (f"one {where['gpu']}." if where["gpu"] else f"a CPU with {where['cpus']} cores.")
+                  + (" A stage resumed after an interruption counts only its last attempt." if resumed else "")]
+    lines += ["", f"All stages together took {'at least ' if resumed else ''}{total / 60:.1f} min; each "
+              "stage's exact command is below.", "", "## Metrics", ""]
     vae_metrics = run / "eval" / "vae.json"
     if vae_metrics.exists():
         m = json.loads(vae_metrics.read_text())
