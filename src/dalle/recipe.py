@@ -135,7 +135,7 @@ def shapes_recipe(run: Path, budget: str = "cpu") -> Recipe:
     """The shapes benchmark (SHAPES.md): the measured configuration in README.md "Results"."""
     d, quick = run / "data", budget == "quick"
     # 100,000 training scenes, not 20,000: on 20,000 the prior overfits within its 5,000 steps
-    # (README, "The bundled shapes"); scenes cost nothing to make.
+    # (README, "What took shapes from 51% to 88.5%"); scenes cost nothing to make.
     sizes = (["--train", "256", "--test-seen", "32", "--test-zero-shot", "32"] if quick
              else ["--train", "100000"])
     prompts = ["--prompts", "4", "--candidates", "2"] if quick else ["--prompts", "200", "--candidates", "16"]
@@ -245,8 +245,8 @@ def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
         if record.exists():
             echo(f"[{stage.name}] done earlier, skipped")
             continue
-        args, resumed = list(stage.args), bool(stage.resume_if and (run / stage.resume_if).exists())
-        if resumed:
+        args = list(stage.args)
+        if stage.resume_if and (run / stage.resume_if).exists():
             args.append("--resume")
         elif stage.rebuild and (run / stage.rebuild).exists():
             shutil.rmtree(run / stage.rebuild)
@@ -255,8 +255,7 @@ def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
         invoke(args)
         seconds = time.perf_counter() - start
         atomic_write(record, json.dumps({"command": ["dalle", *args], "run": str(run),
-                                         "seconds": round(seconds, 1), "resumed": resumed, **machine()},
-                                        indent=2).encode())
+                                         "seconds": round(seconds, 1), **machine()}, indent=2).encode())
     for name in recipe.extra_files:
         source, target = run / "data" / name, run / "pipeline" / name
         if source.is_dir():
@@ -285,12 +284,20 @@ def _last_row_with(path: Path, column: str) -> dict[str, str]:
     return rows[-1] if rows else {}
 
 
+def _resumed(stage: dict) -> bool:
+    """Whether a stage record is of a resumed run: its time is then the last attempt's only."""
+    return "--resume" in stage["command"]
+
+
 def _stage_time(stage: dict | None) -> str:
     """A stage's training time for the model card, with its thread count on a CPU."""
     if stage is None:
         return "-"
-    notes = ([] if stage.get("gpu") else [f"{stage['threads']} thread{'s' * (stage['threads'] > 1)}"]) + \
-        (["resumed, last attempt"] if stage.get("resumed") else [])
+    notes = []
+    if not stage["gpu"]:
+        notes.append(f"{stage['threads']} thread" + ("s" if stage["threads"] > 1 else ""))
+    if _resumed(stage):
+        notes.append("resumed, last attempt")
     return f"{stage['seconds'] / 60:.1f} min" + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -320,7 +327,7 @@ def model_card(recipe: Recipe, run: Path) -> str:
     for part, text, stage in parts:
         lines.append(f"| {part} | {text} | {_stage_time(stages.get(stage))} |")
     total = sum(s["seconds"] for s in stages.values())
-    resumed = any(s.get("resumed") for s in stages.values())
+    resumed = any(_resumed(s) for s in stages.values())
     where = stages.get("train-prior", {})
     if "torch" in where:
         lines += ["", f"Times measured with torch {where['torch']} on "
