@@ -6,7 +6,7 @@ import pytest
 from safetensors import safe_open
 
 from dalle.pipeline import DallePipeline
-from dalle.recipe import Recipe, Stage, _stage_time, emoji_recipe, run_recipe, shapes_recipe
+from dalle.recipe import Recipe, Stage, _stage_time, _with_flags, emoji_recipe, run_recipe, shapes_recipe
 from test_cli import dalle
 from test_data_emoji import make_source
 from test_data_fashion_mnist import fake_fashion_mnist
@@ -122,6 +122,10 @@ def test_budgets_change_training_lengths_not_model_sizes(tmp_path):
     for name in ("train-vae", "train-prior", "train-clip"):  # same architecture flags on both
         assert not {"--dim", "--depth", "--hidden", "--width"} & set(cpu[name] + gpu[name])
     assert "--dropout" in stages(emoji_recipe(tmp_path, "gpu"))["train-prior"]
+    emoji = stages(emoji_recipe(tmp_path, "cpu"))  # a switch is added once, a value replaced
+    assert emoji["train-vae"].count("--bf16") == 1 and emoji["train-prior"].count("--steps") == 1
+    assert _with_flags(["--bf16", "--steps", "1"], ("--bf16", "--steps", "2", "--tf32")) == [
+        "--bf16", "--steps", "2", "--tf32"]
     prior = cpu["train-prior"]  # a recipe's own flag replaces the budget's rather than repeating it
     assert prior.count("--steps") == 1 and prior[prior.index("--steps") + 1] == "5000"
     assert cpu["assemble"][-2:] == gpu["assemble"][-2:] == ["--guidance", "2"]
