@@ -48,7 +48,7 @@ def dvae_rates(config: DVAEConfig, batch: int, device: torch.device, repeats: in
 
 def dvae_section(device: torch.device, repeats: int, batch: int = 64, paper: bool = True) -> tuple[str, dict]:
     """The table and {(config name, batch): {"encode" | "decode" | "train": images/s Timing}}."""
-    runs = [(f"shapes 64 px f{c.downsample} K512", c, size, True)
+    runs = [(f"shapes 64 px f{c.downsample} K{c.vocab_size}", c, size, True)
             for c in (SHAPES, SHAPES_F4) for size in (batch, 1)]
     if paper:
         runs.append(("paper 256 px f8 K8192", DVAEConfig.paper(), 1, False))

@@ -95,11 +95,13 @@ def _with_flags(args: list[str], extra: tuple[str, ...]) -> list[str]:
     out, i = list(args), 0
     while i < len(extra):
         flag = extra[i]
-        value = extra[i + 1] if i + 1 < len(extra) and not extra[i + 1].startswith("--") else None
-        i += 1 if value is None else 2
-        if value is None:
-            out += [] if flag in out else [flag]
-        elif flag in out:
+        if i + 1 == len(extra) or extra[i + 1].startswith("--"):  # a switch
+            if flag not in out:
+                out.append(flag)
+            i += 1
+            continue
+        value, i = extra[i + 1], i + 2
+        if flag in out:
             out[out.index(flag) + 1] = value
         else:
             out += [flag, value]
@@ -171,7 +173,7 @@ def shapes_recipe(run: Path, budget: str = "cpu") -> Recipe:
 def emoji_recipe(run: Path, budget: str = "cpu", source: Path | None = None,
                  cache: Path | None = None) -> Recipe:
     """Emoji in the Google and Twitter styles (DESIGN.md "Data"); captions `{label}, {style} style`."""
-    d, quick = run / "data", budget == "quick"
+    d, quick, cpu = run / "data", budget == "quick", budget == "cpu"
     fetch = [*(["--from", str(source)] if source else []), *(["--cache", str(cache)] if cache else [])]
     return Recipe("emoji", budget, [
         Stage("data", ["data", "emoji", "--out", str(d), *fetch], rebuild="data"),
@@ -182,10 +184,10 @@ def emoji_recipe(run: Path, budget: str = "cpu", source: Path | None = None,
         # the prior 5,000 steps with guidance 2: FID 197.1 -> 188.1 against 1,500 steps and no
         # guidance (README, "emoji on the cpu budget").
         *_model_stages(run, budget, vocab_size=2000, val_split="test-zero-shot",
-                       vae_extra=("--likelihood", "gaussian", "--lr", "1e-3",
-                                  *(("--bf16",) if budget == "cpu" else ())),
-                       prior_extra=("--dropout", "0.1", *(("--steps", "5000") if budget == "cpu" else ()))
-                       if budget != "quick" else (),
+                       vae_extra=("--likelihood", "gaussian", "--lr", "1e-3")
+                       + (("--bf16",) if cpu else ()),
+                       prior_extra=() if quick else ("--dropout", "0.1")
+                       + (("--steps", "5000") if cpu else ()),
                        sampling=("--guidance", "2")),
         Stage("eval", ["eval", "images", "--pipeline", str(run / "pipeline"), "--data",
                        str(d / "test-zero-shot"), "--out", str(run / "eval"), "--bf16",
