@@ -168,4 +168,7 @@ def setup(args: argparse.Namespace) -> torch.device:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats = min(args.repeats, 2)
-    return resolve_device(args.device)
+    try:
+        return resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dalle.config import DVAEConfig
 from dalle.dvae import DiscreteVAE
@@ -67,6 +68,13 @@ def test_usage_errors_are_one_line(args, needle):
     r = dalle(*args)
     one_line_error(r, needle)
     assert r.returncode == 2
+
+
+def test_cli_names_a_missing_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = dalle("generate", "a red circle", "--out", tmp_path / "out", "--device", "cuda")
+    one_line_error(r, "device 'cuda' needs CUDA")
 
 
 def test_missing_data_folder(tmp_path):

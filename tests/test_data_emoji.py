@@ -126,6 +126,18 @@ def test_join_captions_and_images(source, tmp_path):
     assert len(ImageCaptionFolder(out / "train", 64)) == 11
 
 
+def test_without_skin_tones(source, tmp_path):
+    with_tones = write_emoji(tmp_path / "all", ["google", "twitter"], source=source)
+    report = write_emoji(tmp_path / "out", ["google", "twitter"], source=source, skin_tones=False)
+    every = names(tmp_path / "all", "train") | names(tmp_path / "all", "test-zero-shot")
+    kept = names(tmp_path / "out", "train") | names(tmp_path / "out", "test-zero-shot")
+    assert kept == {name for name in every if SKIN.lower() not in name}
+    assert report.total == with_tones.total - with_tones.skin_tones and report.skin_tones == 0
+    assert not report.skipped  # left out by choice, not skipped as bad data
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["skin_tones"] is False and manifest["skin_tone_pairs"] == 0
+
+
 def test_held_out_rule(source, tmp_path):
     for code in ["1F44B", "1F600", "2764", HG, HT, P1]:
         v = int.from_bytes(hashlib.sha256(code.encode()).digest()[:8], "big")

@@ -47,6 +47,7 @@ def data_emoji(
     tags: Annotated[int, typer.Option(help="Emojibase tags to append to each caption.")] = 0,
     cache: Annotated[Optional[Path], typer.Option(help="Keep the fetched npm tarballs here for the next build.")] = None,
     image_size: Annotated[int, typer.Option(help="Image side (the art is 64).")] = 64,
+    skin_tones: Annotated[bool, typer.Option(help="Include the skin-tone variants (about half of all pairs).")] = True,
 ) -> None:
     """Build the Emoji image-caption set from the emoji-datasource and emojibase npm packages.
 
@@ -59,7 +60,7 @@ def data_emoji(
 
     start = time.perf_counter()
     report = write_emoji(out, styles, source=source, image_size=image_size, tags=tags,
-                         cache_dir=cache)
+                         cache_dir=cache, skin_tones=skin_tones)
     typer.echo(f"{report} -> {out} ({time.perf_counter() - start:.1f} s)")
 
 

@@ -71,10 +71,26 @@ def ensure_writable_dir(directory: str | Path) -> Path:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`"auto"` picks CUDA when available, else CPU; anything else is passed to torch.device."""
+    """`"auto"` picks CUDA when available, else CPU; anything else is passed to torch.device.
+
+    A name torch does not know, or a CUDA device this machine lacks, is a one-line ValueError
+    here rather than torch's error at the first tensor moved.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} needs CUDA, which this torch "
+                             f"({torch.__version__}) does not see; use cpu or auto")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {str(device)!r} does not exist: this machine has {count} "
+                             f"CUDA device{'s' if count > 1 else ''}")
+    return resolved
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

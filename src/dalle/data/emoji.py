@@ -8,8 +8,10 @@ The Apple set is never used (its art is not licensed for this).
 * Images: composited onto :data:`BACKGROUND` (white, the background emoji are drawn for) and
   kept at 64x64 or resized (bicubic) to ``image_size``. An image is used only if ``emoji.json``
   says the style draws it (``has_img_<style>``), so no fallback art from another vendor slips in.
-* Skin tones are included: each variant is its own pair, captioned with emojibase's label for it
-  (``waving hand: light skin tone``) and held out together with its base emoji.
+* Skin tones are included unless ``skin_tones=False``: each variant is its own pair, captioned with
+  emojibase's label for it (``waving hand: light skin tone``) and held out together with its base
+  emoji. They are about half of all pairs (five near-copies of each person or hand), so a model
+  with few steps to spend sees every other emoji twice as often without them.
 * Captions: ``{label}, {style} style`` in lower case, curly quotes made ASCII, e.g.
   ``grinning face, twitter style``; the style is always named so that it is controllable. With
   ``tags=n`` the first ``n`` emojibase tags (their order, alphabetical) that are not already words
@@ -258,14 +260,14 @@ def _labels(data: object) -> dict[str, tuple[str, tuple[str, ...]]]:
     return labels
 
 
-def _entries(data: object, style: str) -> tuple[list[_Entry], int]:
-    """emoji-datasource ``emoji.json`` -> image entries (skin tones included), malformed count."""
+def _entries(data: object, style: str, skin_tones: bool = True) -> tuple[list[_Entry], int]:
+    """emoji-datasource ``emoji.json`` -> image entries (with their skin tones), malformed count."""
     entries, malformed = [], 0
     flag = f"has_img_{style}"
     for item in data if isinstance(data, list) else ():
         try:
             base = code_point_key(item["unified"])
-            variations = item.get("skin_variations") or {}
+            variations = (item.get("skin_variations") or {}) if skin_tones else {}
             found = [_Entry(base, base, item["image"], item.get(flag) is True)]
             found += [_Entry(code_point_key(v["unified"]), base, v["image"], v.get(flag) is True)
                       for v in variations.values()]
@@ -330,7 +332,7 @@ def _digest(image: Image.Image) -> bytes:
 
 def _build(root: Path, styles: Sequence[str], image_dirs: dict[str, Path],
            catalogues: dict[str, object], labels: dict[str, tuple[str, tuple[str, ...]]],
-           image_size: int, n_tags: int) -> EmojiReport:
+           image_size: int, n_tags: int, skin_tones: bool) -> EmojiReport:
     """Join, caption, split and write every image; held-out images wait for their counterparts."""
     report = EmojiReport(root, {split: {style: 0 for style in styles} for split in SPLITS})
     for split in SPLITS:
@@ -339,7 +341,7 @@ def _build(root: Path, styles: Sequence[str], image_dirs: dict[str, Path],
     trained_pixels: set[tuple[str, bytes]] = set()  # (style, digest of the written image)
     held: list[tuple[str, _Entry, str, Image.Image, str]] = []
     for style in styles:
-        entries, malformed = _entries(catalogues[style], style)
+        entries, malformed = _entries(catalogues[style], style, skin_tones)
         if malformed:
             report.skipped["malformed emoji.json entry"] += malformed
         seen: set[str] = set()
@@ -397,6 +399,7 @@ def write_emoji(
     image_size: int = NATIVE_SIZE,
     tags: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
+    skin_tones: bool = True,
 ) -> EmojiReport:
     """Build the Emoji set into ``out_dir`` (which must be new or empty); see the module docstring.
 
@@ -408,7 +411,8 @@ def write_emoji(
     subfolder; a ``node_modules`` folder works) or the tarball ``npm pack`` writes,
     ``<name>-<version>.tgz``. Without it the tarballs are fetched with ``npm pack`` into
     ``cache_dir`` (reused when present) or a temporary folder. ``styles`` may be a list or a
-    comma-separated string; ``tags`` is the number of emojibase tags appended to each caption.
+    comma-separated string; ``tags`` is the number of emojibase tags appended to each caption;
+    ``skin_tones=False`` leaves out the skin-tone variants (each emoji keeps its base image).
     """
     chosen = _check_styles(styles)
     if not isinstance(image_size, int) or image_size < 1:
@@ -431,7 +435,8 @@ def write_emoji(
         labels = _labels(_read_json(roots[LABEL_PACKAGE] / "en" / "data.json"))
         catalogues = {s: _read_json(roots[IMAGE_PACKAGES[s]] / "emoji.json") for s in chosen}
         image_dirs = {s: roots[IMAGE_PACKAGES[s]] / "img" / s / "64" for s in chosen}
-        report = _build(root, chosen, image_dirs, catalogues, labels, image_size, tags)
+        report = _build(root, chosen, image_dirs, catalogues, labels, image_size, tags,
+                        skin_tones)
         (root / "licenses").mkdir()
         for name in names:
             for licence in sorted(roots[name].glob("LICENSE*")):
@@ -447,6 +452,7 @@ def write_emoji(
         "image_size": image_size,
         "background": list(BACKGROUND),
         "caption_tags": tags,
+        "skin_tones": skin_tones,
         "held_out_per_mille": HELD_OUT_PER_MILLE if len(chosen) > 1 else 0,
         "counts": report.written,
         "held_out_pairs": sum(report.written["test-zero-shot"].values()),
