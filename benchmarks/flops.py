@@ -9,7 +9,8 @@ ways:
 - ``useful``: the pairs the layer's layout lets attend (causal dense is about S^2 / 2);
 - ``executed``: the pairs the kernels are handed: S^2 for dense (SDPA's causal flag hides half,
   but the count is the whole square, as FlopCounterMode has it), T^2 for the text plus every
-  block's queries x keys for the sparse layouts (`dalle.attention`'s block plan).
+  block's queries x keys for the sparse layouts (`dalle.attention`'s block plan), or S^2 where
+  that plan makes one masked call over the whole stream (small grids).
 
 Training is 3x the forward pass (backward: 2x).
 """
@@ -33,7 +34,7 @@ def attention_pairs(config: PriorConfig, layout: str, executed: bool) -> int:
     if executed:
         window = G if config.row_window is None else config.row_window
         plan = _plan(layout, T, G, window, config.conv_kernel, torch.device("cpu"))
-        return T * T + plan.mask[0].numel()
+        return plan.mask.numel() + (0 if plan.keys is None else T * T)
     mask = attention_mask(layout, T, G, row_window=config.row_window, conv_kernel=config.conv_kernel)
     return int(mask.sum())
 

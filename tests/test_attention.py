@@ -1,6 +1,9 @@
+import math
+
 import pytest
 import torch
 
+from dalle import attention
 from dalle.attention import (_MIN_BLOCK, LAYOUTS, _plan, attention_mask, layer_layouts,
                              reference_attention, sparse_attention)
 
@@ -62,10 +65,29 @@ def check_against_reference(layout, text_len, grid, options, device="cpu"):
         torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-5)
 
 
+@pytest.fixture(params=["blocks", "whole stream"])
+def plan_kind(request, monkeypatch):
+    """Force `sparse_attention`'s block plan, or its one masked call, at every size."""
+    monkeypatch.setattr(attention, "_BLOCKS_WORTH", math.inf if request.param == "blocks" else 0.0)
+    attention._plan.cache_clear()
+    yield request.param
+    attention._plan.cache_clear()
+
+
 @pytest.mark.parametrize("layout,options", CASES)
 @pytest.mark.parametrize("text_len,grid", SIZES)
-def test_sparse_equals_reference_with_gradients(layout, text_len, grid, options):
+def test_sparse_equals_reference_with_gradients(layout, text_len, grid, options, plan_kind):
     check_against_reference(layout, text_len, grid, options)
+
+
+@pytest.mark.parametrize("text_len,grid,blocks", [(32, 8, False), (32, 16, True), (256, 32, True)])
+def test_blocks_only_where_they_save_work(text_len, grid, blocks):
+    plan = _plan("row", text_len, grid, grid, 11, torch.device("cpu"))
+    size = text_len + grid * grid
+    if blocks:  # the text's square and the blocks' pairs: well below the stream's square
+        assert plan.keys is not None and text_len**2 + plan.mask.numel() <= size**2 / 2
+    else:
+        assert plan.keys is None and torch.equal(plan.mask[0, 0], attention_mask("row", text_len, grid))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

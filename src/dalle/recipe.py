@@ -176,10 +176,7 @@ def emoji_recipe(run: Path, budget: str = "cpu", source: Path | None = None,
     d, quick, cpu = run / "data", budget == "quick", budget == "cpu"
     fetch = [*(["--from", str(source)] if source else []), *(["--cache", str(cache)] if cache else [])]
     return Recipe("emoji", budget, [
-        # The cpu budget's prior leaves out the skin tones (half the pairs, five near-copies of
-        # each person or hand), so its 5,000 steps see every other emoji twice as often.
-        Stage("data", ["data", "emoji", "--out", str(d), *fetch]
-              + (["--no-skin-tones"] if cpu else []), rebuild="data"),
+        Stage("data", ["data", "emoji", "--out", str(d), *fetch], rebuild="data"),
         # ~7k training pairs: the gpu budget's ~70 epochs of the prior need dropout. The Gaussian
         # likelihood at lr 1e-3: 5,000 steps gave 20.85 dB and 40% of the codes in use, where the
         # logit-Laplace gave 18.5 dB and 13% (its learned scale is tiny on the white background).
