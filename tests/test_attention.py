@@ -92,7 +92,7 @@ def test_blocks_only_where_they_save_work(text_len, grid, blocks):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_sparse_equals_reference_on_cuda(layout):
+def test_sparse_equals_reference_on_cuda(layout, plan_kind):
     check_against_reference(layout, 5, 8, {}, device="cuda")
 
 
