@@ -83,7 +83,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except RuntimeError:
         raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        count = torch.cuda.device_count()  # 0 for a CPU build or no visible GPU
         if count == 0:
             raise ValueError(f"device {str(device)!r} needs CUDA, which this torch "
                              f"({torch.__version__}) does not see; use cpu or auto")

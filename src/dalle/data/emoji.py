@@ -260,8 +260,9 @@ def _labels(data: object) -> dict[str, tuple[str, tuple[str, ...]]]:
     return labels
 
 
-def _entries(data: object, style: str, skin_tones: bool = True) -> tuple[list[_Entry], int]:
-    """emoji-datasource ``emoji.json`` -> image entries (with their skin tones), malformed count."""
+def _entries(data: object, style: str, skin_tones: bool) -> tuple[list[_Entry], int]:
+    """emoji-datasource ``emoji.json`` -> image entries (skin tones too if ``skin_tones``),
+    malformed count."""
     entries, malformed = [], 0
     flag = f"has_img_{style}"
     for item in data if isinstance(data, list) else ():
