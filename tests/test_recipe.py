@@ -128,6 +128,8 @@ def test_budgets_change_training_lengths_not_model_sizes(tmp_path):
         "--bf16", "--steps", "2", "--tf32"]
     prior = cpu["train-prior"]  # a recipe's own flag replaces the budget's rather than repeating it
     assert prior.count("--steps") == 1 and prior[prior.index("--steps") + 1] == "5000"
+    assert emoji["train-prior"][emoji["train-prior"].index("--steps") + 1] == "9000"
+    assert "--no-skin-tones" in emoji["data"]
     assert cpu["assemble"][-2:] == gpu["assemble"][-2:] == ["--guidance", "2"]
 
 
