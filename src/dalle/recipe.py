@@ -59,8 +59,8 @@ def _encode(run: Path, split: str) -> Stage:
                  resume_if=f"codes/{split}/progress.json")
 
 
-# Training sizes per budget: `cpu` takes about 1.5 h (emoji) to 2.5 h (shapes) on 2 CPU cores, `gpu`
-# about 5 min of one H100 (launch-bound at these model sizes, so it trains on bigger batches),
+# Training sizes per budget: `cpu` takes about 1.5 h (emoji) to 2.5 h (shapes) on 2 CPU cores,
+# `gpu` about 5 min of one H100 (launch-bound at these model sizes, so it trains on bigger batches),
 # `quick` only checks that every stage runs. The model sizes are the same for cpu and gpu: the
 # bundled pipelines must stay under 40 MB together.
 _TRAINING = {
@@ -180,11 +180,11 @@ def emoji_recipe(run: Path, budget: str = "cpu", source: Path | None = None,
         # hand) every other emoji is seen twice as often. On the cpu budget the prior's 9,000
         # steps see each of the 3,628 pairs about 80 times: only then does `red apple, twitter
         # style` draw an apple rather than a red blob (5,000 steps with, or without, skin tones did
-        # not; README, "The bundled emoji").
+        # not; README, "emoji that draws the apple").
         Stage("data", ["data", "emoji", "--out", str(d), "--no-skin-tones", *fetch], rebuild="data"),
-        # The gpu budget's ~140 epochs of the prior need dropout. The Gaussian
-        # likelihood at lr 1e-3: 5,000 steps gave 20.85 dB and 40% of the codes in use, where the
-        # logit-Laplace gave 18.5 dB and 13% (its learned scale is tiny on the white background).
+        # The gpu budget's ~140 epochs of the prior need dropout. The Gaussian likelihood at lr
+        # 1e-3: 5,000 steps gave 20.85 dB and 40% of the codes in use, where the logit-Laplace
+        # gave 18.5 dB and 13% (its learned scale is tiny on the white background).
         # On the cpu budget the dVAE trains in bf16 (1.6x the steps per second of fp32 here);
         # guidance 2 with 5,000 prior steps gave FID 188.1 against 197.1 for 1,500 steps and no
         # guidance (README, "emoji on the cpu budget").
