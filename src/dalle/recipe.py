@@ -200,9 +200,10 @@ def emoji_recipe(run: Path, budget: str = "cpu", source: Path | None = None,
     ], evaluation="results.json", extra_files=["ATTRIBUTION.md", "licenses"], data_note=(
         "Emoji art from the npm packages `emoji-datasource-google` (Apache-2.0) and "
         "`emoji-datasource-twitter` (Twemoji, CC-BY-4.0: Copyright 2020 Twitter, Inc and other "
-        "contributors), captions from `emojibase-data` (MIT), built by `dalle data emoji`. 10% of "
-        "the (emoji, style) pairs are held out as test-zero-shot while the other style of the same "
-        "emoji stays in training. See ATTRIBUTION.md and licenses/ in this directory."))
+        "contributors), captions from `emojibase-data` (MIT), built by `dalle data emoji "
+        "--no-skin-tones` (the skin-tone variants are left out). 10% of the (emoji, style) pairs "
+        "are held out as test-zero-shot while the other style of the same emoji stays in training. "
+        "See ATTRIBUTION.md and licenses/ in this directory."))
 
 
 def fashion_mnist_recipe(run: Path, budget: str = "cpu", source: Path | None = None) -> Recipe:
