@@ -1,10 +1,12 @@
 """The pipelines that ship inside the package: present, small, documented, and generating."""
 
+import re
 from pathlib import Path
 
 from safetensors import safe_open
 
 from dalle.pipeline import BUNDLED_DIR, DallePipeline, bundled_pipelines, resolve_pipeline
+from dalle.recipe import emoji_recipe
 from test_cli import dalle
 
 
@@ -25,6 +27,20 @@ def test_model_cards_state_data_licences_and_metrics():
     emoji = BUNDLED_DIR / "emoji"
     assert "CC-BY-4.0" in (emoji / "README.md").read_text()
     assert (emoji / "ATTRIBUTION.md").exists() and (emoji / "licenses").is_dir()
+
+
+def test_bundled_emoji_is_what_the_cpu_recipe_trains():
+    """The card's commands are the ones `dalle recipe emoji --budget cpu` issues now, so that a
+    change to the recipe shows up here until the shipped model is retrained with it."""
+    card = (BUNDLED_DIR / "emoji" / "README.md").read_text()
+    assert "dalle recipe emoji --budget cpu" in card
+    shipped = card.split("```bash\n")[1].split("```")[0].splitlines()[1:]
+
+    def comparable(command: str) -> str:  # where the npm packages came from, and whether FID ran
+        return re.sub(r" --(from|cache) \S+| --no-fid", "", command)
+
+    recipe = [" ".join(["dalle", *s.args]) for s in emoji_recipe(Path("$RUN"), "cpu").stages]
+    assert [comparable(c) for c in shipped] == [comparable(c) for c in recipe]
 
 
 def test_names_resolve_to_bundled_and_paths_stay_paths(tmp_path):

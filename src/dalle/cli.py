@@ -398,7 +398,7 @@ def recipe_command(
     name: Annotated[str, typer.Argument(help="shapes, emoji or fashion-mnist.")],
     out: Annotated[Optional[Path], typer.Option(help="Run folder \\[default: runs/recipe-NAME].")] = None,
     quick: Annotated[bool, typer.Option(help="Tiny data and models: checks the whole recipe in about a minute.")] = False,
-    budget: Annotated[Optional[str], typer.Option(help="Training sizes: cpu (70 min for emoji to 2.5 h for shapes on 2 CPU cores) or gpu (about 5 min of one H100) \\[default: gpu when CUDA is available, else cpu].")] = None,
+    budget: Annotated[Optional[str], typer.Option(help="Training sizes: cpu (1.5 h for emoji to 2.5 h for shapes on 2 CPU cores) or gpu (about 5 min of one H100) \\[default: gpu when CUDA is available, else cpu].")] = None,
     source: Annotated[Optional[Path], typer.Option("--from", help="emoji: folder holding the npm packages instead of fetching them; fashion-mnist: folder of the IDX files \\[default: the Debian package's].")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="emoji: keep the fetched npm tarballs here.")] = None,
 ) -> None:
