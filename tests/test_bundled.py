@@ -3,10 +3,11 @@
 import re
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
 from dalle.pipeline import BUNDLED_DIR, DallePipeline, bundled_pipelines, resolve_pipeline
-from dalle.recipe import emoji_recipe
+from dalle.recipe import build_recipe
 from test_cli import dalle
 
 
@@ -29,17 +30,18 @@ def test_model_cards_state_data_licences_and_metrics():
     assert (emoji / "ATTRIBUTION.md").exists() and (emoji / "licenses").is_dir()
 
 
-def test_bundled_emoji_is_what_the_cpu_recipe_trains():
-    """The card's commands are the ones `dalle recipe emoji --budget cpu` issues now, so that a
-    change to the recipe shows up here until the shipped model is retrained with it."""
-    card = (BUNDLED_DIR / "emoji" / "README.md").read_text()
-    assert "dalle recipe emoji --budget cpu" in card
+@pytest.mark.parametrize("name", ["shapes", "emoji"])
+def test_bundled_pipelines_are_what_the_cpu_recipe_trains(name):
+    """Each card's commands are the ones `dalle recipe NAME --budget cpu` issues now, so that a
+    change to a recipe shows up here until the shipped model is retrained with it."""
+    card = (BUNDLED_DIR / name / "README.md").read_text()
+    assert f"dalle recipe {name} --budget cpu" in card
     shipped = card.split("```bash\n")[1].split("```")[0].splitlines()[1:]
 
     def comparable(command: str) -> str:  # where the npm packages came from, and whether FID ran
         return re.sub(r" --(from|cache) \S+| --no-fid", "", command)
 
-    recipe = [" ".join(["dalle", *s.args]) for s in emoji_recipe(Path("$RUN"), "cpu").stages]
+    recipe = [" ".join(["dalle", *s.args]) for s in build_recipe(name, Path("$RUN"), "cpu").stages]
     assert [comparable(c) for c in shipped] == [comparable(c) for c in recipe]
 
 
