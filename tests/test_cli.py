@@ -195,3 +195,22 @@ def test_generate_writes_images_and_never_overwrites(tmp_path):
     assert dalle(*args, "--overwrite").returncode == 0
     one_line_error(dalle("generate", "  ", "--pipeline", tmp_path / "pipe", "--out", tmp_path / "o2"),
                    "the prompt is empty")
+
+
+def test_generate_completes_an_image_and_names_a_bad_one(tmp_path):
+    from PIL import Image
+
+    from test_pipeline import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "start.png")
+    (tmp_path / "notes.png").write_text("not a picture")
+    args = ["generate", "a large red circle", "--pipeline", tmp_path / "pipe", "--images", 1,
+            "--candidates", 1, "--device", "cpu", "--keep-rows", 1, "--init-image"]
+    r = dalle(*args, tmp_path / "start.png", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "00.png").exists()
+    one_line_error(dalle(*args, tmp_path / "missing.png", "--out", tmp_path / "o2"),
+                   "--init-image " + str(tmp_path / "missing.png") + " is not a file")
+    one_line_error(dalle(*args, tmp_path / "notes.png", "--out", tmp_path / "o3"),
+                   "is not an image Pillow can read")

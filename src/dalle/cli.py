@@ -478,6 +478,7 @@ def generate_command(
     bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights (faster on recent CPUs and GPUs).")] = False,
 ) -> None:
     """Generate images from a prompt; prints the paths it writes."""
+    from PIL import Image
     from tqdm import tqdm
 
     from dalle.data.folder import center_square, load_image, to_rgb
@@ -486,8 +487,13 @@ def generate_command(
     pipe = _load_pipeline(pipeline, device, bf16)
     start_image = None
     if init_image is not None:
-        size = pipe.vae.config.image_size
-        start_image = from_pil([center_square(to_rgb(load_image(init_image)), size)])[0]
+        if not init_image.is_file():
+            raise FileNotFoundError(f"--init-image {init_image} is not a file")
+        try:
+            picture = load_image(init_image)
+        except (OSError, Image.DecompressionBombError) as e:
+            raise ValueError(f"--init-image {init_image} is not an image Pillow can read ({e})") from None
+        start_image = from_pil([center_square(to_rgb(picture), pipe.vae.config.image_size)])[0]
     names = [out / f"{i:02d}.png" for i in range(images)] + [out / "grid.png"]
     existing = [str(p) for p in names if p.exists()]
     if existing and not overwrite:
