@@ -205,6 +205,7 @@ def test_generate_completes_an_image_and_names_a_bad_one(tmp_path):
     tiny_pipeline().save_pretrained(tmp_path / "pipe")
     Image.new("RGB", (40, 30), "red").save(tmp_path / "start.png")
     (tmp_path / "notes.png").write_text("not a picture")
+    Image.new("1", (10000, 9000)).save(tmp_path / "bomb.png")  # 11 kB, over Pillow's pixel limit
     args = ["generate", "a large red circle", "--pipeline", tmp_path / "pipe", "--images", 1,
             "--candidates", 1, "--device", "cpu", "--keep-rows", 1, "--init-image"]
     r = dalle(*args, tmp_path / "start.png", "--out", tmp_path / "out")
@@ -214,3 +215,5 @@ def test_generate_completes_an_image_and_names_a_bad_one(tmp_path):
                    "--init-image " + str(tmp_path / "missing.png") + " is not a file")
     one_line_error(dalle(*args, tmp_path / "notes.png", "--out", tmp_path / "o3"),
                    "is not an image Pillow can read")
+    one_line_error(dalle(*args, tmp_path / "bomb.png", "--out", tmp_path / "o4"),
+                   "is over Pillow's decompression-bomb limit")

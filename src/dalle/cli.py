@@ -186,7 +186,7 @@ def reconstruct_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Write a grid of originals beside their reconstructions through the dVAE's codes."""
-    from dalle.data.folder import center_square, load_image, to_rgb
+    from dalle.data.folder import center_square, load_image_file, to_rgb
     from dalle.data.sources import first_images, is_shards, open_images
     from dalle.train.vae import reconstruction_grid
     from dalle.utils import ensure_writable_dir, from_pil
@@ -194,7 +194,7 @@ def reconstruct_command(
     model = _load_vae(vae, device)
     size = model.config.image_size
     if data.is_file() and not is_shards(data):
-        images = from_pil([center_square(to_rgb(load_image(data)), size)])
+        images = from_pil([center_square(to_rgb(load_image_file(data, "--data")), size)])
     else:
         images = first_images(open_images(data, size), n)
     ensure_writable_dir(out.parent)
@@ -478,21 +478,15 @@ def generate_command(
     bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights (faster on recent CPUs and GPUs).")] = False,
 ) -> None:
     """Generate images from a prompt; prints the paths it writes."""
-    from PIL import Image
     from tqdm import tqdm
 
-    from dalle.data.folder import center_square, load_image, to_rgb
+    from dalle.data.folder import center_square, load_image_file, to_rgb
     from dalle.utils import ensure_writable_dir, from_pil, image_grid, to_pil
 
     pipe = _load_pipeline(pipeline, device, bf16)
     start_image = None
     if init_image is not None:
-        if not init_image.is_file():
-            raise FileNotFoundError(f"--init-image {init_image} is not a file")
-        try:
-            picture = load_image(init_image)
-        except (OSError, Image.DecompressionBombError) as e:
-            raise ValueError(f"--init-image {init_image} is not an image Pillow can read ({e})") from None
+        picture = load_image_file(init_image, "--init-image")
         start_image = from_pil([center_square(to_rgb(picture), pipe.vae.config.image_size)])[0]
     names = [out / f"{i:02d}.png" for i in range(images)] + [out / "grid.png"]
     existing = [str(p) for p in names if p.exists()]

@@ -50,7 +50,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from dalle.data.folder import center_square, load_image, to_rgb
+from dalle.data.folder import IMAGE_TOO_LARGE, IMAGE_UNREADABLE, center_square, load_image, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -363,8 +363,7 @@ def _build(root: Path, styles: Sequence[str], image_dirs: dict[str, Path],
                 continue
             try:
                 image = center_square(to_rgb(load_image(path), BACKGROUND), image_size)
-            except (Image.DecompressionBombWarning, Image.DecompressionBombError, OSError,
-                    ValueError, SyntaxError):
+            except IMAGE_TOO_LARGE + IMAGE_UNREADABLE:
                 report.skipped["unreadable image"] += 1
                 continue
             label, label_tags = labels[entry.key]

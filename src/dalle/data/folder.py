@@ -68,6 +68,12 @@ class ScanReport:
         return f"{self.kept} image-caption pairs; skipped {sum(self.skipped.values())} ({reasons})"
 
 
+# What `load_image` raises for an image over Pillow's decompression-bomb limit (it makes the warning
+# an error) and for a file Pillow cannot decode.
+IMAGE_TOO_LARGE = (Image.DecompressionBombWarning, Image.DecompressionBombError)
+IMAGE_UNREADABLE = (OSError, ValueError, SyntaxError)
+
+
 def load_image(source: Path | IO[bytes]) -> Image.Image:
     """Fully decode an image (so truncated files fail here), with Pillow's bomb check as error."""
     with warnings.catch_warnings():
@@ -75,6 +81,18 @@ def load_image(source: Path | IO[bytes]) -> Image.Image:
         with Image.open(source) as image:
             image.load()
             return image.copy()
+
+
+def load_image_file(path: Path, name: str) -> Image.Image:
+    """One image file the user gave as `name` (a flag), with every failure a message naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} {path} is not a file")
+    try:
+        return load_image(path)
+    except IMAGE_TOO_LARGE:
+        raise ValueError(f"{name} {path} is over Pillow's decompression-bomb limit") from None
+    except IMAGE_UNREADABLE as e:
+        raise ValueError(f"{name} {path} is not an image Pillow can read ({e})") from None
 
 
 class SkippedPair(Exception):
@@ -88,9 +106,9 @@ def decode_pair(image: bytes, caption: bytes,
         raise SkippedPair("empty image file")
     try:
         rgb = to_rgb(load_image(io.BytesIO(image)), background)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+    except IMAGE_TOO_LARGE:
         raise SkippedPair("image over the decompression-bomb limit") from None
-    except (OSError, ValueError, SyntaxError):
+    except IMAGE_UNREADABLE:
         raise SkippedPair("unreadable image") from None
     try:
         return rgb, caption.decode("utf-8").strip()
