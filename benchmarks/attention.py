@@ -19,8 +19,18 @@ from collections import Counter
 
 import torch
 
-from common import (Timing, autocast, environment, fmt_timing, markdown_table, measure, parser, peak_bytes,
-                    precision_name, setup)
+from common import (
+    Timing,
+    autocast,
+    environment,
+    fmt_timing,
+    markdown_table,
+    measure,
+    parser,
+    peak_bytes,
+    precision_name,
+    setup,
+)
 from dalle.attention import LAYOUTS, attention_mask, layer_layouts, reference_attention, sparse_attention
 
 SCHEDULE = Counter(layer_layouts(64))

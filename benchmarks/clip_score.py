@@ -35,7 +35,7 @@ def clip_section(device: torch.device, repeats: int, batch: int = 64) -> tuple[s
     captions = caption_ids(config, batch, device)
     rows, results = [], {}
     for bf16 in (False, True):
-        def score() -> None:
+        def score(bf16: bool = bf16) -> None:
             with torch.no_grad(), autocast(device, bf16):
                 model.score(images, captions)
 

@@ -3,7 +3,7 @@
     python benchmarks/dvae.py [--device auto] [--threads N] [--repeats 7] [--quick] [--batch 64]
 
 Rows: the shapes recipe (`dalle train-vae`'s defaults: 64 px, f = 8, K = 512, hidden 32, 1 block
-per group, decoder input 64) and the same at f = 4 (README "Stage 1 on shapes": 98.7-99.7% parse
+per group, decoder input 64) and the same at f = 4 (docs/history.md "Stage 1 on shapes": 98.7-99.7% parse
 in 19 min) at `--batch` and at batch 1, and, without --quick, the paper's dVAE
 (256 px, f = 8, K = 8192, hidden 256, 2 blocks per group) at batch 1, encode and decode only.
 fp32, channels_last, random weights (speed does not depend on them).

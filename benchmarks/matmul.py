@@ -11,8 +11,17 @@ from __future__ import annotations
 
 import torch
 
-from common import (Timing, comparison_config, environment, fmt, fmt_timing, markdown_table, measure,
-                    parser, setup)
+from common import (
+    Timing,
+    comparison_config,
+    environment,
+    fmt,
+    fmt_timing,
+    markdown_table,
+    measure,
+    parser,
+    setup,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SQUARE_SIZES = (256, 512, 1024, 2048)

@@ -18,11 +18,25 @@ from collections.abc import Callable
 import torch
 
 from attention import SCHEDULE, attention_cost, schedule_mix
-from common import (VOCABULARIES, Timing, autocast, comparison_config, environment, fmt, fmt_timing,
-                    markdown_table, measure, parser, peak_bytes, percent, precision_name, random_batch,
-                    setup)
+from common import (
+    VOCABULARIES,
+    Timing,
+    autocast,
+    comparison_config,
+    environment,
+    fmt,
+    fmt_timing,
+    markdown_table,
+    measure,
+    parser,
+    peak_bytes,
+    percent,
+    precision_name,
+    random_batch,
+    setup,
+)
 from dalle.config import TrainConfig
-from dalle.prior import Prior
+from dalle.prior import Prior, estimate_mfu
 from dalle.train.loop import build_optimizer
 from flops import counted_forward_flops, prior_forward_flops
 from matmul import matmul_section
@@ -71,7 +85,7 @@ def training_section(device: torch.device, repeats: int,
         model = Prior(config).to(device)
         notes.append(flops_note(vocabulary, model, device))
         tokens = TRAIN_BATCH * (config.text_length + config.image_tokens)
-        gflop = 3 * sum(prior_forward_flops(config, TRAIN_BATCH).values()) / 1e9
+        gflop = model.flops_per_token() * tokens / 1e9
         for bf16 in (False, True):
             seconds = measure(training_step(model, device, bf16), repeats)
             dtype = "bf16" if bf16 else "fp32"
@@ -79,15 +93,16 @@ def training_section(device: torch.device, repeats: int,
             results[vocabulary, dtype] = {"tokens/s": seconds.rate(tokens), "GFLOP/s": gflops}
             peak = "–"
             if peaks:
-                results[vocabulary, dtype]["of peak"] = gflops.median / peaks[dtype]
-                peak = f"{percent(gflops.median / peaks[dtype])} of {fmt(peaks[dtype])}"
+                mfu = estimate_mfu(model.flops_per_token(), seconds.rate(tokens).median, peaks[dtype] * 1e9)
+                results[vocabulary, dtype]["of peak"] = mfu
+                peak = f"{percent(mfu)} of {fmt(peaks[dtype])}"
             rows.append([f"{vocabulary} ({text_ids:,} text ids, {codes:,} codes)", precision_name(bf16),
                          fmt_timing(seconds.scale(1e3)), fmt_timing(seconds.rate(tokens)),
                          fmt_timing(gflops), peak])
     text = ("### Prior training at the comparison config\n\ndim 256, depth 8, 8 heads of 32, text 32 "
             f"tokens, 8x8 grid, batch {TRAIN_BATCH} ({tokens:,} tokens), AdamW, paper "
-            "layouts. Model GFLOP/s = 3 x the analytic forward FLOPs (useful attention pairs only) "
-            "per second, against the matmul peak of the same dtype.\n\n"
+            "layouts. Model GFLOP/s = `Prior.flops_per_token()` (3 x the analytic forward FLOPs, "
+            "useful attention pairs only) x tokens per second, against the matmul peak of the same dtype.\n\n"
             + markdown_table(["vocabularies", "precision", "ms / step", "tokens/s", "model GFLOP/s",
                               "of matmul peak"], rows)
             + f"\n\nForward FLOPs at batch {TRAIN_BATCH} (benchmarks/flops.py): analytic, useful "

@@ -4,10 +4,17 @@ import pytest
 import torch
 
 from dalle import attention
-from dalle.attention import (_MIN_BLOCK, LAYOUTS, _plan, attention_mask, layer_layouts,
-                             reference_attention, sparse_attention)
+from dalle.attention import (
+    _MIN_BLOCK,
+    LAYOUTS,
+    _plan,
+    attention_mask,
+    layer_layouts,
+    reference_attention,
+    sparse_attention,
+)
 
-# (text_len, grid): one-token text, grids below the 11x11 conv kernel, several blocks of grid rows
+# (text_length, grid): one-token text, grids below the 11x11 conv kernel, several blocks of grid rows
 # (G = 10, 12, 16, 17; 10 and 17 leave a partial last block).
 SIZES = [(1, 1), (1, 2), (3, 3), (1, 4), (5, 4), (16, 4), (7, 8), (2, 10), (3, 12), (32, 16), (3, 17)]
 # (layout, options): the defaults, and the row window / conv kernel where they matter.
@@ -15,20 +22,20 @@ CASES = [("dense", {}), ("row", {}), ("row", {"row_window": 3}), ("row", {"row_w
          ("conv", {}), ("conv", {"conv_kernel": 3}), ("conv", {"conv_kernel": 5})]
 
 
-def brute_force_mask(layout, text_len, grid, row_window=None, conv_kernel=11):
+def brute_force_mask(layout, text_length, grid, row_window=None, conv_kernel=11):
     """The layout rules, spelt out one (query, key) pair at a time."""
     window = grid if row_window is None else row_window
     half = conv_kernel // 2
-    size = text_len + grid * grid
+    size = text_length + grid * grid
     mask = torch.zeros(size, size, dtype=torch.bool)
     for i in range(size):
         for j in range(size):
-            if i < text_len:
+            if i < text_length:
                 allowed = j <= i
-            elif j < text_len:
+            elif j < text_length:
                 allowed = True
             else:
-                iq, ik = i - text_len, j - text_len
+                iq, ik = i - text_length, j - text_length
                 (r, c), (r2, c2) = divmod(iq, grid), divmod(ik, grid)
                 allowed = {
                     "dense": ik <= iq,
@@ -40,23 +47,23 @@ def brute_force_mask(layout, text_len, grid, row_window=None, conv_kernel=11):
     return mask
 
 
-def qkv(text_len, grid, device="cpu"):
+def qkv(text_length, grid, device="cpu"):
     generator = torch.Generator().manual_seed(0)
-    shape = (2, 3, text_len + grid * grid, 8)
+    shape = (2, 3, text_length + grid * grid, 8)
     return [torch.randn(shape, generator=generator).to(device).requires_grad_() for _ in range(3)]
 
 
 @pytest.mark.parametrize("layout,options", CASES)
-@pytest.mark.parametrize("text_len,grid", SIZES[:-2])  # the Python loops are slow at S = 288
-def test_mask_matches_the_rules(layout, text_len, grid, options):
-    expected = brute_force_mask(layout, text_len, grid, **options)
-    assert torch.equal(attention_mask(layout, text_len, grid, **options), expected)
+@pytest.mark.parametrize("text_length,grid", SIZES[:-2])  # the Python loops are slow at S = 288
+def test_mask_matches_the_rules(layout, text_length, grid, options):
+    expected = brute_force_mask(layout, text_length, grid, **options)
+    assert torch.equal(attention_mask(layout, text_length, grid, **options), expected)
 
 
-def check_against_reference(layout, text_len, grid, options, device="cpu"):
-    q, k, v = qkv(text_len, grid, device=device)
-    out = sparse_attention(q, k, v, layout, text_len, grid, **options)
-    ref = reference_attention(q, k, v, layout, text_len, grid, **options)
+def check_against_reference(layout, text_length, grid, options, device="cpu"):
+    q, k, v = qkv(text_length, grid, device=device)
+    out = sparse_attention(q, k, v, layout, text_length, grid, **options)
+    ref = reference_attention(q, k, v, layout, text_length, grid, **options)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     upstream = torch.randn_like(ref)
     grads = torch.autograd.grad(out, (q, k, v), upstream)
@@ -75,19 +82,19 @@ def plan_kind(request, monkeypatch):
 
 
 @pytest.mark.parametrize("layout,options", CASES)
-@pytest.mark.parametrize("text_len,grid", SIZES)
-def test_sparse_equals_reference_with_gradients(layout, text_len, grid, options, plan_kind):
-    check_against_reference(layout, text_len, grid, options)
+@pytest.mark.parametrize("text_length,grid", SIZES)
+def test_sparse_equals_reference_with_gradients(layout, text_length, grid, options, plan_kind):
+    check_against_reference(layout, text_length, grid, options)
 
 
-@pytest.mark.parametrize("text_len,grid,blocks", [(32, 8, False), (32, 16, True), (256, 32, True)])
-def test_blocks_only_where_they_save_work(text_len, grid, blocks):
-    plan = _plan("row", text_len, grid, grid, 11, torch.device("cpu"))
-    size = text_len + grid * grid
+@pytest.mark.parametrize("text_length,grid,blocks", [(32, 8, False), (32, 16, True), (256, 32, True)])
+def test_blocks_only_where_they_save_work(text_length, grid, blocks):
+    plan = _plan("row", text_length, grid, grid, 11, torch.device("cpu"))
+    size = text_length + grid * grid
     if blocks:  # the text's square and the blocks' pairs: well below the stream's square
-        assert plan.keys is not None and text_len**2 + plan.mask.numel() <= size**2 / 2
+        assert plan.keys is not None and text_length**2 + plan.mask.numel() <= size**2 / 2
     else:
-        assert plan.keys is None and torch.equal(plan.mask[0, 0], attention_mask("row", text_len, grid))
+        assert plan.keys is None and torch.equal(plan.mask[0, 0], attention_mask("row", text_length, grid))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -128,13 +135,13 @@ def test_plan_cached_under_inference_mode_serves_autograd():
 
 @pytest.mark.parametrize("layout,window,extra_rows", [("row", 33, 1), ("column", 32, 0), ("conv", 61, 5)])
 def test_paper_layouts_are_sparse(layout, window, extra_rows):
-    text_len, grid = 8, 32
-    mask = attention_mask(layout, text_len, grid)
-    assert mask[text_len:].sum(dim=1).max() == text_len + window
+    text_length, grid = 8, 32
+    mask = attention_mask(layout, text_length, grid)
+    assert mask[text_length:].sum(dim=1).max() == text_length + window
     # A block of m grid rows (columns) computes only the text and the grid rows its window reaches.
     m = -(-_MIN_BLOCK // grid)
-    block_mask = _plan(layout, text_len, grid, grid, 11, torch.device("cpu")).mask
-    assert block_mask.shape[-2:] == (m * grid, text_len + (m + extra_rows) * grid)
+    block_mask = _plan(layout, text_length, grid, grid, 11, torch.device("cpu")).mask
+    assert block_mask.shape[-2:] == (m * grid, text_length + (m + extra_rows) * grid)
 
 
 def test_layer_schedule():
@@ -155,7 +162,7 @@ def test_errors():
         attention_mask("strided", 3, 4)
     with pytest.raises(ValueError, match="unknown attention layout"):
         layer_layouts(4, "Sparse")
-    with pytest.raises(ValueError, match="sequence length 19 != text_len"):
+    with pytest.raises(ValueError, match="sequence length 19 != text_length"):
         sparse_attention(q, k, v, "row", 4, 4)
     with pytest.raises(ValueError, match="sequence length"):
         reference_attention(q, k, v, "row", 3, 5)

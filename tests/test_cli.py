@@ -39,7 +39,8 @@ def test_help_shows_defaults():
     for command in (["train-vae"], ["eval-vae"], ["reconstruct"], ["data", "shapes"], ["import-openai-dvae"]):
         r = dalle(*command, "--help")
         assert r.returncode == 0
-    assert "default: 10000" in dalle("train-vae", "--help").stdout.replace("\n", " ").replace("│", "")
+    shown = "".join(dalle("train-vae", "--help").stdout.replace("│", "").split())
+    assert "smallpreset:10000]" in shown and "smallpreset:0.90.999]" in shown
 
 
 def test_train_resume_reconstruct_eval(shapes, tmp_path):
@@ -61,13 +62,45 @@ def test_train_resume_reconstruct_eval(shapes, tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["train-vae", "--data", "d", "--out", "o", "--steps", "many"], "Invalid value for '--steps'"),
-    (["train-vae", "--out", "o"], "Missing option '--data'. (see 'dalle train-vae --help')"),
     (["nosuch"], "No such command 'nosuch'"),
     (["generate", "a red circle", "--bogus"], "No such option: --bogus")])
 def test_usage_errors_are_one_line(args, needle):
     r = dalle(*args)
     one_line_error(r, needle)
     assert r.returncode == 2
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train-vae", "--out", "o"], "DVAERun needs data (--data)"),
+    (["train-vae", "--data", "d", "--out", "o", "--preset", "huge"],
+     "no DVAEConfig preset 'huge'; choose from tiny, small, base, paper"),
+    (["train-prior", "--data", "d", "--out", "o"], "PriorRun needs tokenizer (--tokenizer)"),
+    (["train-clip", "--data", "d", "--out", "o", "--tokenizer", "t", "--preset", "paper"],
+     "no CLIPConfig preset 'paper'"),
+    (["train-vae", "--data", "d", "--out", "o", "--preset", "tiny", "--config", "c.json"],
+     "give a preset or a recorded config, not both")])
+def test_bad_run_settings_are_one_line(args, needle):
+    one_line_error(dalle(*args), needle)
+
+
+def test_training_options_are_the_run_config_fields():
+    """The training commands' options are generated from the run configs: each field is an
+    option, each option a field (or --preset, --config, --resume, --help), none drift."""
+    import dataclasses
+
+    from typer.main import get_command
+
+    from dalle.cli import app
+    from dalle.config import TrainConfig
+    from dalle.train import CLIPRun, DVAERun, PriorRun
+
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    for name, run_class in (("train-vae", DVAERun), ("train-prior", PriorRun), ("train-clip", CLIPRun)):
+        options = {p.name for p in commands[name].params}
+        fields = ({f.name for f in dataclasses.fields(run_class)} - {"model", "train"}
+                  | {f.name for f in dataclasses.fields(run_class.model_class)} - set(run_class.derived)
+                  | {f.name for f in dataclasses.fields(TrainConfig)})
+        assert options == fields | {"preset", "config", "resume"}, name
 
 
 def test_cli_names_a_missing_gpu(tmp_path):
@@ -136,7 +169,7 @@ def test_tokenizer_codes_inspect_and_prior(shapes, tmp_path):
     assert "pairs kept        40" in r.stdout and "caption tokens" in r.stdout
     assert (tmp_path / "grid.png").exists()
     r = dalle("train-prior", "--data", tmp_path / "codes" / "train", "--tokenizer", tmp_path / "tok",
-              "--vae", tmp_path / "vae", "--out", tmp_path / "prior", "--dim", 32, "--depth", 2,
+              "--out", tmp_path / "prior", "--dim", 32, "--depth", 2,
               "--heads", 2, "--head-dim", 16, "--conv-kernel", 3, "--steps", 4, "--batch-size", 8,
               "--device", "cpu", "--log-every", 2, "--val-data", tmp_path / "codes" / "shards")
     assert r.returncode == 0, r.stderr
@@ -144,17 +177,25 @@ def test_tokenizer_codes_inspect_and_prior(shapes, tmp_path):
     assert "val_image_loss" in (tmp_path / "prior" / "metrics.csv").read_text()
 
 
-def test_prior_with_a_mismatched_dvae_is_named(shapes, tmp_path):
-    DiscreteVAE(DVAEConfig.tiny()).save_pretrained(tmp_path / "vae")
-    other = DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "vocab_size": 64})
-    DiscreteVAE(other).save_pretrained(tmp_path / "vae64")
-    assert dalle("train-tokenizer", "--data", shapes / "train", "--out", tmp_path / "tok",
-                 "--text-length", 16).returncode == 0
-    assert dalle("encode-dataset", "--vae", tmp_path / "vae", "--data", shapes / "train",
-                 "--out", tmp_path / "codes").returncode == 0
-    r = dalle("train-prior", "--data", tmp_path / "codes", "--tokenizer", tmp_path / "tok",
-              "--vae", tmp_path / "vae64", "--out", tmp_path / "prior", "--steps", 1)
-    one_line_error(r, "codes come from a 32-code dVAE but the prior expects image_vocab_size 64")
+def test_a_run_records_its_config_and_reruns_from_it(shapes, tmp_path):
+    run, again = tmp_path / "run", tmp_path / "again"
+    r = dalle("train-vae", "--data", shapes / "train", "--out", run, "--preset", "tiny", "--steps", 4,
+              "--checkpoint-every", 2, "--batch-size", 8, "--device", "cpu", "--sample-every", 0)
+    assert r.returncode == 0, r.stderr
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["model"] == {**DVAEConfig.tiny().to_dict(), "tau_steps": 4, "kl_warmup_steps": 2}
+    assert recorded["train"]["betas"] == [0.9, 0.999] and recorded["train"]["steps"] == 4
+    # --config reruns it elsewhere; the options given override the file.
+    r = dalle("train-vae", "--config", run / "config.json", "--out", again, "--steps", 2)
+    assert r.returncode == 0, r.stderr
+    rerun = json.loads((again / "config.json").read_text())
+    assert rerun["out"] == str(again) and rerun["train"]["steps"] == 2
+    assert rerun["model"] == {**recorded["model"], "tau_steps": 2, "kl_warmup_steps": 1}
+    assert {k: v for k, v in rerun["train"].items() if k != "steps"} == {
+        k: v for k, v in recorded["train"].items() if k != "steps"}
+    # --resume alone continues the run as recorded (here: already finished, nothing to do).
+    r = dalle("train-vae", "--out", run, "--resume")
+    assert r.returncode == 0, r.stderr
 
 
 def test_data_errors_are_one_line(tmp_path):
@@ -175,7 +216,8 @@ def test_train_clip_command(shapes, tmp_path):
                  "--text-length", 16).returncode == 0
     r = dalle("train-clip", "--data", shapes / "train", "--tokenizer", tmp_path / "tok",
               "--out", tmp_path / "clip", "--val-data", shapes / "test-zero-shot", "--image-size", 16,
-              "--patch-size", 4, "--width", 16, "--image-depth", 1, "--text-depth", 1, "--heads", 2,
+              "--patch-size", 4, "--image-width", 16, "--text-width", 16, "--embed-dim", 16,
+              "--image-depth", 1, "--text-depth", 1, "--image-heads", 2, "--text-heads", 2,
               "--steps", 3, "--batch-size", 8, "--device", "cpu", "--log-every", 1, "--eval-every", 3)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "clip" / "model" / "model.safetensors").exists()

@@ -11,9 +11,16 @@ from dalle.clip import CLIP
 from dalle.config import CLIPConfig
 from dalle.data.folder import ImageCaptionFolder
 from dalle.text import TextTokenizer
-from dalle.train.clip import (CLIPLoss, WordSwaps, check_compatible, random_crops, train_clip,
-                              validation_metrics)
+from dalle.train.clip import (
+    CLIPLoss,
+    WordSwaps,
+    check_compatible,
+    random_crops,
+    train_clip,
+    validation_metrics,
+)
 from dalle.train.loop import Trainer
+from dalle.train.runs import CLIPRun
 from helpers import tiny_train_config
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 190, 70), "blue": (40, 80, 230), "white": (240, 240, 240)}
@@ -209,8 +216,9 @@ def test_training_learns_colour_and_side(data, tmp_path):
     before = validation_metrics(CLIP(config_for(tokenizer)), tokenizer, images)
     config = tiny_train_config(steps=120, batch_size=16, lr=3e-3, warmup_steps=10, log_every=40,
                                checkpoint_every=120, eval_every=60)
-    model = train_clip(data / "images", data / "tokenizer", tmp_path, config_for(tokenizer), config,
-                       val_data=data / "images", hard_negatives=True, show_progress=False)
+    model = train_clip(CLIPRun(data / "images", tmp_path, tokenizer=data / "tokenizer",
+                               val_data=data / "images", model=config_for(tokenizer), train=config,
+                               max_crop=0.0, hard_negatives=True), show_progress=False)
     after = validation_metrics(model, tokenizer, images)
     assert after["val_loss"] < before["val_loss"] - 1.0
     # 8 captions, 4 images each: chance is 1/8.
@@ -226,8 +234,9 @@ def test_resume_is_exact(data, tmp_path):
     config = tiny_train_config(steps=8, checkpoint_every=4)
 
     def run(out, resume=False):
-        return train_clip(data / "images", data / "tokenizer", out, config_for(tokenizer), config,
-                          max_crop=0.2, hard_negatives=True, resume=resume, show_progress=False)
+        return train_clip(CLIPRun(data / "images", out, tokenizer=data / "tokenizer",
+                                  model=config_for(tokenizer), train=config, max_crop=0.2,
+                                  hard_negatives=True), resume=resume, show_progress=False)
 
     whole = run(tmp_path / "whole").state_dict()
     torch.manual_seed(config.seed)

@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 
 from dalle.config import DVAEConfig, TrainConfig
+from dalle.errors import DalleError
 
 
 @pytest.mark.parametrize("config", [DVAEConfig(), DVAEConfig.tiny(), TrainConfig(), TrainConfig(betas=(0.5, 0.6))])
@@ -33,3 +34,33 @@ def test_grid():
     c = DVAEConfig.paper()
     assert (c.grid_size, c.num_groups) == (32, 4)
     assert DVAEConfig(image_size=64, downsample=4).grid_size == 16
+
+
+def test_presets_are_named_and_overridable():
+    from dalle.config import CLIPConfig, DVAEConfig, PriorConfig
+
+    assert DVAEConfig.preset("paper") == DVAEConfig.paper()
+    assert PriorConfig.preset("small", dropout=0.1).dim == 256
+    assert PriorConfig.preset("base").grid_size == 32
+    assert set(CLIPConfig.presets()) == {"tiny", "small", "base"}
+    with pytest.raises(DalleError, match="no PriorConfig preset 'huge'; choose from tiny, small, base, paper"):
+        PriorConfig.preset("huge")
+
+
+def test_run_configs_round_trip_and_route_settings_by_field(tmp_path):
+    from dalle.config import DVAE_TRAINING
+    from dalle.train import DVAERun
+
+    run = DVAERun.create(data=tmp_path / "d", out=tmp_path / "o", preset="tiny", steps=300,
+                         likelihood="gaussian", max_crop=0.1)
+    assert run.train == dataclasses.replace(DVAE_TRAINING, steps=300)
+    assert (run.model.likelihood, run.model.tau_steps, run.model.kl_warmup_steps) == ("gaussian", 300, 150)
+    assert run.max_crop == 0.1 and run.data == str(tmp_path / "d")
+    assert DVAERun.from_json(run.to_json()) == run
+    path = run.record()
+    assert DVAERun.load(path) == run == DVAERun.load(tmp_path / "o")
+    # A recorded run given a new length keeps settings it was given, follows the rest.
+    longer = DVAERun.create(config=path, steps=600, tau_steps=50)
+    assert (longer.model.tau_steps, longer.model.kl_warmup_steps, longer.model.likelihood) == (50, 300, "gaussian")
+    with pytest.raises(DalleError, match="DVAERun has no setting 'depth'"):
+        DVAERun.create(data="d", out="o", depth=3)

@@ -13,6 +13,7 @@ from PIL import Image
 from dalle.data import emoji
 from dalle.data.emoji import caption, code_point_key, held_out_style, write_emoji
 from dalle.data.folder import ImageCaptionFolder
+from dalle.errors import DalleError
 
 SKIN = "1F3FB"
 
@@ -53,7 +54,7 @@ def write_png(path: Path, rgb: tuple[int, int, int]) -> None:
 def make_source(root: Path) -> Path:
     """The three npm packages, unpacked as `<root>/<name>/` (a tiny node_modules)."""
     data = []
-    for unified, hexcode, label, tags, skin in EMOJI:
+    for _unified, hexcode, label, tags, skin in EMOJI:
         entry = {"label": label, "hexcode": hexcode, "tags": tags}
         if skin:
             entry["skins"] = [{"label": skin, "hexcode": f"{hexcode}-{SKIN}"}]
@@ -108,7 +109,10 @@ def source(tmp_path):
 def test_join_captions_and_images(source, tmp_path):
     report = write_emoji(tmp_path / "out", ["google", "twitter"], source=source)
     out = tmp_path / "out"
-    read = lambda split, name: (out / split / f"{name}.txt").read_text(encoding="utf-8")
+
+    def read(split: str, name: str) -> str:
+        return (out / split / f"{name}.txt").read_text(encoding="utf-8")
+
     assert read("train", f"{P1.lower()}-google") == "grinning face, google style"
     assert read("train", f"{P1.lower()}-{SKIN.lower()}-twitter") == (
         "grinning face: light skin tone, twitter style")
@@ -266,7 +270,7 @@ def test_clear_errors(source, tmp_path, monkeypatch):
         write_emoji(tmp_path / "full", ["google"], source=source)
 
     monkeypatch.setattr(emoji.shutil, "which", lambda _: None)
-    with pytest.raises(RuntimeError, match="npm is not installed"):
+    with pytest.raises(DalleError, match="npm is not installed"):
         emoji.fetch_packages(tmp_path / "cache", ["google"])
     monkeypatch.undo()
     bin_dir = tmp_path / "bin"
@@ -276,6 +280,6 @@ def test_clear_errors(source, tmp_path, monkeypatch):
         "echo 'npm error A complete log of this run can be found in: /log' >&2\nexit 1\n")
     (bin_dir / "npm").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    with pytest.raises(RuntimeError, match="npm pack emoji-datasource-google@16.0.0 failed: "
+    with pytest.raises(DalleError, match="npm pack emoji-datasource-google@16.0.0 failed: "
                                            "404 Not Found - GET x$"):
         write_emoji(tmp_path / "o2", ["google"], cache_dir=tmp_path / "cache")

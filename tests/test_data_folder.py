@@ -39,7 +39,7 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
 def test_modes_are_converted(tmp_path, mode):
     base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 14, 3), dtype=np.uint8))
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(base.convert("L"), np.uint16) * 257))
+        image = Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257)
     else:
         image = base.convert(mode)
     write_pair(tmp_path, "x", image)

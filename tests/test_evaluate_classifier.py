@@ -3,8 +3,13 @@ import json
 import pytest
 import torch
 
-from dalle.evaluate.classifier import (ClassifierConfig, LabelClassifier, label_accuracy, to_grayscale,
-                                       train_classifier)
+from dalle.evaluate.classifier import (
+    ClassifierConfig,
+    LabelClassifier,
+    label_accuracy,
+    to_grayscale,
+    train_classifier,
+)
 
 TINY = ClassifierConfig(n_classes=2, image_size=8, width=4, hidden=8, dropout=0.0)
 

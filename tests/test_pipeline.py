@@ -1,13 +1,15 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from dalle.clip import CLIP
 from dalle.config import CLIPConfig, DVAEConfig, PriorConfig, SamplingConfig
 from dalle.dvae import DiscreteVAE
-from dalle.evaluate.generation import evaluate_shapes
-from dalle.pipeline import DallePipeline
+from dalle.errors import DalleError
+from dalle.evaluate.generation import evaluate_shapes, evaluate_split
+from dalle.pipeline import DallePipeline, Generation
 from dalle.prior import Prior
 from dalle.text import TextTokenizer
 
@@ -40,6 +42,61 @@ def test_text_to_images_with_reranking(pipeline):
     again = pipeline("a large red circle", images=6, candidates=6, seed=1)
     assert torch.allclose(again.scores[:2], out.scores)
     assert torch.equal(pipeline("a large red circle", images=2, candidates=6, seed=1).codes, out.codes)
+
+
+def test_a_list_of_prompts_gives_one_generation_per_prompt(pipeline, monkeypatch):
+    prompts = ["a large red circle", "a small blue square"]
+    out = pipeline(prompts, images=2)
+    assert [type(g) for g in out] == [Generation, Generation] and [g.prompt for g in out] == prompts
+    assert all(g.images.shape == (2, 3, 64, 64) and g.scores is not None for g in out)
+    # The prompts' candidates share the prior's batches, and each prompt gets its own rows back.
+    batches = []
+
+    def tagged(prior, text, **options):  # codes that name the text they were drawn for
+        batches.append(text)
+        return (text.sum(1) % 32).view(-1, 1, 1).expand(-1, 4, 4)
+
+    monkeypatch.setattr("dalle.pipeline.sample_codes", tagged)
+    out = pipeline(prompts, images=2, candidates=3, batch_size=4)
+    ids = torch.stack([pipeline.encode_prompt(p) for p in prompts])
+    assert [len(b) for b in batches] == [4, 2]
+    assert torch.equal(torch.cat(batches), ids.repeat_interleave(3, 0))
+    tags = ids.sum(1) % 32
+    assert tags[0] != tags[1] and all((g.codes == tag).all() for g, tag in zip(out, tags))
+
+
+@pytest.mark.parametrize("batch_size", [16, 4])
+def test_a_one_prompt_list_gives_what_the_str_gives(pipeline, batch_size):
+    options = dict(images=2, candidates=6, seed=7, batch_size=batch_size)
+    one = pipeline("a large red circle", **options)
+    (listed,) = pipeline(["a large red circle"], **options)
+    for field in ("images", "codes", "scores", "indices"):
+        assert torch.equal(getattr(listed, field), getattr(one, field)), field
+    # Behind another prompt it draws other random numbers, so other images.
+    behind = pipeline(["a small blue square", "a large red circle"], **options)[1]
+    assert not torch.equal(behind.codes, one.codes)
+
+
+def test_generations_convert_to_pil_images(pipeline):
+    out = pipeline("a large red circle", images=2, candidates=4, seed=2)
+    pictures = out.pil()
+    assert [(p.mode, p.size) for p in pictures] == [("RGB", (64, 64))] * 2
+    assert np.array_equal(np.asarray(pictures[1]),
+                          (out.images[1] * 255).round().byte().permute(1, 2, 0).numpy())
+
+
+def test_bf16_loading_casts_the_prior_only(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path / "p")
+    loaded = DallePipeline.from_pretrained(tmp_path / "p", dtype=torch.bfloat16)
+    assert loaded.prior.dtype == torch.bfloat16 and loaded.device == torch.device("cpu")
+    assert loaded.vae.dtype == loaded.clip.dtype == torch.float32
+    # What `--bf16` did before it was a loading option: cast the float32 prior afterwards.
+    cast = DallePipeline.from_pretrained(tmp_path / "p")
+    assert cast.prior.dtype == torch.float32
+    cast.prior.to(torch.bfloat16)
+    a = loaded("a large red circle", images=2, candidates=4, seed=6)
+    assert a.images.dtype == torch.float32
+    assert torch.equal(a.codes, cast("a large red circle", images=2, candidates=4, seed=6).codes)
 
 
 def test_save_load_round_trip(pipeline, tmp_path):
@@ -91,6 +148,10 @@ def test_bad_input_is_named(pipeline, tmp_path):
         tiny_pipeline(with_clip=False)("a red circle", images=1, candidates=4)
     with pytest.raises(FileNotFoundError, match="is not a pipeline"):
         DallePipeline.from_pretrained(tmp_path)
+    with pytest.raises(DalleError, match="no prompts given"):
+        pipeline([])
+    with pytest.raises(DalleError, match="^prompt 2 of 3 \\('  '\\): the prompt is empty$"):
+        pipeline(["a red circle", "  ", "a blue square"])
 
 
 def test_mismatched_parts_are_named(pipeline):
@@ -113,6 +174,18 @@ def test_shapes_evaluation_writes_results(pipeline, tmp_path):
     assert results["test-seen"]["first"]["n"] == 2
     for name in ("results.json", "results.md", "test-seen-first-and-best.png"):
         assert (tmp_path / "out" / name).exists()
+
+
+def test_evaluation_judges_the_first_sample_and_the_best(pipeline):
+    prompts = CAPTIONS * 2
+    _, pairs = evaluate_split(pipeline, prompts, 3, seed=2, batch_size=4)
+    options = dict(candidates=3, seed=2, batch_size=4)
+    best = torch.cat([g.images for g in pipeline(prompts, images=1, **options)])
+    # CLIP does not touch sampling: without it the first candidate is the first image.
+    plain = DallePipeline(pipeline.tokenizer, pipeline.vae, pipeline.prior)
+    first = torch.stack([g.images[0] for g in plain(prompts, images=3, **options)])
+    assert torch.equal(pairs[:, 1], best) and torch.equal(pairs[:, 0], first)
+    assert not torch.equal(first, best)
 
 
 def test_evaluation_against_real_images(tmp_path):

@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from dalle.config import PriorConfig
-from dalle.prior import Prior
+from dalle.prior import Prior, estimate_mfu
 
 LAYOUTS = ["sparse", "dense", "row", "column", "conv"]
 
@@ -116,3 +117,38 @@ def test_bf16_autocast_runs():
         out = model(text, codes)
     out.loss.backward()
     assert torch.isfinite(out.loss)
+
+
+def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
+    """FlopCounterMode formula for CPU's fused SDPA, which torch leaves uncounted (QK^T and AV)."""
+    b, h, s_q, d = query
+    return 2 * b * h * s_q * key[2] * (d + value[3])
+
+
+def _cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+    return 2 * _cpu_attention_flops(query, key, value)  # grad of q, k, v and of the scores: 4 matmuls
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_flops_per_token_matches_flop_counter_mode_over_a_training_step(layout):
+    # A 16x16 grid cuts the sparse layouts into blocks (smaller grids make one masked call).
+    model = tiny(layout, grid_size=16)
+    text, codes = batch(model.config)
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+               torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                   _cpu_attention_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model(text, codes).loss.backward()
+    tokens = len(text) * model.sequence_length
+    assert model.flops_per_token(executed=True) * tokens == pytest.approx(counter.get_total_flops(), rel=0.02)
+    assert model.flops_per_token() < model.flops_per_token(executed=True)
+    if layout == "dense":  # causal: about half of the S^2 square is useful
+        attention = 12 * model.config.heads * model.config.head_dim * model.config.depth
+        square = model.sequence_length * attention
+        assert model.flops_per_token(executed=True) - model.flops_per_token() == pytest.approx(square / 2, rel=0.05)
+
+
+def test_estimate_mfu_is_model_flops_over_the_peak():
+    model = tiny()
+    assert estimate_mfu(model.flops_per_token(), 1000.0, 1e12) == pytest.approx(
+        model.flops_per_token() * 1000 / 1e12)

@@ -6,7 +6,16 @@ import pytest
 from safetensors import safe_open
 
 from dalle.pipeline import DallePipeline
-from dalle.recipe import Recipe, Stage, _stage_time, _with_flags, emoji_recipe, run_recipe, shapes_recipe
+from dalle.recipe import (
+    RECIPE_FILE,
+    Recipe,
+    Step,
+    _stage_time,
+    build_recipe,
+    emoji_recipe,
+    run_recipe,
+    shapes_recipe,
+)
 from test_cli import dalle
 from test_data_emoji import make_source
 from test_data_fashion_mnist import fake_fashion_mnist
@@ -26,14 +35,20 @@ def test_quick_shapes_recipe_makes_a_pipeline_with_a_card(tmp_path):
         assert weight_dtypes(pipeline / part) == {"BF16"}
     card = (pipeline / "README.md").read_text()
     for needed in ("## Data", "| prior |", "PSNR", "bits per image token", "| test-zero-shot | first |",
-                   "dalle recipe shapes --budget quick", "guidance scale 2.0",
-                   "dalle train-prior --out $RUN/prior"):
+                   "dalle recipe shapes --budget quick --recipe-version 1", "guidance scale 2.0",
+                   "recipe `shapes` version 1", "dalle train-prior --config $RUN/prior/config.json"):
         assert needed in card
+    # recipe.json is the recipe that made it, portable ($RUN), and each training run recorded itself.
+    recorded = json.loads((pipeline / RECIPE_FILE).read_text())
+    assert recorded == build_recipe("shapes", run, "quick").describe(run)
+    assert str(run) not in (pipeline / RECIPE_FILE).read_text()
+    prior_run = json.loads((run / "prior" / "config.json").read_text())
+    assert prior_run["train"]["betas"] == [0.9, 0.96] and prior_run["model"]["dim"] == 32
     out = DallePipeline.from_pretrained(pipeline)("a small red circle", images=1, candidates=2)
     assert out.images.shape == (1, 3, 64, 64)
     # A second call finds every stage done and only rewrites the card.
     again = dalle("recipe", "shapes", "--quick", "--out", run)
-    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == len(shapes_recipe(run, "quick").stages)
+    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == len(shapes_recipe(run, "quick").steps)
 
 
 def test_quick_emoji_recipe_ships_the_licences(tmp_path):
@@ -61,34 +76,45 @@ def test_quick_fashion_mnist_recipe_reports_label_accuracy(tmp_path):
 def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr("dalle.recipe.model_card", lambda recipe, run: "card")
     run = tmp_path / "run"
-    recipe = Recipe("toy", "quick", [Stage("data", ["data"], rebuild="data"),
-                            Stage("train", ["train"], resume_if="train/checkpoint.pt"),
-                            Stage("last", ["last"])], evaluation="none.json", data_note="toy")
     calls = []
 
-    def interrupted(args):
-        calls.append(args)
-        if args[0] == "data":
-            (run / "data").mkdir(exist_ok=True)
-        if args[0] == "train":  # dies after writing a checkpoint
+    def data(out):
+        calls.append(("data", False))
+        (run / "data").mkdir(exist_ok=True)
+
+    def train(out, resume=False):
+        calls.append(("train", resume))
+        if not resume:  # dies after writing a checkpoint
             (run / "train").mkdir(exist_ok=True)
             (run / "train" / "checkpoint.pt").write_bytes(b"")
             raise KeyboardInterrupt
 
+    def last(out):
+        calls.append(("last", False))
+
+    recipe = Recipe("toy", 1, "quick", [Step("data", data, {"out": run / "data"}, rebuild="data"),
+                                        Step("train", train, {"out": run / "train"},
+                                             resume_if="train/checkpoint.pt"),
+                                        Step("last", last, {"out": run / "last"})],
+                    evaluation="none.json", data_note="toy")
+    (run / "pipeline").mkdir(parents=True)
     with pytest.raises(KeyboardInterrupt):
-        run_recipe(recipe, run, interrupted, echo=lambda line: None)
-    assert calls == [["data"], ["train"]]
-    assert json.loads((run / "stages" / "data.json").read_text())["command"] == ["dalle", "data"]
+        run_recipe(recipe, run, echo=lambda line: None)
+    assert calls == [("data", False), ("train", False)]
+    record = json.loads((run / "stages" / "data.json").read_text())
+    assert record["args"] == {"out": "$RUN/data"} and record["function"].endswith(".data")
     assert not (run / "stages" / "train.json").exists()
 
     calls.clear()
-    (run / "pipeline").mkdir()
-    run_recipe(recipe, run, calls.append, echo=lambda line: None)
-    assert calls == [["train", "--resume"], ["last"]]
+    run_recipe(recipe, run, echo=lambda line: None)
+    assert calls == [("train", True), ("last", False)]
     assert (run / "pipeline" / "README.md").read_text() == "card"
+    assert json.loads((run / "pipeline" / RECIPE_FILE).read_text())["recipe"] == "toy"
     # The card must not pass off the last attempt's time as the whole stage's.
-    train, last = (json.loads((run / "stages" / f"{name}.json").read_text()) for name in ("train", "last"))
-    assert _stage_time(train).endswith("resumed, last attempt)") and "resumed" not in _stage_time(last)
+    train_record, last_record = (json.loads((run / "stages" / f"{name}.json").read_text())
+                                 for name in ("train", "last"))
+    assert _stage_time(train_record).endswith("resumed, last attempt)")
+    assert "resumed" not in _stage_time(last_record)
 
 
 def test_interrupted_data_stage_is_rebuilt(tmp_path, monkeypatch):
@@ -99,12 +125,27 @@ def test_interrupted_data_stage_is_rebuilt(tmp_path, monkeypatch):
     (run / "pipeline").mkdir()
     seen = []
 
-    def data_stage(args):
-        seen.append(sorted(p.name for p in (run / "data").iterdir()) if (run / "data").exists() else None)
+    def data_stage(out):
+        seen.append(sorted(p.name for p in out.iterdir()) if out.exists() else None)
 
-    recipe = Recipe("toy", "quick", [Stage("data", ["data"], rebuild="data")], evaluation="none", data_note="")
-    run_recipe(recipe, run, data_stage, echo=lambda line: None)
+    recipe = Recipe("toy", 1, "quick", [Step("data", data_stage, {"out": run / "data"}, rebuild="data")],
+                    evaluation="none", data_note="")
+    run_recipe(recipe, run, echo=lambda line: None)
     assert seen == [None]  # the partial folder was cleared first
+
+
+def test_every_step_calls_its_function_with_arguments_it_takes(tmp_path):
+    """A renamed parameter breaks a recipe here, not hours into a run."""
+    import inspect
+
+    for name in ("shapes", "emoji", "fashion-mnist"):
+        for budget in ("quick", "cpu", "gpu"):
+            for step in build_recipe(name, tmp_path, budget).steps:
+                signature = inspect.signature(step.function)
+                signature.bind(**step.args)
+                if step.resume_if:
+                    assert "resume" in signature.parameters, step.name
+                json.dumps(step.describe(tmp_path))  # every argument is recordable
 
 
 def test_unknown_recipe_is_one_line():
@@ -113,28 +154,43 @@ def test_unknown_recipe_is_one_line():
 
 
 def test_budgets_change_training_lengths_not_model_sizes(tmp_path):
-    def stages(recipe):
-        return {s.name: s.args for s in recipe.stages}
+    def runs(recipe):
+        return {s.name: s.args["run"] for s in recipe.steps if "run" in s.args}
 
-    cpu, gpu = stages(shapes_recipe(tmp_path, "cpu")), stages(shapes_recipe(tmp_path, "gpu"))
-    assert cpu.keys() == gpu.keys()
-    assert [name for name in cpu if cpu[name] != gpu[name]] == ["train-vae", "train-prior", "train-clip"]
-    for name in ("train-vae", "train-prior", "train-clip"):  # same architecture flags on both
-        assert not {"--dim", "--depth", "--hidden", "--width"} & set(cpu[name] + gpu[name])
-    assert "--dropout" in stages(emoji_recipe(tmp_path, "gpu"))["train-prior"]
-    emoji = stages(emoji_recipe(tmp_path, "cpu"))  # a switch is added once, a value replaced
-    assert emoji["train-vae"].count("--bf16") == 1 and emoji["train-prior"].count("--steps") == 1
-    assert _with_flags(["--bf16", "--steps", "1"], ("--bf16", "--steps", "2", "--tf32")) == [
-        "--bf16", "--steps", "2", "--tf32"]
-    prior = cpu["train-prior"]  # a recipe's own flag replaces the budget's rather than repeating it
-    assert prior.count("--steps") == 1 and prior[prior.index("--steps") + 1] == "5000"
-    assert emoji["train-prior"][emoji["train-prior"].index("--steps") + 1] == "9000"
-    assert "--no-skin-tones" in emoji["data"]
-    assert cpu["assemble"][-2:] == gpu["assemble"][-2:] == ["--guidance", "2"]
+    def others(recipe):
+        return {s.name: s.describe(tmp_path) for s in recipe.steps if "run" not in s.args}
+
+    cpu, gpu = runs(shapes_recipe(tmp_path, "cpu")), runs(shapes_recipe(tmp_path, "gpu"))
+    assert list(cpu) == list(gpu) == ["train-vae", "train-prior", "train-clip"]
+    assert others(shapes_recipe(tmp_path, "cpu")) == others(shapes_recipe(tmp_path, "gpu"))
+    for name in cpu:  # the same architecture on both; only the training differs
+        assert cpu[name].model == gpu[name].model or name == "train-vae"
+        assert cpu[name].train != gpu[name].train
+    assert (cpu["train-vae"].model.hidden, cpu["train-prior"].model.dim) == (32, 256)  # the small presets
+    emoji_cpu, emoji_gpu = runs(emoji_recipe(tmp_path, "cpu")), runs(emoji_recipe(tmp_path, "gpu"))
+    assert emoji_gpu["train-prior"].model.dropout == 0.1
+    assert emoji_cpu["train-vae"].train.bf16 and emoji_cpu["train-prior"].train.steps == 9000
+    assert cpu["train-prior"].train.steps == 5000 and cpu["train-clip"].train.steps == 2700
+    # The dVAE's schedules follow each budget's length (the preset's are for 150,000 steps).
+    assert gpu["train-vae"].model.tau_steps == 4000 and gpu["train-vae"].model.kl_warmup_steps == 2000
+    # The recipe's own settings win over the budget's; the prior trains in bf16 on every budget.
+    assert cpu["train-vae"].train.lr == 1e-3 and cpu["train-vae"].model.likelihood == "gaussian"
+    assert all(r["train-prior"].train.bf16 for r in (cpu, gpu, emoji_cpu))
+    emoji_data = next(s for s in emoji_recipe(tmp_path, "cpu").steps if s.name == "data")
+    assert emoji_data.args["skin_tones"] is False
+    assembles = [next(s for s in shapes_recipe(tmp_path, b).steps if s.name == "assemble") for b in ("cpu", "gpu")]
+    assert all(a.args["sampling"].guidance_scale == 2.0 for a in assembles)
+
+
+def test_versions_are_kept_and_named(tmp_path):
+    assert build_recipe("shapes", tmp_path, "cpu", version=1).version == 1
+    r = dalle("recipe", "shapes", "--out", tmp_path, "--recipe-version", "7")
+    assert r.returncode == 1 and "the shapes recipe has versions 1 to" in r.stderr
 
 
 @pytest.mark.parametrize("args, message", [
     (["--budget", "tpu"], "unknown budget 'tpu'"),
+    (["--budget", "quick"], "--quick is its own budget"),
     (["--quick", "--budget", "gpu"], "--quick is its own budget"),
     (["--from", "somewhere"], "the shapes recipe makes its own data; --from is for emoji and fashion-mnist"),
     (["--cache", "somewhere"], "--cache keeps the emoji recipe's npm downloads")])

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from dalle.errors import DalleError
 from dalle.serve import create_app
 from test_pipeline import tiny_pipeline
 
@@ -162,6 +163,32 @@ def test_job_past_the_time_limit_is_stopped(pipeline):
                                 "candidates or images")  # stopped after the first of 16 codes
         r = client.get(f"/api/jobs/{job_id}/images/0.png")
         assert r.status_code == 409 and r.json()["error"] == f"job {job_id} has no images (status: timed_out)"
+
+
+class Failing:
+    """A pipeline whose calls raise `error`."""
+
+    def __init__(self, pipeline, error: Exception) -> None:
+        self.pipeline, self.error = pipeline, error
+
+    def __getattr__(self, name):
+        return getattr(self.pipeline, name)
+
+    def __call__(self, prompt, **options):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, message", [
+    (DalleError("the image to complete must be 3x64x64"), "the image to complete must be 3x64x64"),
+    (ValueError("a bug"), "internal error: ValueError: a bug"),
+])
+def test_a_user_error_fails_the_job_and_a_bug_is_logged(pipeline, caplog, error, message):
+    with TestClient(create_app(Failing(pipeline, error))) as client:
+        job_id = client.post("/api/generate", json={"prompt": "a red circle", "images": 1}).json()["id"]
+        job = wait_for(client, job_id)
+    assert job["status"] == "failed" and job["error"] == message
+    logged = [r for r in caplog.records if r.name == "dalle.serve.jobs"]
+    assert bool(logged) == (type(error) is ValueError)
 
 
 def test_unknown_things_are_404_json(client):

@@ -1,4 +1,4 @@
-"""Property tests for the `shapes` benchmark: generator, parser and evaluator (SHAPES.md)."""
+"""Property tests for the `shapes` benchmark: generator, parser and evaluator (docs/shapes.md)."""
 
 from __future__ import annotations
 

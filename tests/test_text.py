@@ -49,7 +49,7 @@ def test_bad_captions_get_clear_errors(tokenizer):
         tokenizer.encode(b"a red \xff circle")
     with pytest.raises(ValueError, match="UTF-8 cannot encode"):
         tokenizer.encode("a red \udcff circle")
-    assert tokenizer.decode(tokenizer.encode("a red circle".encode())) == "a red circle"
+    assert tokenizer.decode(tokenizer.encode(b"a red circle")) == "a red circle"
 
 
 def test_truncation_warns_by_how_much(tokenizer):

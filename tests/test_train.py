@@ -147,7 +147,7 @@ def test_killed_writer_never_corrupts_checkpoint(tmp_path):
     )
     path = tmp_path / "checkpoint.pt"
     generator = torch.Generator().manual_seed(0)
-    for trial in range(5):
+    for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-c", script, str(path)])
         deadline = time.time() + 60
         while not path.exists() and time.time() < deadline:
@@ -232,3 +232,66 @@ def test_dvae_random_crops_are_keyed_to_the_sample():
     assert not torch.equal(cropped, DVAELoss(0)(model, batch, step=5)[0])
     with pytest.raises(ValueError, match="max_crop"):
         random_crops(images, [sample_rng(0, 0, 0)] * 4, 1.0)
+
+
+def test_the_prior_logs_model_tflops_and_mfu_the_dvae_only_its_rate(tmp_path):
+    import csv
+
+    from torch.utils.data import TensorDataset
+
+    from dalle.config import PriorConfig
+    from dalle.prior import Prior
+    from dalle.train.loop import Trainer
+
+    torch.manual_seed(0)
+    prior = Prior(PriorConfig.tiny())
+    c = prior.config
+    streams = TensorDataset(torch.randint(0, c.text_vocab_size, (16, c.text_length + 1)),
+                            torch.randint(0, c.image_vocab_size, (16, c.grid_size, c.grid_size)))
+    trainer = Trainer(prior, streams, tiny_train_config(steps=4), tmp_path / "prior",
+                      lambda model, batch, step: (model(*batch).loss, {}), peak_flops=1e9,
+                      show_progress=False)
+    trainer.fit()
+    trainer.close()
+    rows = list(csv.DictReader((tmp_path / "prior" / "metrics.csv").open()))
+    assert len(rows) == 2
+    for row in rows:
+        tokens_per_s = float(row["samples_per_s"]) * prior.sequence_length
+        assert float(row["model_tflops"]) == pytest.approx(prior.flops_per_token() * tokens_per_s / 1e12, rel=1e-4)
+        assert float(row["mfu"]) == pytest.approx(float(row["model_tflops"]) * 1e12 / 1e9, rel=1e-4)
+
+    make_trainer(tmp_path / "dvae", tiny_train_config(steps=2)).fit()
+    header = (tmp_path / "dvae" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "samples_per_s" in header and "model_tflops" not in header and "mfu" not in header
+
+
+def test_activation_checkpointing_of_the_dvae_groups_changes_nothing(tmp_path):
+    plain = make_trainer(tmp_path / "plain", tiny_train_config(steps=3)).fit()
+    checkpointed = make_trainer(tmp_path / "ac", tiny_train_config(steps=3, activation_checkpointing=True))
+    assert any("CheckpointWrapper" in type(m).__name__ for m in checkpointed.model.modules())
+    checkpointed = checkpointed.fit()
+    a, b = plain.state_dict(), checkpointed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_models_name_their_parallel_units_and_others_are_refused():
+    from dalle.clip import CLIP
+    from dalle.config import CLIPConfig, DVAEConfig, PriorConfig
+    from dalle.dvae import DiscreteVAE
+    from dalle.errors import DalleError
+    from dalle.prior import Prior
+    from dalle.train.distributed import apply_activation_checkpointing
+
+    prior, clip = Prior(PriorConfig.tiny()), CLIP(CLIPConfig.tiny())
+    dvae = DiscreteVAE(DVAEConfig.tiny())
+    assert prior.parallel_units() == list(prior.blocks)
+    assert len(clip.parallel_units()) == clip.config.image_depth + clip.config.text_depth
+    assert len(dvae.parallel_units()) == 2 * dvae.config.num_groups
+    names = list(clip.state_dict())
+    apply_activation_checkpointing(clip)
+    assert list(clip.state_dict()) == names
+    assert all(type(unit).__name__ == "CheckpointWrapper" for unit in clip.parallel_units())
+    with pytest.raises(DalleError, match="Linear names no units"):
+        apply_activation_checkpointing(torch.nn.Linear(2, 2))

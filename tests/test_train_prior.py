@@ -8,7 +8,14 @@ from safetensors.torch import load_file
 from dalle.data.codes import CodesDataset
 from dalle.text import TextTokenizer
 from dalle.train.prior import PriorLoss, check_compatible, train_prior
-from helpers import assert_same_weights, one_and_two_processes, tiny_prior_config, tiny_prior_data, tiny_train_config
+from dalle.train.runs import PriorRun
+from helpers import (
+    assert_same_weights,
+    one_and_two_processes,
+    tiny_prior_config,
+    tiny_prior_data,
+    tiny_train_config,
+)
 
 HERE = Path(__file__).parent
 
@@ -22,8 +29,9 @@ def data(tmp_path_factory) -> Path:
 
 def run(data: Path, out: Path, steps: int = 6, resume: bool = False, **kwargs):
     config = tiny_train_config(steps=steps, **kwargs)
-    return train_prior(data / "codes", data / "tokenizer", out, tiny_prior_config(data), config,
-                       caption_drop=0.3, resume=resume, show_progress=False)
+    return train_prior(PriorRun(data / "codes", out, tokenizer=data / "tokenizer",
+                                model=tiny_prior_config(data), train=config, caption_drop=0.3),
+                       resume=resume, show_progress=False)
 
 
 def state(model) -> dict[str, torch.Tensor]:
@@ -33,8 +41,9 @@ def state(model) -> dict[str, torch.Tensor]:
 def test_training_lowers_the_loss_and_logs_validation(data, tmp_path):
     config = tiny_train_config(steps=40, lr=1e-2, warmup_steps=4, log_every=10, eval_every=20,
                                checkpoint_every=40)
-    train_prior(data / "codes", data / "tokenizer", tmp_path, tiny_prior_config(data), config,
-                val_codes_dir=data / "codes", show_progress=False)
+    train_prior(PriorRun(data / "codes", tmp_path, tokenizer=data / "tokenizer",
+                         val_data=data / "codes", model=tiny_prior_config(data), train=config,
+                         caption_drop=0.0), show_progress=False)
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     image = [float(r["image_loss"]) for r in rows if r["image_loss"]]
     assert image[-1] < image[0]
@@ -104,3 +113,22 @@ def test_two_processes_match_one(data, tmp_path, mode):
     saved = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
     assert saved["step"] == 4 and saved["model"].keys() == one.keys()
     assert all(saved["model"][k].shape == one[k].shape for k in one)
+
+
+def test_a_library_call_with_the_small_preset_trains_with_the_papers_adamw(data, tmp_path):
+    """train_prior(PriorRun.create(...)) names no optimiser setting, yet the optimiser that ran
+    is appendix B.2's: betas (0.9, 0.96), weight decay 4.5e-2, gradient norm clipped at 4."""
+    from dalle.train.checkpoint import load_checkpoint
+
+    run = PriorRun.create(data=data / "codes", tokenizer=data / "tokenizer", out=tmp_path,
+                          preset="small", steps=1, batch_size=4, device="cpu")
+    model = train_prior(run, show_progress=False)
+    assert (model.config.dim, model.config.depth, model.config.heads) == (256, 8, 8)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    decayed, not_decayed = state["optimizer"]["param_groups"]
+    assert tuple(decayed["betas"]) == (0.9, 0.96) and decayed["weight_decay"] == 4.5e-2
+    assert not_decayed["weight_decay"] == 0.0  # biases and gains
+    assert state["train_config"]["grad_clip"] == 4.0
+    assert "grad_norm" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    recorded = PriorRun.load(tmp_path / "config.json")
+    assert recorded.train.betas == (0.9, 0.96) and recorded.model == model.config

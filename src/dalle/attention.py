@@ -27,6 +27,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from dalle.errors import DalleError
+
 LAYOUTS = ("dense", "row", "column", "conv")
 # The fewest queries in a block of `sparse_attention`. Smaller blocks measured slower on CPU:
 # they copy the shared text keys more often and give SDPA smaller tasks.
@@ -45,24 +47,24 @@ def layer_layouts(n_layers: int, layout: str = "sparse") -> list[str]:
     otherwise, and the last layer uses ``conv``. Any name in `LAYOUTS` is repeated in every layer.
     """
     if n_layers < 1:
-        raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+        raise DalleError(f"n_layers must be at least 1, got {n_layers}")
     if layout == "sparse":
         return ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, n_layers)] + ["conv"]
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown attention layout {layout!r}; "
+        raise DalleError(f"unknown attention layout {layout!r}; "
                          f"expected 'sparse' or one of {', '.join(LAYOUTS)}")
     return [layout] * n_layers
 
 
-def attention_mask(layout: str, text_len: int, grid: int, *, row_window: int | None = None,
+def attention_mask(layout: str, text_length: int, grid: int, *, row_window: int | None = None,
                    conv_kernel: int = 11, device: torch.device | str | None = None) -> torch.Tensor:
     """The dense (S, S) boolean mask of a layout, True where query row i may attend to key j.
 
     `row_window` is W of the ``row`` layout (default G, i.e. G + 1 tokens with self) and
     `conv_kernel` the odd side k of the ``conv`` neighbourhood.
     """
-    window, kernel = _check_args(layout, text_len, grid, row_window, conv_kernel)
-    T, N = text_len, grid * grid
+    window, kernel = _check_args(layout, text_length, grid, row_window, conv_kernel)
+    T, N = text_length, grid * grid
     mask = torch.zeros(T + N, T + N, dtype=torch.bool, device=device)
     mask[:T, :T] = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     mask[T:, :T] = True
@@ -80,16 +82,16 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.T
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, text_len: int,
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, text_length: int,
                         grid: int, *, row_window: int | None = None, conv_kernel: int = 11) -> torch.Tensor:
     """Attention of (B, H, S, D) queries, keys and values under the layout's dense mask: O(S^2)."""
-    _check_shapes(q, k, v, text_len, grid)
-    mask = attention_mask(layout, text_len, grid, row_window=row_window, conv_kernel=conv_kernel,
+    _check_shapes(q, k, v, text_length, grid)
+    mask = attention_mask(layout, text_length, grid, row_window=row_window, conv_kernel=conv_kernel,
                           device=q.device)
     return sdpa(q, k, v, attn_mask=mask)
 
 
-def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, text_len: int,
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, text_length: int,
                      grid: int, *, row_window: int | None = None, conv_kernel: int = 11) -> torch.Tensor:
     """Attention of (B, H, S, D) queries, keys and values computing only what the layout allows.
 
@@ -98,11 +100,11 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     blocks of whole grid rows (or columns), each with just the keys it can see (see `_plan`),
     through one SDPA call.
     """
-    window, kernel = _check_args(layout, text_len, grid, row_window, conv_kernel)
-    _check_shapes(q, k, v, text_len, grid)
+    window, kernel = _check_args(layout, text_length, grid, row_window, conv_kernel)
+    _check_shapes(q, k, v, text_length, grid)
     if layout == "dense":
         return sdpa(q, k, v, is_causal=True)
-    T = text_len
+    T = text_length
     plan = _plan(layout, T, grid, window, kernel, q.device)
     if plan.keys is None:
         return sdpa(q, k, v, attn_mask=plan.mask)
@@ -122,6 +124,26 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     return torch.cat([text, image], dim=2)
 
 
+@lru_cache(maxsize=64)
+def attention_pairs(layout: str, text_length: int, grid: int, *, row_window: int | None = None,
+                    conv_kernel: int = 11, executed: bool = False) -> int:
+    """Query-key pairs of one head of one layer: those the layout lets attend, or (`executed`)
+    those `sparse_attention` hands its kernels.
+
+    Executed: S^2 for ``dense`` (SDPA's causal flag skips half, but counts the whole square, as
+    FlopCounterMode has it); otherwise T^2 for the text plus every block's queries x keys, or S^2
+    where the plan makes one masked call over the whole stream (small grids).
+    """
+    window, kernel = _check_args(layout, text_length, grid, row_window, conv_kernel)
+    S = text_length + grid * grid
+    if not executed:
+        return int(attention_mask(layout, text_length, grid, row_window=window, conv_kernel=kernel).sum())
+    if layout == "dense":
+        return S * S
+    plan = _plan(layout, text_length, grid, window, kernel, torch.device("cpu"))
+    return plan.mask.numel() + (0 if plan.keys is None else text_length**2)
+
+
 class _Plan(NamedTuple):
     """Where a layout's image blocks read and write: positions in the stream and their mask."""
 
@@ -134,7 +156,7 @@ class _Plan(NamedTuple):
 
 @lru_cache(maxsize=64)
 @torch.inference_mode(False)  # a plan cached under inference mode must still serve autograd later
-def _plan(layout: str, text_len: int, grid: int, window: int, kernel: int, device: torch.device) -> _Plan:
+def _plan(layout: str, text_length: int, grid: int, window: int, kernel: int, device: torch.device) -> _Plan:
     """Cut a layout's image queries into blocks of L that each see K keys, read off its dense mask.
 
     A block is m whole grid rows, or m grid columns for ``column`` (the paper's transposed image
@@ -146,25 +168,25 @@ def _plan(layout: str, text_len: int, grid: int, window: int, kernel: int, devic
     takes only masks of shape (1 | B, 1 | H, L, S). Where the blocks would still compute more
     than `_BLOCKS_WORTH` of the S^2 pairs, the plan has no blocks, only the dense mask.
     """
-    dense = attention_mask(layout, text_len, grid, row_window=window, conv_kernel=kernel, device=device)
+    dense = attention_mask(layout, text_length, grid, row_window=window, conv_kernel=kernel, device=device)
     image = torch.arange(grid * grid, device=device).view(grid, grid)
     if layout == "column":
         image = image.T
-    order = text_len + image.flatten()
+    order = text_length + image.flatten()
     block = min(-(-_MIN_BLOCK // grid), grid) * grid
     pad = (-grid * grid) % block
-    queries = F.pad(order, (0, pad), value=text_len).view(-1, block)
+    queries = F.pad(order, (0, pad), value=text_length).view(-1, block)
     seen = dense[queries].any(dim=1)
     n_keys = int(seen.sum(dim=1).max())
     # A stable sort lists each block's visible keys first, in stream order.
     keys = torch.sort(seen.logical_not().byte(), dim=1, stable=True).indices[:, :n_keys]
-    if text_len**2 + keys.numel() * block > _BLOCKS_WORTH * len(dense) ** 2:
+    if text_length**2 + keys.numel() * block > _BLOCKS_WORTH * len(dense) ** 2:
         return _Plan(None, None, dense[None, None], None)
     mask = dense[queries[:, :, None], keys[:, None, :]][None]
     if pad == 0 and layout != "column":
         return _Plan(None, keys.flatten(), mask, None)
     outputs = torch.empty_like(order)
-    outputs[order - text_len] = torch.arange(len(order), device=device)
+    outputs[order - text_length] = torch.arange(len(order), device=device)
     return _Plan(queries.flatten(), keys.flatten(), mask, outputs)
 
 
@@ -182,28 +204,28 @@ def _allowed(layout: str, iq: torch.Tensor, ik: torch.Tensor, grid: int, window:
     return causal & (rk >= rq - kernel // 2) & ((ck - cq).abs() <= kernel // 2)
 
 
-def _check_args(layout: str, text_len: int, grid: int, row_window: int | None,
+def _check_args(layout: str, text_length: int, grid: int, row_window: int | None,
                 conv_kernel: int) -> tuple[int, int]:
     """Validate the layout's arguments; return the row window (default: the grid side) and kernel."""
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown attention layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-    if text_len < 1 or grid < 1:
-        raise ValueError(f"text_len and grid must be positive, got text_len={text_len}, grid={grid}")
+        raise DalleError(f"unknown attention layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if text_length < 1 or grid < 1:
+        raise DalleError(f"text_length and grid must be positive, got text_length={text_length}, grid={grid}")
     window = grid if row_window is None else row_window
     if window < 0:
-        raise ValueError(f"row_window must be non-negative, got {row_window}")
+        raise DalleError(f"row_window must be non-negative, got {row_window}")
     if conv_kernel < 1 or conv_kernel % 2 == 0:
-        raise ValueError(f"conv_kernel must be a positive odd number, got {conv_kernel}")
+        raise DalleError(f"conv_kernel must be a positive odd number, got {conv_kernel}")
     return window, conv_kernel
 
 
-def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int, grid: int) -> None:
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_length: int, grid: int) -> None:
     if q.dim() != 4 or q.shape != k.shape or k.shape[:3] != v.shape[:3]:
-        raise ValueError(f"expected (B, H, S, D) queries, keys and values of one shape, got "
+        raise DalleError(f"expected (B, H, S, D) queries, keys and values of one shape, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[2] != text_len + grid * grid:
-        raise ValueError(f"sequence length {q.shape[2]} != text_len + grid**2 = "
-                         f"{text_len} + {grid}**2 = {text_len + grid * grid}")
+    if q.shape[2] != text_length + grid * grid:
+        raise DalleError(f"sequence length {q.shape[2]} != text_length + grid**2 = "
+                         f"{text_length} + {grid}**2 = {text_length + grid * grid}")
 
 
 class LayerCache:
@@ -216,11 +238,11 @@ class LayerCache:
     layout's row of the mask, so nothing before the text is ever recomputed.
     """
 
-    def __init__(self, layout: str, text_len: int, grid: int, *, row_window: int | None = None,
+    def __init__(self, layout: str, text_length: int, grid: int, *, row_window: int | None = None,
                  conv_kernel: int = 11, device: torch.device | str = "cpu") -> None:
-        self.text_len = text_len
-        self.masks = _ring_masks(layout, text_len, grid, row_window, conv_kernel, torch.device(device))
-        self.ring = self.masks.shape[-1] - text_len
+        self.text_length = text_length
+        self.masks = _ring_masks(layout, text_length, grid, row_window, conv_kernel, torch.device(device))
+        self.ring = self.masks.shape[-1] - text_length
         self.k = self.v = torch.empty(0)
 
     def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -230,7 +252,7 @@ class LayerCache:
         dtype of `k` (bf16 under autocast).
         """
         B, H, _, D = k.shape
-        T = self.text_len
+        T = self.text_length
         self.k = k.new_zeros(B, H, T + self.ring, D)
         self.v = v.new_zeros(B, H, T + self.ring, D)
         self.k[:, :, : T + 1] = k
@@ -244,12 +266,13 @@ class LayerCache:
         `position` may be a 0-d tensor on the cache's device: then nothing here depends on its
         value on the host, so one CUDA graph capture serves every position.
         """
-        slot = self.text_len + position % self.ring
         if isinstance(position, torch.Tensor):
-            self.k.index_copy_(2, slot.view(1), k)
-            self.v.index_copy_(2, slot.view(1), v)
+            index = (self.text_length + position % self.ring).view(1)
+            self.k.index_copy_(2, index, k)
+            self.v.index_copy_(2, index, v)
             mask = self.masks.index_select(0, position.view(1))[0]
         else:
+            slot = self.text_length + position % self.ring
             self.k[:, :, slot] = k[:, :, 0]
             self.v[:, :, slot] = v[:, :, 0]
             mask = self.masks[position]
@@ -259,11 +282,11 @@ class LayerCache:
 
 @lru_cache(maxsize=64)
 @torch.inference_mode(False)
-def _ring_masks(layout: str, text_len: int, grid: int, row_window: int | None, conv_kernel: int,
+def _ring_masks(layout: str, text_length: int, grid: int, row_window: int | None, conv_kernel: int,
                 device: torch.device) -> torch.Tensor:
     """(N, 1, 1, T + R) masks: for image position p, which text and ring slots it may see."""
-    dense = attention_mask(layout, text_len, grid, row_window=row_window, conv_kernel=conv_kernel,
-                           device=device)[text_len:, text_len:]
+    dense = attention_mask(layout, text_length, grid, row_window=row_window, conv_kernel=conv_kernel,
+                           device=device)[text_length:, text_length:]
     n = grid * grid
     p = torch.arange(n, device=device)
     lookback = int((p[:, None] - p[None, :])[dense].max())
@@ -273,5 +296,5 @@ def _ring_masks(layout: str, text_len: int, grid: int, row_window: int | None, c
     # p' = j (mod R); negative when nothing has been written there yet.
     held = p[:, None] - (p[:, None] - slots[None, :]) % ring
     visible = (held >= 0) & dense[p[:, None], held.clamp(min=0)]
-    text = torch.ones(n, text_len, dtype=torch.bool, device=device)
+    text = torch.ones(n, text_length, dtype=torch.bool, device=device)
     return torch.cat([text, visible], dim=1)[:, None, None, :]  # SDPA's fast path wants 4-D

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.config import CLIPConfig
+from dalle.errors import DalleError
 from dalle.pretrained import PretrainedModel, init_transformer_weights
 
 
@@ -133,6 +134,7 @@ class CLIP(PretrainedModel):
     """Image and text towers into one unit-norm space: `forward` trains, `score` reranks."""
 
     config_class = CLIPConfig
+    config: CLIPConfig
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
@@ -142,22 +144,27 @@ class CLIP(PretrainedModel):
         self.apply(init_transformer_weights)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init))
 
+    def parallel_units(self) -> list[nn.Module]:
+        """Both towers' transformer blocks: what FSDP shards one by one and activation
+        checkpointing recomputes (`dalle.train.distributed`)."""
+        return [*self.image_encoder.transformer.blocks, *self.text_encoder.transformer.blocks]
+
     def _check_images(self, images: torch.Tensor) -> None:
         s = self.config.image_size
         if images.ndim != 4 or images.shape[1:] != (3, s, s):
-            raise ValueError(f"images must be (batch, 3, {s}, {s}), got {tuple(images.shape)}")
+            raise DalleError(f"images must be (batch, 3, {s}, {s}), got {tuple(images.shape)}")
         if not images.is_floating_point():
-            raise ValueError(f"images must be floats in [0, 1], got {images.dtype}")
+            raise DalleError(f"images must be floats in [0, 1], got {images.dtype}")
 
     def _check_text(self, text_ids: torch.Tensor) -> None:
         c = self.config
         if text_ids.ndim != 2 or not 1 <= text_ids.shape[1] <= c.text_length + 1:
-            raise ValueError(f"text ids must be (batch, at most {c.text_length + 1}), got "
+            raise DalleError(f"text ids must be (batch, at most {c.text_length + 1}), got "
                              f"{tuple(text_ids.shape)}")
         if text_ids.is_floating_point():
-            raise ValueError(f"text ids must be integers, got {text_ids.dtype}")
+            raise DalleError(f"text ids must be integers, got {text_ids.dtype}")
         if text_ids.numel() and (text_ids.min() < 0 or text_ids.max() >= c.text_vocab_size):
-            raise ValueError(f"text ids must lie in [0, {c.text_vocab_size}); was this model "
+            raise DalleError(f"text ids must lie in [0, {c.text_vocab_size}); was this model "
                              f"trained with another tokenizer?")
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -181,11 +188,11 @@ class CLIP(PretrainedModel):
         """
         n, t = len(images), len(text_ids)
         if t < n:
-            raise ValueError(f"{n} images but only {t} captions")
+            raise DalleError(f"{n} images but only {t} captions")
         if positives is None:
             positives = torch.eye(n, t, dtype=torch.bool, device=images.device)
         elif positives.shape != (n, t) or not positives.diagonal().all():
-            raise ValueError(f"positives must be a ({n}, {t}) bool matrix with a true diagonal")
+            raise DalleError(f"positives must be a ({n}, {t}) bool matrix with a true diagonal")
         image_embeds, text_embeds = self.encode_image(images), self.encode_text(text_ids)
         scale = self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp()
         logits_per_image = scale * image_embeds @ text_embeds.T
@@ -202,5 +209,5 @@ class CLIP(PretrainedModel):
         To rerank N candidates for one caption, pass its ids repeated N times.
         """
         if len(images) != len(text_ids):
-            raise ValueError(f"{len(images)} images but {len(text_ids)} captions")
+            raise DalleError(f"{len(images)} images but {len(text_ids)} captions")
         return (self.encode_image(images) * self.encode_text(text_ids)).sum(-1)

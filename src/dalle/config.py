@@ -1,7 +1,12 @@
-"""Configuration dataclasses with a JSON round-trip.
+"""Configuration dataclasses with a JSON round-trip, the models' named presets, and each stage's
+training defaults.
 
-Every model takes one config and nothing else (nanoGPT style). Paper-scale presets sit next to the
-tiny ones used by tests, so `DVAEConfig.paper()` is the released dVAE of Ramesh et al. 2021 §2.1.
+Every model takes one config and nothing else (nanoGPT style). Each model config has named presets
+(`DVAEConfig.preset("small")`, torchtitan's "flavours"): `tiny` for tests, `small` the size the
+bundled pipelines were trained at, `base` a few hundred million parameters at the paper's 32x32
+grid, and `paper` the published model (`DVAEConfig.paper()` is the released dVAE of Ramesh et al.
+2021 §2.1). `DVAE_TRAINING`, `PRIOR_TRAINING` and `CLIP_TRAINING` are each stage's optimiser
+defaults, the paper's AdamW settings where it gives them.
 """
 
 from __future__ import annotations
@@ -9,8 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+from dalle.errors import DalleError
 
 T = TypeVar("T", bound="JSONConfig")
 
@@ -23,17 +31,36 @@ class JSONConfig:
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        if not isinstance(data, dict):
+            raise DalleError(f"a {cls.__name__} must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        # JSON has no tuples; restore them so that a round trip compares equal.
-        kwargs = {
-            k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v
-            for k, v in data.items()
-        }
+            raise DalleError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in data.items():
+            hint = hints[key]
+            if isinstance(hint, type) and issubclass(hint, JSONConfig):  # a nested config
+                value = hint.from_dict(value)
+            elif isinstance(value, list) and typing.get_origin(hint) is tuple:
+                value = tuple(value)  # JSON has no tuples; restore them so a round trip compares equal
+            kwargs[key] = value
         return cls(**kwargs)
+
+    @classmethod
+    def presets(cls: type[T]) -> dict[str, T]:
+        """The named configurations of this class (none unless a subclass defines them)."""
+        return {}
+
+    @classmethod
+    def preset(cls: type[T], name: str, **overrides: Any) -> T:
+        """The preset called `name`, with `overrides` replacing some of its fields."""
+        presets = cls.presets()
+        if name not in presets:
+            choices = ", ".join(presets) or "none"
+            raise DalleError(f"no {cls.__name__} preset {name!r}; choose from {choices}")
+        return dataclasses.replace(presets[name], **overrides)  # type: ignore[type-var]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -53,7 +80,7 @@ class JSONConfig:
         try:
             return cls.from_json(path.read_text())
         except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise ValueError(f"{path} is not a valid {cls.__name__}: {e}") from None
+            raise DalleError(f"{path} is not a valid {cls.__name__}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,25 +110,26 @@ class DVAEConfig(JSONConfig):
     # The pixel likelihood: "logit-laplace" (paper, appendix A.3; mu and a learned scale b per
     # pixel) or "gaussian" (mean only, fixed `gaussian_sigma`, on the same mapped pixels). On
     # black-background data a learned scale becomes tiny on the background and wide on objects,
-    # so edges outweigh colour and the codes carry geometry but not colour (README, "Stage 1").
+    # so edges outweigh colour and the codes carry geometry but not colour
+    # (docs/history.md, "Stage 1 on shapes").
     likelihood: str = "logit-laplace"
     gaussian_sigma: float = 0.07
 
     def __post_init__(self) -> None:
         if self.downsample < 2 or self.downsample & (self.downsample - 1):
-            raise ValueError(f"downsample must be a power of two >= 2, got {self.downsample}")
+            raise DalleError(f"downsample must be a power of two >= 2, got {self.downsample}")
         if self.image_size % self.downsample:
-            raise ValueError(
+            raise DalleError(
                 f"image_size {self.image_size} is not divisible by downsample {self.downsample}"
             )
         if self.hidden % 4 or self.decoder_init < 1 or self.vocab_size < 2:
-            raise ValueError("hidden must be a multiple of 4; decoder_init and vocab_size positive")
+            raise DalleError("hidden must be a multiple of 4; decoder_init and vocab_size positive")
         if not 0 < self.logit_laplace_eps < 0.5:
-            raise ValueError("logit_laplace_eps must be in (0, 0.5)")
+            raise DalleError("logit_laplace_eps must be in (0, 0.5)")
         if self.likelihood not in ("logit-laplace", "gaussian"):
-            raise ValueError(f"likelihood must be 'logit-laplace' or 'gaussian', got {self.likelihood!r}")
+            raise DalleError(f"likelihood must be 'logit-laplace' or 'gaussian', got {self.likelihood!r}")
         if self.gaussian_sigma <= 0:
-            raise ValueError(f"gaussian_sigma must be positive, got {self.gaussian_sigma}")
+            raise DalleError(f"gaussian_sigma must be positive, got {self.gaussian_sigma}")
 
     @property
     def num_groups(self) -> int:
@@ -117,15 +145,31 @@ class DVAEConfig(JSONConfig):
         return 2 * self.channels if self.likelihood == "logit-laplace" else self.channels
 
     @classmethod
-    def paper(cls) -> "DVAEConfig":
+    def paper(cls) -> DVAEConfig:
         """The released dVAE: 256 px, f = 8, K = 8192, 256 hidden, 2 blocks per group."""
         return cls()
 
     @classmethod
-    def tiny(cls) -> "DVAEConfig":
+    def tiny(cls) -> DVAEConfig:
         """A few-thousand-parameter model for tests."""
         return cls(image_size=16, downsample=4, vocab_size=32, hidden=8, blocks_per_group=1,
                    decoder_init=8, tau_steps=100, kl_warmup_steps=20)
+
+    @classmethod
+    def small(cls) -> DVAEConfig:
+        """The bundled pipelines' dVAE: 64 px -> 8x8 codes of 512, 0.8M parameters. Its tau and
+        KL schedules follow the run's length (`dalle.train.runs`)."""
+        return cls(image_size=64, downsample=8, vocab_size=512, hidden=32, blocks_per_group=1,
+                   decoder_init=64)
+
+    @classmethod
+    def base(cls) -> DVAEConfig:
+        """The paper's 256 px -> 32x32 grid of 8192 codes at half its width."""
+        return cls(hidden=128, decoder_init=64)
+
+    @classmethod
+    def presets(cls) -> dict[str, DVAEConfig]:
+        return {"tiny": cls.tiny(), "small": cls.small(), "base": cls.base(), "paper": cls.paper()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +188,9 @@ class TokenizerConfig(JSONConfig):
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1 or self.text_length < 1:
-            raise ValueError("vocab_size and text_length must be positive")
+            raise DalleError("vocab_size and text_length must be positive")
         if not 0 <= self.bpe_dropout < 1:
-            raise ValueError(f"bpe_dropout must be in [0, 1), got {self.bpe_dropout}")
+            raise DalleError(f"bpe_dropout must be in [0, 1), got {self.bpe_dropout}")
 
     @property
     def pad_id(self) -> int:
@@ -193,27 +237,43 @@ class PriorConfig(JSONConfig):
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+            raise DalleError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if min(self.text_vocab_size, self.text_length, self.image_vocab_size, self.grid_size,
                self.dim, self.depth, self.heads, self.head_dim, self.mlp_ratio) < 1:
-            raise ValueError("vocabulary sizes, lengths and widths must be positive")
+            raise DalleError("vocabulary sizes, lengths and widths must be positive")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
-            raise ValueError(f"conv_kernel must be odd, got {self.conv_kernel}")
+            raise DalleError(f"conv_kernel must be odd, got {self.conv_kernel}")
 
     @property
     def image_tokens(self) -> int:
         return self.grid_size**2
 
     @classmethod
-    def paper(cls) -> "PriorConfig":
+    def paper(cls) -> PriorConfig:
         """The 12B model: 64 layers, 62 heads of 64, 256 text + 32x32 image tokens."""
         return cls()
 
     @classmethod
-    def tiny(cls) -> "PriorConfig":
+    def tiny(cls) -> PriorConfig:
         """A model of a few thousand parameters for tests."""
         return cls(text_vocab_size=40, text_length=6, image_vocab_size=16, grid_size=4, dim=32,
                    depth=3, heads=2, head_dim=16, conv_kernel=3)
+
+    @classmethod
+    def small(cls) -> PriorConfig:
+        """The bundled pipelines' prior: 8 layers of width 256 (8 heads of 32); 6.8M parameters
+        with the shapes vocabularies. A run takes the vocabularies and grid from its data."""
+        return cls(dim=256, depth=8, heads=8, head_dim=32)
+
+    @classmethod
+    def base(cls) -> PriorConfig:
+        """353M parameters at the paper's 32x32 grid and vocabularies: 24 layers of width 1024
+        (16 heads of 64)."""
+        return cls(dim=1024, depth=24, heads=16, head_dim=64)
+
+    @classmethod
+    def presets(cls) -> dict[str, PriorConfig]:
+        return {"tiny": cls.tiny(), "small": cls.small(), "base": cls.base(), "paper": cls.paper()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,15 +308,33 @@ class TrainConfig(JSONConfig):
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+            raise DalleError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.export not in ("ema", "raw"):
-            raise ValueError(f"export must be ema or raw, got {self.export!r}")
+            raise DalleError(f"export must be ema or raw, got {self.export!r}")
         if self.log_format not in ("csv", "tensorboard"):
-            raise ValueError(f"log_format must be csv or tensorboard, got {self.log_format!r}")
+            raise DalleError(f"log_format must be csv or tensorboard, got {self.log_format!r}")
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be positive")
+            raise DalleError("steps and batch_size must be positive")
         if not 0 <= self.ema_decay < 1:
-            raise ValueError("ema_decay must be in [0, 1)")
+            raise DalleError("ema_decay must be in [0, 1)")
+
+
+# Each stage's training defaults; the run configs of `dalle.train.runs` start from them.
+# The dVAE: AdamW as in appendix A.2 (betas 0.9 / 0.999, weight decay 1e-4); lr 2e-3 with a short
+# warm-up suits the small dVAE at batch 16 on a CPU.
+DVAE_TRAINING = TrainConfig(steps=10_000, batch_size=16, lr=2e-3, warmup_steps=100,
+                            betas=(0.9, 0.999), weight_decay=1e-4, log_every=250,
+                            sample_every=1000, checkpoint_every=1000)
+# The prior: appendix B.2's AdamW (betas 0.9 / 0.96, weight decay 4.5e-2) and gradient clipping at
+# norm 4; the paper's lr 4.5e-4 with 5,000 warm-up steps is for batch 1024 over 12B parameters.
+PRIOR_TRAINING = TrainConfig(steps=5_000, batch_size=64, lr=1e-3, warmup_steps=200,
+                             betas=(0.9, 0.96), weight_decay=4.5e-2, grad_clip=4.0, log_every=100,
+                             sample_every=0, eval_every=500, checkpoint_every=500)
+# CLIP: Radford et al. 2021's betas for transformers (0.9 / 0.98) with decoupled weight decay (0.1
+# here, theirs 0.2), clipped at norm 1.
+CLIP_TRAINING = TrainConfig(steps=900, batch_size=64, lr=1e-3, warmup_steps=100,
+                            betas=(0.9, 0.98), weight_decay=0.1, grad_clip=1.0, ema_decay=0.99,
+                            log_every=50, sample_every=0, eval_every=300, checkpoint_every=300)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,21 +366,21 @@ class CLIPConfig(JSONConfig):
 
     def __post_init__(self) -> None:
         if self.patch_size < 2 or self.patch_size & (self.patch_size - 1):
-            raise ValueError(f"patch_size must be a power of two >= 2, got {self.patch_size}")
+            raise DalleError(f"patch_size must be a power of two >= 2, got {self.patch_size}")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size "
+            raise DalleError(f"image_size {self.image_size} is not divisible by patch_size "
                              f"{self.patch_size}")
         if min(self.image_width, self.image_depth, self.image_heads, self.text_length,
                self.text_width, self.text_depth, self.text_heads, self.mlp_ratio,
                self.embed_dim) < 1:
-            raise ValueError("widths, depths, heads and lengths must be positive")
+            raise DalleError("widths, depths, heads and lengths must be positive")
         if self.image_width % self.image_heads or self.text_width % self.text_heads:
-            raise ValueError("image_width and text_width must be multiples of their heads")
+            raise DalleError("image_width and text_width must be multiples of their heads")
         if self.bpe_vocab_size < 1:
-            raise ValueError(f"text_vocab_size {self.text_vocab_size} leaves no BPE ids after "
+            raise DalleError(f"text_vocab_size {self.text_vocab_size} leaves no BPE ids after "
                              f"{self.text_length} pads and start-of-image")
         if self.logit_scale_max <= 0 or self.logit_scale_init > math.log(self.logit_scale_max):
-            raise ValueError("logit_scale_max must be positive and logit_scale_init at most its log")
+            raise DalleError("logit_scale_max must be positive and logit_scale_init at most its log")
 
     @property
     def bpe_vocab_size(self) -> int:
@@ -314,11 +392,27 @@ class CLIPConfig(JSONConfig):
         return self.image_size // self.patch_size
 
     @classmethod
-    def tiny(cls) -> "CLIPConfig":
+    def tiny(cls) -> CLIPConfig:
         """A model of a few thousand parameters for tests."""
         return cls(image_size=16, patch_size=4, image_width=16, image_depth=1, image_heads=2,
                    text_vocab_size=40, text_length=6, text_width=16, text_depth=1, text_heads=2,
                    mlp_ratio=2, embed_dim=8)
+
+    @classmethod
+    def small(cls) -> CLIPConfig:
+        """The bundled pipelines' CLIP (the defaults): 64 px, towers of width 128."""
+        return cls()
+
+    @classmethod
+    def base(cls) -> CLIPConfig:
+        """ViT-B/16's towers for 256 px images: image width 768, text width 512, 12 layers each
+        (Radford et al. 2021)."""
+        return cls(image_size=256, patch_size=16, image_width=768, image_depth=12, image_heads=12,
+                   text_width=512, text_depth=12, text_heads=8, embed_dim=512)
+
+    @classmethod
+    def presets(cls) -> dict[str, CLIPConfig]:
+        return {"tiny": cls.tiny(), "small": cls.small(), "base": cls.base()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,14 +429,14 @@ class SamplingConfig(JSONConfig):
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+            raise DalleError(f"temperature must be positive, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+            raise DalleError(f"top_k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise DalleError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be at least 1 (1 = off), got {self.guidance_scale}")
+            raise DalleError(f"guidance_scale must be at least 1 (1 = off), got {self.guidance_scale}")
 
-    def updated(self, **overrides: float | int | None) -> "SamplingConfig":
+    def updated(self, **overrides: Any) -> SamplingConfig:
         """These settings with every override that is not None applied."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dalle.config import DVAEConfig
+from dalle.errors import DalleError
 from dalle.pretrained import PretrainedModel
 
 
@@ -26,7 +28,7 @@ def conv(n_in: int, n_out: int, kernel: int) -> nn.Conv2d:
     """A 'same' convolution initialised as in the released model: N(0, 1/fan_in), zero bias."""
     layer = nn.Conv2d(n_in, n_out, kernel, padding=(kernel - 1) // 2)
     nn.init.normal_(layer.weight, std=1 / math.sqrt(n_in * kernel**2))
-    nn.init.zeros_(layer.bias)
+    nn.init.zeros_(cast(torch.Tensor, layer.bias))  # Conv2d's bias=True default: never None
     return layer
 
 
@@ -114,9 +116,9 @@ class Decoder(nn.Module):
 
     def forward_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Decode integer codes (B, h, w): the 1x1 input conv on a one-hot is a column lookup."""
-        first = self.blocks.input
+        first = cast(nn.Conv2d, self.blocks.input)
         table = first.weight[:, :, 0, 0].t()  # (K, decoder_init)
-        x = F.embedding(codes, table) + first.bias
+        x = F.embedding(codes, table) + cast(torch.Tensor, first.bias)  # conv() has a bias
         x = x.permute(0, 3, 1, 2)
         for name, module in self.blocks.named_children():
             if name != "input":
@@ -150,12 +152,19 @@ class DiscreteVAE(PretrainedModel):
     """
 
     config_class = DVAEConfig
+    config: DVAEConfig
 
     def __init__(self, config: DVAEConfig) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+
+    def parallel_units(self) -> list[nn.Module]:
+        """The encoder's and decoder's groups (not the input and output convs): what FSDP shards
+        one by one and activation checkpointing recomputes (`dalle.train.distributed`)."""
+        return [module for coder in (self.encoder, self.decoder)
+                for name, module in coder.blocks.named_children() if name.startswith("group_")]
 
     # -- pixels <-> the logit-Laplace domain (appendix A.3) --
     def map_pixels(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +179,7 @@ class DiscreteVAE(PretrainedModel):
         c, s = self.config.channels, self.config.image_size
         if images.ndim != 4 or images.shape[1] != c or images.shape[2] % self.config.downsample \
                 or images.shape[3] % self.config.downsample:
-            raise ValueError(
+            raise DalleError(
                 f"expected images of shape (B, {c}, H, W) with H, W multiples of "
                 f"{self.config.downsample} (trained at {s}x{s}), got {tuple(images.shape)}"
             )
@@ -194,9 +203,9 @@ class DiscreteVAE(PretrainedModel):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] from codes (B, h, w)."""
         if codes.dtype not in (torch.int32, torch.int64) or codes.ndim != 3:
-            raise ValueError(f"expected integer codes of shape (B, h, w), got {codes.dtype} {tuple(codes.shape)}")
+            raise DalleError(f"expected integer codes of shape (B, h, w), got {codes.dtype} {tuple(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.vocab_size):
-            raise ValueError(f"codes must lie in [0, {self.config.vocab_size}), got "
+            raise DalleError(f"codes must lie in [0, {self.config.vocab_size}), got "
                              f"[{int(codes.min())}, {int(codes.max())}]")
         return self.reconstruct_from_stats(self.decoder.forward_codes(codes.long()))
 

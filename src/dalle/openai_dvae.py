@@ -38,6 +38,7 @@ import torch
 
 from dalle.config import DVAEConfig
 from dalle.dvae import DiscreteVAE
+from dalle.errors import DalleError
 
 # Format constants of torch.save's legacy (non-zip) layout, from torch/serialization.py.
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -47,7 +48,7 @@ ENCODER_CLASS = "dall_e.encoder.Encoder"
 DECODER_CLASS = "dall_e.decoder.Decoder"
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(DalleError):
     """A checkpoint references a global outside the allowlist; nothing was executed."""
 
 
@@ -68,7 +69,7 @@ class _ModuleRecord:
         if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
             state = state[0]  # (dict, slot-state) form that pickle allows
         if not isinstance(state, dict):
-            raise ValueError(f"pickled {self.type_name} has state of type {type(state).__name__}, expected a dict")
+            raise DalleError(f"pickled {self.type_name} has state of type {type(state).__name__}, expected a dict")
         self.state = state
 
 
@@ -105,7 +106,7 @@ class _TensorRef:
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(type(v) is int for v in value):
-        raise ValueError(f"tensor {what} must be a tuple of ints, got {value!r}")
+        raise DalleError(f"tensor {what} must be a tuple of ints, got {value!r}")
     return tuple(value)
 
 
@@ -113,11 +114,11 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any
                        requires_grad: Any, backward_hooks: Any, metadata: Any = None) -> _TensorRef:
     """Stand-in for `torch._utils._rebuild_tensor_v2`: validate the arguments, defer the bytes."""
     if not isinstance(storage, _StorageRef):
-        raise ValueError(f"tensor storage must come from a persistent id, got {type(storage).__name__}")
+        raise DalleError(f"tensor storage must come from a persistent id, got {type(storage).__name__}")
     if type(storage_offset) is not int:
-        raise ValueError(f"tensor storage offset must be an int, got {storage_offset!r}")
+        raise DalleError(f"tensor storage offset must be an int, got {storage_offset!r}")
     if metadata:  # conj / neg bits: never set on the dVAE's real float weights
-        raise ValueError(f"tensor metadata {metadata!r} is not supported")
+        raise DalleError(f"tensor metadata {metadata!r} is not supported")
     # Hooks are data only here (their callables would have had to pass the allowlist); drop them.
     return _TensorRef(storage, storage_offset, _int_tuple(size, "size"), _int_tuple(stride, "stride"))
 
@@ -125,14 +126,14 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any
 def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) -> _TensorRef:
     """Stand-in for `torch._utils._rebuild_parameter[_with_state]`: a parameter is its data."""
     if not isinstance(data, _TensorRef):
-        raise ValueError(f"parameter data must be a tensor, got {type(data).__name__}")
+        raise DalleError(f"parameter data must be a tensor, got {type(data).__name__}")
     return data
 
 
 def _device(kind: Any, index: Any = None) -> str:
     """Stand-in for `torch.device`: the saving device is irrelevant, weights load on the CPU."""
     if not isinstance(kind, str) or not (index is None or type(index) is int):
-        raise ValueError(f"bad torch.device arguments {kind!r}, {index!r}")
+        raise DalleError(f"bad torch.device arguments {kind!r}, {index!r}")
     return kind if index is None else f"{kind}:{index}"
 
 
@@ -200,16 +201,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
             storage_type, key, _location, numel = pid[1:5]
             if not isinstance(storage_type, _StorageType) or not isinstance(key, str) \
                     or type(numel) is not int or numel < 0 or (len(pid) == 6 and pid[5] is not None):
-                raise ValueError(f"unsupported storage reference {pid!r}")
+                raise DalleError(f"unsupported storage reference {pid!r}")
             ref = self.storages.setdefault(key, _StorageRef(key, storage_type.dtype, numel))
             if (ref.dtype, ref.numel) != (storage_type.dtype, numel):
-                raise ValueError(f"storage {key} is referenced with two different types or sizes")
+                raise DalleError(f"storage {key} is referenced with two different types or sizes")
             return ref
         if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module" \
                 and isinstance(pid[1], type) and issubclass(pid[1], _ModuleRecord):
             # Legacy files name each module class once, with its source code (ignored).
             return pid[1]
-        raise ValueError(f"unsupported persistent id {str(pid)[:80]!r}")
+        raise DalleError(f"unsupported persistent id {str(pid)[:80]!r}")
 
 
 def _unpickle(unpickler: _RestrictedUnpickler) -> Any:
@@ -220,7 +221,7 @@ def _unpickle(unpickler: _RestrictedUnpickler) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - malformed input can fail in many ways
         detail = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        raise ValueError(f"{unpickler.label} is not a readable torch checkpoint ({detail})") from None
+        raise DalleError(f"{unpickler.label} is not a readable torch checkpoint ({detail})") from None
 
 
 # -- the two torch.save layouts --
@@ -233,7 +234,7 @@ def _nbytes(ref: _StorageRef) -> int:
 def _check_nbytes(found: int, ref: _StorageRef, label: str) -> None:
     # Checked before reading, so a forged element count cannot make us allocate gigabytes.
     if found != _nbytes(ref):
-        raise ValueError(f"{label}: storage {ref.key} has {found} bytes, expected {_nbytes(ref)}")
+        raise DalleError(f"{label}: storage {ref.key} has {found} bytes, expected {_nbytes(ref)}")
 
 
 def _flat_storage(raw: bytes, ref: _StorageRef, byteorder: str, label: str) -> torch.Tensor:
@@ -254,20 +255,20 @@ def _read_zip(path: Path, label: str) -> tuple[Any, dict[str, torch.Tensor]]:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
-            raise ValueError(f"{label} is a zip archive but not a torch.save checkpoint (no single <prefix>/data.pkl)")
+            raise DalleError(f"{label} is a zip archive but not a torch.save checkpoint (no single <prefix>/data.pkl)")
         prefix = pickles[0][: -len("data.pkl")]
         byteorder = "little"  # torch's default for files written before the byteorder record
         if prefix + "byteorder" in names:
             byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace")
             if byteorder not in ("little", "big"):
-                raise ValueError(f"{label} has an unknown byteorder record {byteorder!r}")
+                raise DalleError(f"{label} has an unknown byteorder record {byteorder!r}")
         unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), label)
         root = _unpickle(unpickler)
         storages = {}
         for key, ref in unpickler.storages.items():
             member = f"{prefix}data/{key}"
             if member not in names:
-                raise ValueError(f"{label} lacks the storage record {member}")
+                raise DalleError(f"{label} lacks the storage record {member}")
             _check_nbytes(archive.getinfo(member).file_size, ref, label)
             storages[key] = _flat_storage(archive.read(member), ref, byteorder, label)
     return root, storages
@@ -279,34 +280,34 @@ def _read_legacy(path: Path, label: str) -> tuple[Any, dict[str, torch.Tensor]]:
         # The C unpickler reads exactly up to each STOP opcode, so pickles can be read one by one.
         magic = _unpickle(_RestrictedUnpickler(f, label))
         if type(magic) is not int or magic != LEGACY_MAGIC_NUMBER:
-            raise ValueError(f"{label} is not a torch checkpoint (neither a zip archive nor the legacy format)")
+            raise DalleError(f"{label} is not a torch checkpoint (neither a zip archive nor the legacy format)")
         version = _unpickle(_RestrictedUnpickler(f, label))
         if version != LEGACY_PROTOCOL_VERSION:
-            raise ValueError(f"{label} has unsupported legacy protocol version {version!r}")
+            raise DalleError(f"{label} has unsupported legacy protocol version {version!r}")
         _unpickle(_RestrictedUnpickler(f, label))  # sys info: type sizes / endianness of the writer
         unpickler = _RestrictedUnpickler(f, label)
         root = _unpickle(unpickler)
         keys = _unpickle(_RestrictedUnpickler(f, label))
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise ValueError(f"{label} has a malformed storage key list")
+            raise DalleError(f"{label} has a malformed storage key list")
         storages = {}
         for key in keys:
             ref = unpickler.storages.get(key)
             if ref is None:  # the element size is only known from the object's persistent ids
-                raise ValueError(f"{label} stores storage {key} that no tensor references")
+                raise DalleError(f"{label} stores storage {key} that no tensor references")
             header = f.read(8)
             if len(header) != 8:
-                raise ValueError(f"{label} is truncated before storage {key}")
+                raise DalleError(f"{label} is truncated before storage {key}")
             # torch writes the count and the data little-endian whatever the machine.
             (count,) = struct.unpack("<q", header)
             if count != ref.numel:
-                raise ValueError(f"{label}: storage {key} holds {count} elements, expected {ref.numel}")
+                raise DalleError(f"{label}: storage {key} holds {count} elements, expected {ref.numel}")
             if _nbytes(ref) > size - f.tell():
-                raise ValueError(f"{label} is truncated inside storage {key}")
+                raise DalleError(f"{label} is truncated inside storage {key}")
             storages[key] = _flat_storage(f.read(_nbytes(ref)), ref, "little", label)
     missing = sorted(set(unpickler.storages) - set(storages))
     if missing:
-        raise ValueError(f"{label} lacks the data of storage {missing[0]}")
+        raise DalleError(f"{label} lacks the data of storage {missing[0]}")
     return root, storages
 
 
@@ -329,10 +330,10 @@ def _read_checkpoint(path: str | Path) -> tuple[Any, dict[str, torch.Tensor], st
 def _materialise(ref: _TensorRef, storages: dict[str, torch.Tensor], name: str, label: str) -> torch.Tensor:
     flat = storages[ref.storage.key]
     if len(ref.size) != len(ref.stride) or any(s < 0 for s in ref.size + ref.stride) or ref.offset < 0:
-        raise ValueError(f"{label}: tensor {name} has invalid size/stride {ref.size}/{ref.stride}")
+        raise DalleError(f"{label}: tensor {name} has invalid size/stride {ref.size}/{ref.stride}")
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
     if all(ref.size) and last >= flat.numel():
-        raise ValueError(f"{label}: tensor {name} reaches past the end of its storage")
+        raise DalleError(f"{label}: tensor {name} reaches past the end of its storage")
     return torch.as_strided(flat, ref.size, ref.stride, ref.offset).clone(memory_format=torch.contiguous_format)
 
 
@@ -345,22 +346,22 @@ def _walk(root: _ModuleRecord, label: str) -> tuple[dict[str, _TensorRef], dict[
     while stack:
         prefix, record = stack.pop()
         if id(record) in seen:  # a crafted pickle may share or loop modules
-            raise ValueError(f"{label}: module {prefix.rstrip('.') or '<root>'} appears twice in the tree")
+            raise DalleError(f"{label}: module {prefix.rstrip('.') or '<root>'} appears twice in the tree")
         seen.add(id(record))
         if record.state is None:
-            raise ValueError(f"{label}: pickled {record.type_name} carries no state")
+            raise DalleError(f"{label}: pickled {record.type_name} carries no state")
         for field in ("_parameters", "_buffers"):
             for name, value in (record.state.get(field) or {}).items():
                 if value is None:
                     continue
                 if not isinstance(value, _TensorRef):
-                    raise ValueError(f"{label}: {prefix}{name} is a {type(value).__name__}, not a tensor")
+                    raise DalleError(f"{label}: {prefix}{name} is a {type(value).__name__}, not a tensor")
                 tensors[prefix + name] = value
         for name, child in (record.state.get("_modules") or {}).items():
             if child is None:
                 continue
             if not isinstance(child, _ModuleRecord):
-                raise ValueError(f"{label}: submodule {prefix}{name} is a {type(child).__name__}")
+                raise DalleError(f"{label}: submodule {prefix}{name} is a {type(child).__name__}")
             modules[prefix + name] = child.type_name
             stack.append((f"{prefix}{name}.", child))
     return tensors, modules
@@ -369,7 +370,7 @@ def _walk(root: _ModuleRecord, label: str) -> tuple[dict[str, _TensorRef], dict[
 def _int_field(record: _ModuleRecord, field: str, label: str) -> int:
     value = (record.state or {}).get(field)
     if type(value) is not int:
-        raise ValueError(f"{label}: {record.type_name} has no integer field {field} (got {value!r})")
+        raise DalleError(f"{label}: {record.type_name} has no integer field {field} (got {value!r})")
     return value
 
 
@@ -378,7 +379,7 @@ def _group_count(record: _ModuleRecord, modules: dict[str, str], label: str) -> 
     count = sum(1 for path in modules if path.startswith("blocks.group_") and path.count(".") == 1)
     stored = (record.state or {}).get("group_count")
     if stored is not None and stored != count:
-        raise ValueError(f"{label}: group_count {stored!r} disagrees with the {count} groups in the module tree")
+        raise DalleError(f"{label}: group_count {stored!r} disagrees with the {count} groups in the module tree")
     return count
 
 
@@ -387,11 +388,11 @@ def _root(path: str | Path, expected: str) -> tuple[_ModuleRecord, dict[str, tor
     roles = {ENCODER_CLASS: "encoder", DECODER_CLASS: "decoder"}
     found = root.type_name if isinstance(root, _ModuleRecord) else None
     if found in roles and found != expected:
-        raise ValueError(f"{label} holds an OpenAI dVAE {roles[found]} but was passed as the "
+        raise DalleError(f"{label} holds an OpenAI dVAE {roles[found]} but was passed as the "
                          f"{roles[expected]} (are the two paths swapped?)")
     if not isinstance(root, _ModuleRecord) or root.type_name != expected:
         found = root.type_name if isinstance(root, _ModuleRecord) else type(root).__name__
-        raise ValueError(f"{label} holds a {found}, not a pickled {expected} module")
+        raise DalleError(f"{label} holds a {found}, not a pickled {expected} module")
     return root, storages, label
 
 
@@ -406,7 +407,7 @@ def _check_tree(ours: torch.nn.Module, theirs: dict[str, str], part: str, label:
     found = {name: _OUR_CLASS.get(cls.rsplit(".", 1)[1], cls) for name, cls in theirs.items()}
     for name in sorted(expected.keys() | found.keys()):
         if expected.get(name) != found.get(name):
-            raise ValueError(f"{label}: the {part} module tree differs from ours at {name} "
+            raise DalleError(f"{label}: the {part} module tree differs from ours at {name} "
                              f"(file: {found.get(name)}, ours: {expected.get(name)})")
 
 
@@ -436,7 +437,7 @@ def load_openai_dvae(encoder_path: str | Path, decoder_path: str | Path) -> Disc
     d["input_channels"] = d.pop("output_channels")
     for key in ("vocab_size", "n_hid", "n_blk_per_group", "group_count", "input_channels"):
         if e[key] != d[key]:
-            raise ValueError(f"encoder {enc_label} and decoder {dec_label} disagree on {key} "
+            raise DalleError(f"encoder {enc_label} and decoder {dec_label} disagree on {key} "
                              f"({e[key]} vs {d[key]}): they are not one dVAE")
     config = DVAEConfig(image_size=256, channels=e["input_channels"], downsample=2 ** (e["group_count"] - 1),
                         vocab_size=e["vocab_size"], hidden=e["n_hid"], blocks_per_group=e["n_blk_per_group"],
@@ -453,12 +454,12 @@ def load_openai_dvae(encoder_path: str | Path, decoder_path: str | Path) -> Disc
     mismatched = sorted(k for k in expected if k in refs and refs[k][0].size != tuple(expected[k].shape))
     if missing or unexpected or mismatched:
         first = (missing or unexpected or mismatched)[0]
-        raise ValueError(f"OpenAI dVAE weights do not fit {config}: {len(missing)} missing, {len(unexpected)} "
+        raise DalleError(f"OpenAI dVAE weights do not fit {config}: {len(missing)} missing, {len(unexpected)} "
                          f"unexpected, {len(mismatched)} mis-shaped tensors (first: {first})")
     state = {}
     for key, (ref, storages, label) in refs.items():
         if not ref.storage.dtype.is_floating_point:
-            raise ValueError(f"{label}: tensor {key} has dtype {ref.storage.dtype}, expected floating point")
+            raise DalleError(f"{label}: tensor {key} has dtype {ref.storage.dtype}, expected floating point")
         state[key] = _materialise(ref, storages, key, label).float()
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dalle.config import JSONConfig
+from dalle.errors import DalleError
 from dalle.utils import atomic_write, ensure_writable_dir
 
 CONFIG_NAME = "config.json"
@@ -54,7 +55,7 @@ class PretrainedModel(torch.nn.Module):
         if not weights.is_file():
             raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
         config = cls.config_class.load(directory / CONFIG_NAME)
-        model = cls(config)  # type: ignore[call-arg]
+        model = cls(config)
         state = load_file(str(weights))
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state))
@@ -62,13 +63,23 @@ class PretrainedModel(torch.nn.Module):
         mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
         if missing or unexpected or mismatched:
             detail = missing[:1] or unexpected[:1] or mismatched[:1]
-            raise ValueError(
+            raise DalleError(
                 f"{weights} does not match {directory / CONFIG_NAME}: {len(missing)} missing, "
                 f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped tensors "
                 f"(first: {detail[0]})"
             )
         model.load_state_dict(state)
         return model.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are; a model lives on one device."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (float32, or bf16 after `.to(torch.bfloat16)`)."""
+        return next(self.parameters()).dtype
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

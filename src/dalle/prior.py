@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle.attention import LayerCache, layer_layouts, reference_attention, sparse_attention
+from dalle.attention import LayerCache, attention_pairs, layer_layouts, reference_attention, sparse_attention
 from dalle.config import PriorConfig
+from dalle.errors import DalleError
 from dalle.pretrained import PretrainedModel, init_transformer_weights
 
 
@@ -84,10 +86,42 @@ class PriorOutput:
     image_logits: torch.Tensor  # (B, N, K): image cell p predicts code p
 
 
+def forward_flops(config: PriorConfig, executed: bool = False) -> dict[str, int]:
+    """FLOPs of one teacher-forced forward pass of one stream, by part.
+
+    A matmul of (m, k) by (k, n) is 2 m k n FLOPs; embeddings, norms, activations, softmax and the
+    loss are free. Per layer: the QKV and output projections and the MLP over all S = T + N
+    positions. Heads: the text head over the T - 1 text positions that predict text, the image
+    head over the N image positions. Attention: QK^T and AV are 4 D FLOPs per head for each
+    query-key pair the layout lets attend, or with `executed` each pair the kernels are handed
+    (`attention_pairs`); the latter is what torch's FlopCounterMode counts.
+    """
+    c = config
+    tokens = c.text_length + c.image_tokens
+    inner, hidden = c.heads * c.head_dim, c.mlp_ratio * c.dim
+    pairs = sum(attention_pairs(layout, c.text_length, c.grid_size, row_window=c.row_window,
+                                conv_kernel=c.conv_kernel, executed=executed)
+                for layout in layer_layouts(c.depth, c.layout))
+    return {
+        "projections": c.depth * 2 * tokens * c.dim * 4 * inner,  # QKV (3 inner) and out (inner)
+        "mlp": c.depth * 2 * tokens * c.dim * hidden * 2,
+        "attention": 4 * c.heads * c.head_dim * pairs,
+        "text head": 2 * (c.text_length - 1) * c.dim * c.text_vocab_size,
+        "image head": 2 * c.image_tokens * c.dim * c.image_vocab_size,
+    }
+
+
+def estimate_mfu(flops_per_token: float, tokens_per_second: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: the model's FLOP/s (recomputation by activation checkpointing not
+    counted) as a fraction of `peak_flops`, the peak FLOP/s of every device together."""
+    return flops_per_token * tokens_per_second / peak_flops
+
+
 class Prior(PretrainedModel):
     """The DALL-E transformer: `forward(text, codes)` for training, logits for sampling."""
 
     config_class = PriorConfig
+    config: PriorConfig
 
     def __init__(self, config: PriorConfig) -> None:
         super().__init__()
@@ -98,27 +132,43 @@ class Prior(PretrainedModel):
         self.image_row = nn.Embedding(config.grid_size, config.dim)
         self.image_column = nn.Embedding(config.grid_size, config.dim)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(
-            Block(config, layout) for layout in layer_layouts(config.depth, config.layout))
+        blocks = [Block(config, layout) for layout in layer_layouts(config.depth, config.layout)]
+        self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(config.dim)
         self.text_head = nn.Linear(config.dim, config.text_vocab_size, bias=False)
         self.image_head = nn.Linear(config.dim, config.image_vocab_size, bias=False)
         self.apply(init_transformer_weights)
-        for block in self.blocks:  # GPT-2: scale residual projections by 1 / sqrt(2 * depth)
-            for linear in (block.attn.out, block.mlp[2]):
+        for block in blocks:  # GPT-2: scale residual projections by 1 / sqrt(2 * depth)
+            for linear in (block.attn.out, cast(nn.Linear, block.mlp[2])):
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * config.depth))
+
+    def parallel_units(self) -> list[nn.Module]:
+        """The transformer blocks: what FSDP shards one by one and activation checkpointing
+        recomputes (`dalle.train.distributed`)."""
+        return list(self.blocks)
+
+    @property
+    def sequence_length(self) -> int:
+        """Positions of one stream the transformer runs over: text, start-of-image, N - 1 codes."""
+        return self.config.text_length + self.config.image_tokens
+
+    def flops_per_token(self, executed: bool = False) -> float:
+        """Training FLOPs per stream position: forward + backward, 3x the forward pass (the
+        backward computes gradients of inputs and weights, 2x), attention included; see
+        `forward_flops`. Times tokens/s it gives the model FLOP/s that `estimate_mfu` takes."""
+        return 3 * sum(forward_flops(self.config, executed).values()) / self.sequence_length
 
     def _check(self, text: torch.Tensor, codes: torch.Tensor) -> None:
         c = self.config
         if text.ndim != 2 or text.shape[1] != c.text_length + 1:
-            raise ValueError(f"text must be (batch, {c.text_length + 1}) ids (text length + "
+            raise DalleError(f"text must be (batch, {c.text_length + 1}) ids (text length + "
                              f"start-of-image), got {tuple(text.shape)}")
         if codes.shape[1] > c.grid_size**2:
-            raise ValueError(f"at most {c.grid_size**2} image codes, got {codes.shape[1]}")
+            raise DalleError(f"at most {c.grid_size**2} image codes, got {codes.shape[1]}")
         if text.numel() and (text.min() < 0 or text.max() >= c.text_vocab_size):
-            raise ValueError(f"text ids must lie in [0, {c.text_vocab_size})")
+            raise DalleError(f"text ids must lie in [0, {c.text_vocab_size})")
         if codes.numel() and (codes.min() < 0 or codes.max() >= c.image_vocab_size):
-            raise ValueError(f"image codes must lie in [0, {c.image_vocab_size})")
+            raise DalleError(f"image codes must lie in [0, {c.image_vocab_size})")
 
     def embed(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The stream's input: (B, L + 1 + n) where n = codes.shape[1] image codes precede."""
@@ -138,8 +188,7 @@ class Prior(PretrainedModel):
 
     def new_cache(self) -> list[LayerCache]:
         """Empty per-layer caches for `prefill` and `step` (sampling, paper §2.6)."""
-        device = self.image_head.weight.device
-        return [block.attn.new_cache(device) for block in self.blocks]
+        return [cast(Block, block).attn.new_cache(self.device) for block in self.blocks]
 
     def prefill(self, text: torch.Tensor, cache: list[LayerCache]) -> torch.Tensor:
         """Run text + start-of-image into `cache`; the logits (B, K) of image code 0."""
@@ -166,7 +215,7 @@ class Prior(PretrainedModel):
         c, L = self.config, self.config.text_length
         codes = codes.flatten(1)
         if codes.shape[1] != c.grid_size**2:
-            raise ValueError(f"expected {c.grid_size}x{c.grid_size} image codes, got {codes.shape[1]}")
+            raise DalleError(f"expected {c.grid_size}x{c.grid_size} image codes, got {codes.shape[1]}")
         self._check(text, codes)
         h = self.hidden_states(text, codes[:, :-1])
         text_logits = self.text_head(h[:, : L - 1]).float()

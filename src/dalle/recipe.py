@@ -1,13 +1,18 @@
-"""`dalle recipe shapes|emoji`: data to a bundled-ready pipeline with its model card, resumable.
+"""`dalle recipe shapes|emoji|fashion-mnist`: data to a bundled-ready pipeline with its model card.
 
-A recipe is a list of stages, each one `dalle` command line, run in order inside one run folder:
+A recipe is data: a name, a version, a budget and a list of steps, each a library function with
+its arguments (the training steps take typed run configs, `dalle.train.runs`), run in order
+inside one run folder:
 
     <run>/data/  tokenizer/  vae/  codes/<split>/  prior/  clip/  pipeline/  eval/  stages/
 
-A stage that finishes leaves `stages/<name>.json` (its command line and seconds) and is skipped on
-the next call; an interrupted training or encoding stage continues from its checkpoint with
-`--resume`, and an interrupted data stage is rebuilt from scratch (it is deterministic). The last
-stage writes the model card, `pipeline/README.md`, from the stage records and the evaluations.
+A step that finishes leaves `stages/<name>.json` (its function, arguments and seconds) and is
+skipped on the next call; an interrupted training or encoding step continues from its checkpoint
+(`resume=True`), and an interrupted data step is rebuilt from scratch (it is deterministic). The
+last step is followed by the model card, `pipeline/README.md`, and `pipeline/recipe.json`: the
+recipe's name, version and budget and every step's arguments. A card names the recipe version it
+was trained with and `build_recipe(..., version=N)` rebuilds that version, so an improved recipe
+(a new version) can land before the bundled pipelines are retrained with it.
 """
 
 from __future__ import annotations
@@ -21,182 +26,241 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from dalle.config import JSONConfig, SamplingConfig
+from dalle.data.emoji import write_emoji
+from dalle.data.fashion_mnist import DEFAULT_ROOT, write_fashion_mnist
+from dalle.data.shapes import write_shapes
+from dalle.errors import DalleError
+from dalle.evaluate.classifier import train_fashion_mnist_classifier
 from dalle.evaluate.fid import INCEPTION_PACKAGE
+from dalle.evaluate.generation import evaluate_against_real, evaluate_shapes
+from dalle.evaluate.vae import evaluate_vae_folder
+from dalle.pipeline import DallePipeline
+from dalle.train import CLIPRun, DVAERun, PriorRun, train_clip, train_prior, train_vae
+from dalle.train.codes import encode_codes
+from dalle.train.tokenizer import train_tokenizer
 from dalle.utils import atomic_write
 
-@dataclass
-class Stage:
-    """One `dalle` command line; `resume_if` (relative to the run) exists after an interruption
-    when the command can continue with `--resume`, and `rebuild` is cleared before a restart."""
+# The current version of each recipe. Change a recipe's settings only as a new version, keeping
+# the old one buildable: each bundled pipeline's card names the version that trained it.
+VERSIONS = {"shapes": 1, "emoji": 1, "fashion-mnist": 1}
+RECIPE_FILE = "recipe.json"  # in the pipeline: the recipe's name, version, budget and steps
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage of a recipe: `function(**args)`. `resume_if` (relative to the run) exists after
+    an interruption when the function can continue with `resume=True`; `rebuild` is cleared
+    before a restart."""
 
     name: str
-    args: list[str]
+    function: Callable[..., Any]
+    args: dict[str, Any]
     resume_if: str | None = None
     rebuild: str | None = None
+
+    def __call__(self, resume: bool = False) -> None:
+        self.function(**self.args, **({"resume": True} if resume else {}))
+
+    def describe(self, run: Path) -> dict[str, Any]:
+        """The step as JSON, with the run folder written as $RUN."""
+        return {"name": self.name, "function": f"{self.function.__module__}.{self.function.__name__}",
+                "args": _portable(self.args, str(run))}
+
+
+def _portable(value: Any, run: str) -> Any:
+    """`value` as JSON-ready data: configs as dicts, paths as strings with `run` as $RUN."""
+    if isinstance(value, JSONConfig):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: _portable(v, run) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v, run) for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str) and (value == run or value.startswith(run + "/")):
+        return "$RUN" + value[len(run):]
+    return value
 
 
 @dataclass
 class Recipe:
     name: str
+    version: int
     budget: str  # a key of _TRAINING: cpu, gpu or quick
-    stages: list[Stage]
+    steps: list[Step]
     evaluation: str  # the file in <run>/eval/ the model card quotes
     data_note: str
     extra_files: list[str] = field(default_factory=list)  # copied from <run>/data into the pipeline
 
-
-def _train(run: Path, part: str, *args: str) -> Stage:
-    return Stage(f"train-{part}", [f"train-{part}", "--out", str(run / part), *args],
-                 resume_if=f"{part}/checkpoint.pt")
-
-
-def _encode(run: Path, split: str) -> Stage:
-    return Stage(f"encode-{split}", ["encode-dataset", "--vae", str(run / "vae/model"), "--data",
-                                     str(run / "data" / split), "--out", str(run / "codes" / split)],
-                 resume_if=f"codes/{split}/progress.json")
+    def describe(self, run: Path) -> dict[str, Any]:
+        """recipe.json: what trained a pipeline, with the run folder written as $RUN."""
+        return {"recipe": self.name, "version": self.version, "budget": self.budget,
+                "steps": [step.describe(run) for step in self.steps]}
 
 
-# Training sizes per budget: `cpu` takes about 1.5 h (emoji) to 2.5 h (shapes) on 2 CPU cores,
-# `gpu` about 5 min of one H100 (launch-bound at these model sizes, so it trains on bigger batches),
-# `quick` only checks that every stage runs. The model sizes are the same for cpu and gpu: the
-# bundled pipelines must stay under 40 MB together.
-_TRAINING = {
-    "quick": {"vae": ["--steps", "20", "--batch-size", "8", "--sample-every", "0"],
-              "prior": ["--steps", "10", "--batch-size", "8", "--dim", "32", "--depth", "2",
-                        "--heads", "2", "--head-dim", "16"],
-              "clip": ["--steps", "10", "--batch-size", "8", "--width", "32", "--image-depth", "1",
-                       "--text-depth", "1"]},
-    "cpu": {"vae": [],
-            "prior": ["--steps", "1500", "--batch-size", "32", "--lr", "1e-3", "--warmup-steps", "100"],
-            "clip": []},
-    "gpu": {"vae": ["--steps", "4000", "--batch-size", "128", "--bf16", "--workers", "6"],
-            "prior": ["--steps", "2000", "--batch-size", "256", "--lr", "1e-3", "--warmup-steps", "200"],
-            "clip": ["--steps", "1000", "--batch-size", "128", "--bf16", "--workers", "6"]},
+# Training sizes per budget, as run-config overrides: `cpu` takes about 1.5 h (emoji) to 2.5 h
+# (shapes) on 2 CPU cores, `gpu` about 5 min of one H100 (launch-bound at these model sizes, so it
+# trains on bigger batches), `quick` only checks that every stage runs. The model sizes are the
+# `small` presets for cpu and gpu alike: the bundled pipelines must stay under 40 MB together.
+_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {"vae": {"steps": 20, "batch_size": 8, "sample_every": 0},
+              "prior": {"steps": 10, "batch_size": 8, "dim": 32, "depth": 2, "heads": 2, "head_dim": 16},
+              "clip": {"steps": 10, "batch_size": 8, "image_width": 32, "text_width": 32,
+                       "embed_dim": 32, "image_depth": 1, "text_depth": 1}},
+    "cpu": {"vae": {},
+            "prior": {"steps": 1500, "batch_size": 32, "lr": 1e-3, "warmup_steps": 100},
+            "clip": {}},
+    "gpu": {"vae": {"steps": 4000, "batch_size": 128, "bf16": True, "num_workers": 6},
+            "prior": {"steps": 2000, "batch_size": 256, "lr": 1e-3, "warmup_steps": 200},
+            "clip": {"steps": 1000, "batch_size": 128, "bf16": True, "num_workers": 6}},
 }
+BUDGETS = ("cpu", "gpu", "quick")
 
 
 def default_budget() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def _image_eval(quick: bool, prompts: int) -> list[str]:
-    """`dalle eval images` flags; FID needs the Inception-v3 wheel (scripts/install.sh --test adds
-    it), and without it the evaluation skips FID."""
-    fid = [] if not quick and importlib.util.find_spec(INCEPTION_PACKAGE) else ["--no-fid"]
-    return [*fid, "--prompts", "4", "--r", "2"] if quick else [*fid, "--prompts", str(prompts)]
+def assemble_pipeline(tokenizer: str | Path, vae: str | Path, prior: str | Path, out: str | Path, *,
+                      clip: str | Path | None = None, sampling: SamplingConfig | None = None,
+                      bf16_weights: bool = False) -> Path:
+    """Put trained parts together as one pipeline directory (their vocabularies are checked) with
+    the default sampling settings `sampling`; `bf16_weights` stores the weights in bf16."""
+    from dalle.clip import CLIP
+    from dalle.dvae import DiscreteVAE
+    from dalle.prior import Prior
+    from dalle.text import TextTokenizer
+
+    pipeline = DallePipeline(TextTokenizer.from_pretrained(tokenizer), DiscreteVAE.from_pretrained(vae),
+                             Prior.from_pretrained(prior), CLIP.from_pretrained(clip) if clip else None,
+                             sampling)
+    return pipeline.save_pretrained(out, dtype=torch.bfloat16 if bf16_weights else None)
 
 
-def _with_flags(args: list[str], extra: tuple[str, ...]) -> list[str]:
-    """`args` with each `--flag value` pair of `extra` replacing that flag's value or appended,
-    and each switch of `extra` (a flag followed by another flag or nothing) added once."""
-    out, i = list(args), 0
-    while i < len(extra):
-        flag = extra[i]
-        if i + 1 == len(extra) or extra[i + 1].startswith("--"):  # a switch
-            if flag not in out:
-                out.append(flag)
-            i += 1
-            continue
-        value, i = extra[i + 1], i + 2
-        if flag in out:
-            out[out.index(flag) + 1] = value
-        else:
-            out += [flag, value]
-    return out
+def evaluate_shapes_pipeline(pipeline: str | Path, data: str | Path, out: str | Path, *,
+                             prompts: int, candidates: int, bf16: bool = False) -> dict:
+    """`evaluate_shapes` of the pipeline saved in `pipeline`, sampling with bf16 prior weights."""
+    pipe = DallePipeline.from_pretrained(pipeline, device="auto",
+                                         dtype=torch.bfloat16 if bf16 else None)
+    return evaluate_shapes(pipe, data, out, prompts=prompts, candidates=candidates)
 
 
-def _model_stages(run: Path, budget: str, vocab_size: int, val_split: str, *,
-                  vae_eval_split: str = "test-zero-shot", vae_extra: tuple[str, ...] = (),
-                  prior_extra: tuple[str, ...] = (), clip_extra: tuple[str, ...] = (),
-                  sampling: tuple[str, ...] = ()) -> list[Stage]:
+def evaluate_images_pipeline(pipeline: str | Path, data: str | Path, out: str | Path, *,
+                             prompts: int, fid: bool, r: int = 10,
+                             classifier: str | Path | None = None, bf16: bool = False) -> dict:
+    """`evaluate_against_real` of the pipeline saved in `pipeline` (one candidate per caption)."""
+    pipe = DallePipeline.from_pretrained(pipeline, device="auto",
+                                         dtype=torch.bfloat16 if bf16 else None)
+    return evaluate_against_real(pipe, data, out, prompts=prompts, fid_features=fid,
+                                 classifier=classifier, r=r)
+
+
+def _image_eval(quick: bool, prompts: int) -> dict[str, Any]:
+    """`evaluate_images_pipeline` sizes; FID needs the Inception-v3 wheel (scripts/install.sh
+    --test adds it), and without it the evaluation skips FID."""
+    fid = not quick and importlib.util.find_spec(INCEPTION_PACKAGE) is not None
+    return {"fid": fid, "prompts": 4, "r": 2} if quick else {"fid": fid, "prompts": prompts}
+
+
+def _model_steps(run: Path, budget: str, vocab_size: int, val_split: str, *,
+                 vae_eval_split: str = "test-zero-shot", vae: dict[str, Any] | None = None,
+                 prior: dict[str, Any] | None = None, clip: dict[str, Any] | None = None,
+                 sampling: SamplingConfig | None = None) -> list[Step]:
     """Tokenizer to assembled pipeline, the same for every recipe: `val_split` is the held-out
-    split that validates the prior and CLIP, `vae_eval_split` the one the dVAE is measured on, the
-    extras are a recipe's own flags for a stage (image size, grid factor, dropout), and `sampling`
-    the pipeline's default sampling flags for `dalle assemble` (its sampling.json)."""
-    d = run / "data"
-    vae, prior, clip = (_with_flags(_TRAINING[budget][part], extra)
-                        for part, extra in (("vae", vae_extra), ("prior", prior_extra),
-                                            ("clip", clip_extra)))
+    split that validates the prior and CLIP, `vae_eval_split` the one the dVAE is measured on,
+    `vae`, `prior` and `clip` a recipe's own settings for a stage over the budget's (image size,
+    grid factor, dropout), and `sampling` the pipeline's default sampling (its sampling.json)."""
+    d, sizes = run / "data", _TRAINING[budget]
     return [
-        Stage("tokenizer", ["train-tokenizer", "--data", str(d / "train"), "--out",
-                            str(run / "tokenizer"), "--vocab-size", str(vocab_size), "--text-length", "32"]),
-        _train(run, "vae", "--data", str(d / "train"), *vae),
-        Stage("eval-vae", ["eval-vae", "--vae", str(run / "vae/model"), "--data",
-                           str(d / vae_eval_split), "--json", str(run / "eval/vae.json")]),
-        *(_encode(run, split) for split in ("train", val_split)),
-        _train(run, "prior", "--data", str(run / "codes/train"), "--tokenizer", str(run / "tokenizer"),
-               "--vae", str(run / "vae/model"), "--val-data", str(run / "codes" / val_split),
-               "--bf16", *prior),
-        _train(run, "clip", "--data", str(d / "train"), "--tokenizer", str(run / "tokenizer"),
-               "--val-data", str(d / val_split), *clip),
-        Stage("assemble", ["assemble", "--tokenizer", str(run / "tokenizer"), "--vae",
-                           str(run / "vae/model"), "--prior", str(run / "prior/model"), "--clip",
-                           str(run / "clip/model"), "--out", str(run / "pipeline"), "--bf16-weights",
-                           *sampling]),
+        Step("tokenizer", train_tokenizer, {"data": [d / "train"], "out": run / "tokenizer",
+                                            "vocab_size": vocab_size, "text_length": 32}),
+        Step("train-vae", train_vae, {"run": DVAERun.create(
+            data=d / "train", out=run / "vae", **{**sizes["vae"], **(vae or {})})},
+            resume_if="vae/checkpoint.pt"),
+        Step("eval-vae", evaluate_vae_folder, {"vae": run / "vae/model", "data": d / vae_eval_split,
+                                               "json_out": run / "eval/vae.json"}),
+        *(Step(f"encode-{split}", encode_codes, {"vae": run / "vae/model", "data": d / split,
+                                                 "out": run / "codes" / split},
+               resume_if=f"codes/{split}/progress.json") for split in ("train", val_split)),
+        Step("train-prior", train_prior, {"run": PriorRun.create(
+            data=run / "codes/train", tokenizer=run / "tokenizer", out=run / "prior",
+            val_data=run / "codes" / val_split, bf16=True, **{**sizes["prior"], **(prior or {})})},
+            resume_if="prior/checkpoint.pt"),
+        Step("train-clip", train_clip, {"run": CLIPRun.create(
+            data=d / "train", tokenizer=run / "tokenizer", out=run / "clip",
+            val_data=d / val_split, **{**sizes["clip"], **(clip or {})})},
+            resume_if="clip/checkpoint.pt"),
+        Step("assemble", assemble_pipeline, {
+            "tokenizer": run / "tokenizer", "vae": run / "vae/model", "prior": run / "prior/model",
+            "clip": run / "clip/model", "out": run / "pipeline", "sampling": sampling or SamplingConfig(),
+            "bf16_weights": True}),
     ]
 
 
-def shapes_recipe(run: Path, budget: str = "cpu") -> Recipe:
-    """The shapes benchmark (SHAPES.md): the measured configuration in README.md "Results"."""
-    d, quick = run / "data", budget == "quick"
+def shapes_recipe(run: Path, budget: str = "cpu", version: int = 1) -> Recipe:
+    """The shapes benchmark (docs/shapes.md): the measured configuration in docs/results.md."""
+    d, quick, cpu = run / "data", budget == "quick", budget == "cpu"
     # 100,000 training scenes, not 20,000: on 20,000 the prior overfits within its 5,000 steps
-    # (README, "What took shapes from 51% to 88.5%"); scenes cost nothing to make.
-    sizes = (["--train", "256", "--test-seen", "32", "--test-zero-shot", "32"] if quick
-             else ["--train", "100000"])
-    prompts = ["--prompts", "4", "--candidates", "2"] if quick else ["--prompts", "200", "--candidates", "16"]
-    return Recipe("shapes", budget, [
-        Stage("data", ["data", "shapes", "--out", str(d), *sizes], rebuild="data"),
-        # The Gaussian likelihood keeps colour in the codes on the black background (README,
-        # "Stage 1 on shapes"): 17.8% -> 92.8% of test-zero-shot reconstructions parse at f = 8.
-        # lr 1e-3: at 2e-3 the encoder saturated (every cell one-hot, so no gradient reaches it)
-        # for its first 1,500 steps in a run on 100,000 scenes (README, same section).
-        # The cpu budget's 1,500 prior steps and 900 CLIP steps are too few here: shapes trains
-        # the prior 5,000 and CLIP 2,700.
-        *_model_stages(run, budget, vocab_size=1000, val_split="test-seen",
-                       vae_extra=("--likelihood", "gaussian", "--lr", "1e-3"),
-                       prior_extra=("--steps", "5000") if budget == "cpu" else (),
-                       clip_extra=("--steps", "2700") if budget == "cpu" else (),
-                       # Guidance 2 against 1 on the earlier CPU pipeline, 300 prompts per split:
-                       # first-sample full match 30% -> 40% zero-shot, 36% -> 39% seen.
-                       sampling=("--guidance", "2")),
-        Stage("eval", ["eval", "shapes", "--pipeline", str(run / "pipeline"), "--data", str(d),
-                       "--out", str(run / "eval"), "--bf16", *prompts]),
+    # (docs/history.md, "What took shapes from 51% to 88.5%"); scenes cost nothing to make.
+    counts = ({"train": 256, "test-seen": 32, "test-zero-shot": 32} if quick
+              else {"train": 100_000, "test-seen": 1000, "test-zero-shot": 1000})
+    return Recipe("shapes", version, budget, [
+        Step("data", write_shapes, {"out_dir": d, "counts": counts, "seed": 0, "image_size": 64},
+             rebuild="data"),
+        # The Gaussian likelihood keeps colour in the codes on the black background
+        # (docs/history.md, "Stage 1 on shapes"): 17.8% -> 92.8% of test-zero-shot
+        # reconstructions parse at f = 8. lr 1e-3: at 2e-3 the encoder saturated (every cell
+        # one-hot, so no gradient reaches it) for its first 1,500 steps in a run on 100,000
+        # scenes (same section). The cpu budget's 1,500 prior steps and 900 CLIP steps are too
+        # few here: shapes trains the prior 5,000 and CLIP 2,700.
+        *_model_steps(run, budget, vocab_size=1000, val_split="test-seen",
+                      vae={"likelihood": "gaussian", "lr": 1e-3},
+                      prior={"steps": 5000} if cpu else {},
+                      clip={"steps": 2700} if cpu else {},
+                      # Guidance 2 against 1 on the earlier CPU pipeline, 300 prompts per split:
+                      # first-sample full match 30% -> 40% zero-shot, 36% -> 39% seen.
+                      sampling=SamplingConfig(guidance_scale=2.0)),
+        Step("eval", evaluate_shapes_pipeline, {
+            "pipeline": run / "pipeline", "data": d, "out": run / "eval", "bf16": True,
+            "prompts": 4 if quick else 200, "candidates": 2 if quick else 16}),
     ], evaluation="results.md", data_note=(
-        "The `shapes` benchmark (SHAPES.md), generated by `dalle data shapes`: test-zero-shot "
+        "The `shapes` benchmark (`docs/shapes.md` in the dalle repository), generated by "
+        "`dalle data shapes`: test-zero-shot "
         "scenes combine attribute pairs that training never shows together. Synthetic; no "
         "licence restrictions."))
 
 
-def emoji_recipe(run: Path, budget: str = "cpu", source: Path | None = None,
+def emoji_recipe(run: Path, budget: str = "cpu", version: int = 1, source: Path | None = None,
                  cache: Path | None = None) -> Recipe:
-    """Emoji in the Google and Twitter styles (DESIGN.md "Data"); captions `{label}, {style} style`."""
+    """Emoji in the Google and Twitter styles (docs/design.md "Data"); captions `{label}, {style} style`."""
     d, quick, cpu = run / "data", budget == "quick", budget == "cpu"
-    fetch = [*(["--from", str(source)] if source else []), *(["--cache", str(cache)] if cache else [])]
-    return Recipe("emoji", budget, [
+    return Recipe("emoji", version, budget, [
         # Without the skin-tone variants (half of all pairs, five near-copies of each person or
         # hand) every other emoji is seen twice as often. On the cpu budget the prior's 9,000
         # steps see each of the 3,628 pairs about 80 times: only then does `red apple, twitter
-        # style` draw an apple rather than a red blob (5,000 steps with, or without, skin tones did
-        # not; README, "emoji that draws the apple").
-        Stage("data", ["data", "emoji", "--out", str(d), "--no-skin-tones", *fetch], rebuild="data"),
+        # style` draw an apple rather than a red blob (5,000 steps with, or without, skin tones
+        # did not; docs/history.md, "emoji that draws the apple").
+        Step("data", write_emoji, {"out_dir": d, "styles": ["google", "twitter"], "source": source,
+                                   "image_size": 64, "tags": 0, "cache_dir": cache,
+                                   "skin_tones": False}, rebuild="data"),
         # The gpu budget's ~140 epochs of the prior need dropout. The Gaussian likelihood at lr
         # 1e-3: 5,000 steps gave 20.85 dB and 40% of the codes in use, where the logit-Laplace
         # gave 18.5 dB and 13% (its learned scale is tiny on the white background).
         # On the cpu budget the dVAE trains in bf16 (1.6x the steps per second of fp32 here);
         # guidance 2 with 5,000 prior steps gave FID 188.1 against 197.1 for 1,500 steps and no
-        # guidance (README, "emoji on the cpu budget").
-        *_model_stages(run, budget, vocab_size=2000, val_split="test-zero-shot",
-                       vae_extra=("--likelihood", "gaussian", "--lr", "1e-3")
-                       + (("--bf16",) if cpu else ()),
-                       prior_extra=() if quick else ("--dropout", "0.1")
-                       + (("--steps", "9000") if cpu else ()),
-                       sampling=("--guidance", "2")),
-        Stage("eval", ["eval", "images", "--pipeline", str(run / "pipeline"), "--data",
-                       str(d / "test-zero-shot"), "--out", str(run / "eval"), "--bf16",
-                       *_image_eval(quick, prompts=200)]),
+        # guidance (docs/history.md, "emoji on the cpu budget").
+        *_model_steps(run, budget, vocab_size=2000, val_split="test-zero-shot",
+                      vae={"likelihood": "gaussian", "lr": 1e-3, **({"bf16": True} if cpu else {})},
+                      prior={} if quick else {"dropout": 0.1, **({"steps": 9000} if cpu else {})},
+                      sampling=SamplingConfig(guidance_scale=2.0)),
+        Step("eval", evaluate_images_pipeline, {
+            "pipeline": run / "pipeline", "data": d / "test-zero-shot", "out": run / "eval",
+            "bf16": True, **_image_eval(quick, prompts=200)}),
     ], evaluation="results.json", extra_files=["ATTRIBUTION.md", "licenses"], data_note=(
         "Emoji art from the npm packages `emoji-datasource-google` (Apache-2.0) and "
         "`emoji-datasource-twitter` (Twemoji, CC-BY-4.0: Copyright 2020 Twitter, Inc and other "
@@ -206,23 +270,23 @@ def emoji_recipe(run: Path, budget: str = "cpu", source: Path | None = None,
         "See ATTRIBUTION.md and licenses/ in this directory."))
 
 
-def fashion_mnist_recipe(run: Path, budget: str = "cpu", source: Path | None = None) -> Recipe:
+def fashion_mnist_recipe(run: Path, budget: str = "cpu", version: int = 1,
+                         source: Path | None = None) -> Recipe:
     """Fashion-MNIST at 32 px (8x8 codes at f = 4), from the Debian package or the IDX files in
     `source`; evaluated by FID/KID, CLIP score and R-precision, and by the label accuracy of a
     classifier trained on the real training split."""
     d, quick = run / "data", budget == "quick"
-    root = ["--root", str(source)] if source else []
-    return Recipe("fashion-mnist", budget, [
-        Stage("data", ["data", "fashion-mnist", "--out", str(d), "--image-size", "32", *root],
-              rebuild="data"),
-        *_model_stages(run, budget, vocab_size=1000, val_split="test", vae_eval_split="test",
-                       vae_extra=("--image-size", "32", "--downsample", "4"),
-                       clip_extra=("--image-size", "32", "--patch-size", "4")),
-        Stage("classifier", ["train-classifier", "--out", str(run / "classifier"), "--image-size", "32",
-                             "--epochs", "1" if quick else "2", *root]),
-        Stage("eval", ["eval", "images", "--pipeline", str(run / "pipeline"), "--data", str(d / "test"),
-                       "--out", str(run / "eval"), "--bf16", "--classifier", str(run / "classifier"),
-                       *_image_eval(quick, prompts=500)]),
+    root = source or DEFAULT_ROOT
+    return Recipe("fashion-mnist", version, budget, [
+        Step("data", write_fashion_mnist, {"out": d, "root": root, "image_size": 32}, rebuild="data"),
+        *_model_steps(run, budget, vocab_size=1000, val_split="test", vae_eval_split="test",
+                      vae={"image_size": 32, "downsample": 4},
+                      clip={"image_size": 32, "patch_size": 4}),
+        Step("classifier", train_fashion_mnist_classifier, {
+            "out": run / "classifier", "root": root, "image_size": 32, "epochs": 1 if quick else 2}),
+        Step("eval", evaluate_images_pipeline, {
+            "pipeline": run / "pipeline", "data": d / "test", "out": run / "eval", "bf16": True,
+            "classifier": run / "classifier", **_image_eval(quick, prompts=500)}),
     ], evaluation="results.json", data_note=(
         "Fashion-MNIST (Xiao et al. 2017; MIT licence, Copyright 2017 Zalando SE) from the Debian package "
         "`dataset-fashion-mnist`, built by `dalle data fashion-mnist`: 60,000 training and 10,000 "
@@ -235,46 +299,49 @@ _BUILDERS: dict[str, Callable[..., Recipe]] = {
 _SOURCED = {"emoji", "fashion-mnist"}  # the recipes whose data can come `--from` a folder
 
 
-def build_recipe(name: str, run: Path, budget: str, source: Path | None = None,
-                 cache: Path | None = None) -> Recipe:
-    """The recipe called `name`; `source` (`--from`) and `cache` only where that recipe uses them."""
+def build_recipe(name: str, run: Path, budget: str, version: int | None = None,
+                 source: Path | None = None, cache: Path | None = None) -> Recipe:
+    """Version `version` (default: the current one) of the recipe called `name`; `source`
+    (`--from`) and `cache` only where that recipe uses them."""
     if name not in _BUILDERS:
-        raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(_BUILDERS)}")
-    options: dict[str, Path] = {}
+        raise DalleError(f"unknown recipe {name!r}; choose from {', '.join(_BUILDERS)}")
+    if budget not in BUDGETS:
+        raise DalleError(f"unknown budget {budget!r}; choose cpu or gpu")
+    version = VERSIONS[name] if version is None else version
+    if not 1 <= version <= VERSIONS[name]:
+        raise DalleError(f"the {name} recipe has versions 1 to {VERSIONS[name]}, not {version}")
+    options: dict[str, Any] = {"version": version}
     if source is not None:
         if name not in _SOURCED:
-            raise ValueError(f"the {name} recipe makes its own data; --from is for "
+            raise DalleError(f"the {name} recipe makes its own data; --from is for "
                              f"{' and '.join(sorted(_SOURCED))}")
         options["source"] = source
     if cache is not None:
         if name != "emoji":
-            raise ValueError("--cache keeps the emoji recipe's npm downloads; the "
+            raise DalleError("--cache keeps the emoji recipe's npm downloads; the "
                              f"{name} recipe has none")
         options["cache"] = cache
     return _BUILDERS[name](run, budget, **options)
 
 
-def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
-               echo: Callable[[str], None] = print) -> Path:
-    """Run every unfinished stage of `recipe` in `run`, then write the model card."""
+def run_recipe(recipe: Recipe, run: Path, echo: Callable[[str], None] = print) -> Path:
+    """Run every unfinished step of `recipe` in `run`, then write the model card and recipe.json."""
     records = run / "stages"
     records.mkdir(parents=True, exist_ok=True)
     (run / "eval").mkdir(exist_ok=True)
-    for stage in recipe.stages:
-        record = records / f"{stage.name}.json"
+    for step in recipe.steps:
+        record = records / f"{step.name}.json"
         if record.exists():
-            echo(f"[{stage.name}] done earlier, skipped")
+            echo(f"[{step.name}] done earlier, skipped")
             continue
-        args = list(stage.args)
-        if stage.resume_if and (run / stage.resume_if).exists():
-            args.append("--resume")
-        elif stage.rebuild and (run / stage.rebuild).exists():
-            shutil.rmtree(run / stage.rebuild)
-        echo(f"[{stage.name}] dalle {' '.join(args)}")
+        resume = bool(step.resume_if and (run / step.resume_if).exists())
+        if not resume and step.rebuild and (run / step.rebuild).exists():
+            shutil.rmtree(run / step.rebuild)
+        echo(f"[{step.name}] {step.describe(run)['function']}" + (" (resuming)" if resume else ""))
         start = time.perf_counter()
-        invoke(args)
+        step(resume=resume)
         seconds = time.perf_counter() - start
-        atomic_write(record, json.dumps({"command": ["dalle", *args], "run": str(run),
+        atomic_write(record, json.dumps({**step.describe(run), "run": str(run), "resumed": resume,
                                          "seconds": round(seconds, 1), **machine()}, indent=2).encode())
     for name in recipe.extra_files:
         source, target = run / "data" / name, run / "pipeline" / name
@@ -282,6 +349,7 @@ def run_recipe(recipe: Recipe, run: Path, invoke: Callable[[list[str]], None],
             shutil.copytree(source, target, dirs_exist_ok=True)
         elif source.exists():
             shutil.copy2(source, target)
+    atomic_write(run / "pipeline" / RECIPE_FILE, (json.dumps(recipe.describe(run), indent=2) + "\n").encode())
     card = run / "pipeline" / "README.md"
     atomic_write(card, model_card(recipe, run).encode())
     echo(f"[card] wrote {card}")
@@ -306,7 +374,7 @@ def _last_row_with(path: Path, column: str) -> dict[str, str]:
 
 def _resumed(stage: dict) -> bool:
     """Whether a stage record is of a resumed run: its time is then the last attempt's only."""
-    return "--resume" in stage["command"]
+    return bool(stage.get("resumed"))
 
 
 def _stage_time(stage: dict | None) -> str:
@@ -327,7 +395,7 @@ def model_card(recipe: Recipe, run: Path) -> str:
 
     pipe = DallePipeline.from_pretrained(run / "pipeline")
     stages = {s.name: json.loads((run / "stages" / f"{s.name}.json").read_text())
-              for s in recipe.stages if (run / "stages" / f"{s.name}.json").exists()}
+              for s in recipe.steps if (run / "stages" / f"{s.name}.json").exists()}
     v, p = pipe.vae.config, pipe.prior.config
     parts = [("tokenizer", f"byte-level BPE, {pipe.tokenizer.config.vocab_size} tokens, "
                            f"{pipe.tokenizer.config.text_length} text positions", "tokenizer"),
@@ -338,7 +406,8 @@ def model_card(recipe: Recipe, run: Path) -> str:
              ("CLIP", f"{pipe.clip.num_parameters() / 1e6:.2f}M parameters" if pipe.clip else "none",
               "train-clip")]
     lines = [f"# dalle `{recipe.name}` pipeline", "",
-             f"A small DALL-E (Ramesh et al. 2021) trained end to end by `dalle recipe {recipe.name}`.",
+             f"A small DALL-E (Ramesh et al. 2021) trained end to end by `dalle recipe {recipe.name}`: "
+             f"recipe `{recipe.name}` version {recipe.version}, budget `{recipe.budget}`.",
              "Weights are stored in bf16.", "", "## Data", "", recipe.data_note, "",
              "Pairs per split: " + ", ".join(f"{split.name} {sum(1 for _ in split.glob('*.txt')):,}"
                                               for split in sorted((run / "data").iterdir()) if split.is_dir()
@@ -353,8 +422,8 @@ def model_card(recipe: Recipe, run: Path) -> str:
         lines += ["", f"Times measured with torch {where['torch']} on "
                   + (f"one {where['gpu']}." if where["gpu"] else f"a CPU with {where['cpus']} cores.")
                   + (" A stage resumed after an interruption counts only its last attempt." if resumed else "")]
-    lines += ["", f"All stages together took {'at least ' if resumed else ''}{total / 60:.1f} min; each "
-              "stage's exact command is below.", "", "## Metrics", ""]
+    lines += ["", f"All stages together took {'at least ' if resumed else ''}{total / 60:.1f} min.",
+              "", "## Metrics", ""]
     vae_metrics = run / "eval" / "vae.json"
     if vae_metrics.exists():
         m = json.loads(vae_metrics.read_text())
@@ -380,8 +449,9 @@ def model_card(recipe: Recipe, run: Path) -> str:
         lines += [f"| {k} | {v:.4g} |" for k, v in json.loads(evaluation.read_text()).items()
                   if isinstance(v, (int, float))]
     lines += ["", "## Reproduce", "", "```bash",
-              f"dalle recipe {recipe.name} --budget {recipe.budget}   # resumable; or stage by stage:"]
-    lines += [" ".join(a for a in s["command"] if a != "--resume").replace(s.get("run", str(run)), "$RUN")
-              for s in stages.values()]
-    lines += ["```", ""]
+              f"dalle recipe {recipe.name} --budget {recipe.budget} --recipe-version {recipe.version}"
+              "   # resumable",
+              "```", "", f"Every step's function and arguments are in `{RECIPE_FILE}`; a training "
+              "stage reruns alone from its run folder's config.json, e.g. "
+              "`dalle train-prior --config $RUN/prior/config.json`.", ""]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from dalle.errors import DalleError
 from dalle.prior import Prior
 
 
@@ -24,16 +25,16 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
                   top_p: float | None = None) -> torch.Tensor:
     """Temperature, then keep the top-k logits, then the smallest set with probability >= top-p."""
     if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+        raise DalleError(f"temperature must be positive, got {temperature}")
     logits = logits / temperature
     if top_k is not None:
         if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+            raise DalleError(f"top_k must be at least 1, got {top_k}")
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
         if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+            raise DalleError(f"top_p must be in (0, 1], got {top_p}")
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         # Drop a token when the tokens before it already hold top_p (the first always stays).
@@ -59,17 +60,17 @@ def _check_inputs(prior: Prior, text: torch.Tensor, unconditional: torch.Tensor 
                   mask: torch.Tensor | None) -> None:
     c = prior.config
     if text.ndim != 2 or text.shape[1] != c.text_length + 1:
-        raise ValueError(f"text must be (batch, {c.text_length + 1}) ids, got {tuple(text.shape)}")
+        raise DalleError(f"text must be (batch, {c.text_length + 1}) ids, got {tuple(text.shape)}")
     if guidance_scale != 1.0 and unconditional is None:
-        raise ValueError("classifier-free guidance needs the unconditional text ids "
+        raise DalleError("classifier-free guidance needs the unconditional text ids "
                          "(the empty caption's encoding)")
     grid = (c.grid_size, c.grid_size)
     if (codes is None) != (mask is None):
-        raise ValueError("inpainting needs both codes and a mask")
+        raise DalleError("inpainting needs both codes and a mask")
     if codes is not None and tuple(codes.shape[-2:]) != grid:
-        raise ValueError(f"codes to complete must be {grid[0]}x{grid[1]}, got {tuple(codes.shape)}")
+        raise DalleError(f"codes to complete must be {grid[0]}x{grid[1]}, got {tuple(codes.shape)}")
     if mask is not None and tuple(mask.shape[-2:]) != grid:
-        raise ValueError(f"the inpainting mask must be {grid[0]}x{grid[1]} over the code grid, "
+        raise DalleError(f"the inpainting mask must be {grid[0]}x{grid[1]} over the code grid, "
                          f"got {tuple(mask.shape)}")
 
 
@@ -134,15 +135,17 @@ def sample_codes(prior: Prior, text: torch.Tensor, *, temperature: float = 1.0,
     """
     _check_inputs(prior, text, unconditional, guidance_scale, codes, mask)
     c = prior.config
-    device = prior.image_head.weight.device
+    device = prior.device
     B, n = len(text), c.grid_size**2
     text = text.to(device)
     guided = guidance_scale != 1.0
     if guided:
+        assert unconditional is not None  # _check_inputs raised otherwise
         uncond = unconditional.to(device).expand(B, -1) if unconditional.ndim == 1 else unconditional.to(device)
         text = torch.cat([text, uncond])
     keep = None
     if mask is not None:
+        assert codes is not None  # _check_inputs raised otherwise
         keep = ~mask.to(device).expand(B, -1, -1).flatten(1)
         given = codes.to(device).expand(B, -1, -1).flatten(1).long()
     out = torch.zeros(B, n, dtype=torch.long, device=device)
@@ -188,7 +191,7 @@ def completion_mask(grid: int, keep_rows: int) -> torch.Tensor:
     """The inpainting mask that keeps the first `keep_rows` rows and samples the rest (§2.6:
     the paper prompts with the top rows of an image)."""
     if not 0 <= keep_rows < grid:
-        raise ValueError(f"keep_rows must be in [0, {grid - 1}] for a {grid}x{grid} grid, got {keep_rows}")
+        raise DalleError(f"keep_rows must be in [0, {grid - 1}] for a {grid}x{grid} grid, got {keep_rows}")
     mask = torch.ones(grid, grid, dtype=torch.bool)
     mask[:keep_rows] = False
     return mask

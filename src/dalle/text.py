@@ -23,6 +23,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from dalle.config import TokenizerConfig
+from dalle.errors import DalleError
 from dalle.utils import atomic_write, ensure_writable_dir
 
 TOKENIZER_NAME = "tokenizer.json"
@@ -35,13 +36,13 @@ def clean_caption(caption: str | bytes) -> str:
         try:
             caption = caption.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"caption is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            raise DalleError(f"caption is not valid UTF-8 ({e.reason} at byte {e.start})") from None
     if not isinstance(caption, str):
         raise TypeError(f"a caption must be str or bytes, not {type(caption).__name__}")
     try:
         caption.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ValueError(f"caption holds a character UTF-8 cannot encode at {e.start}") from None
+        raise DalleError(f"caption holds a character UTF-8 cannot encode at {e.start}") from None
     return " ".join(caption.split())
 
 
@@ -54,7 +55,7 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, config: TokenizerConfig) -> None:
         if tokenizer.get_vocab_size() != config.vocab_size:
-            raise ValueError(f"tokenizer.json has {tokenizer.get_vocab_size()} tokens but the "
+            raise DalleError(f"tokenizer.json has {tokenizer.get_vocab_size()} tokens but the "
                              f"config says vocab_size {config.vocab_size}")
         self.tokenizer, self.config = tokenizer, config
         model = json.loads(tokenizer.to_str())["model"]
@@ -73,7 +74,7 @@ class TextTokenizer:
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        seen, alphabet = 0, set()
+        seen, alphabet = 0, set[str]()
 
         def corpus() -> Iterable[str]:
             nonlocal seen
@@ -85,7 +86,7 @@ class TextTokenizer:
 
         tokenizer.train_from_iterator(corpus(), trainer)
         if not seen:
-            raise ValueError("cannot train a tokenizer on an empty caption corpus")
+            raise DalleError("cannot train a tokenizer on an empty caption corpus")
         config = TokenizerConfig(vocab_size=tokenizer.get_vocab_size(), text_length=text_length,
                                  bpe_dropout=bpe_dropout, alphabet="".join(sorted(alphabet)))
         return cls(tokenizer, config)
@@ -114,7 +115,7 @@ class TextTokenizer:
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # the library raises a bare Exception on a malformed file
-            raise ValueError(f"{path} is not a valid tokenizer file: {e}") from None
+            raise DalleError(f"{path} is not a valid tokenizer file: {e}") from None
         return cls(tokenizer, TokenizerConfig.load(directory / CONFIG_NAME))
 
     def mismatches(self, text_vocab_size: int, text_length: int, model: str) -> list[str]:
@@ -178,7 +179,7 @@ class TextTokenizer:
                      rngs: Sequence[random.Random] | None = None) -> torch.Tensor:
         """(B, text_length + 1) ids; `rngs`, one per caption, turn on BPE dropout."""
         if rngs is not None and len(rngs) != len(captions):
-            raise ValueError(f"{len(rngs)} generators for {len(captions)} captions")
+            raise DalleError(f"{len(rngs)} generators for {len(captions)} captions")
         if not captions:
             return torch.empty(0, self.config.text_length + 1, dtype=torch.long)
         return torch.stack([self.encode(c, None if rngs is None else rngs[i])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
+
+from dalle.errors import DalleError
 
 
 def _umask() -> int:
@@ -81,14 +83,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
+        raise DalleError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda":
         count = torch.cuda.device_count()  # 0 for a CPU build or no visible GPU
         if count == 0:
-            raise ValueError(f"device {str(device)!r} needs CUDA, which this torch "
+            raise DalleError(f"device {str(device)!r} needs CUDA, which this torch "
                              f"({torch.__version__}) does not see; use cpu or auto")
         if resolved.index is not None and resolved.index >= count:
-            raise ValueError(f"device {str(device)!r} does not exist: this machine has {count} "
+            raise DalleError(f"device {str(device)!r} does not exist: this machine has {count} "
                              f"CUDA device{'s' if count > 1 else ''}")
     return resolved
 
@@ -120,9 +122,9 @@ def image_grid(images: torch.Tensor, columns: int, padding: int = 2) -> Image.Im
 def check_unit_images(images: torch.Tensor) -> None:
     """Raise a one-line ValueError unless `images` is (N, 3 or 1, H, W) floats in [0, 1]."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, 3, H, W) or (N, 1, H, W), got {tuple(images.shape)}")
+        raise DalleError(f"images must be (N, 3, H, W) or (N, 1, H, W), got {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise ValueError(f"images must be floats in [0, 1], got {images.dtype}")
+        raise DalleError(f"images must be floats in [0, 1], got {images.dtype}")
     if images.numel() and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"images must be in [0, 1], got values in "
+        raise DalleError(f"images must be in [0, 1], got values in "
                          f"[{images.min():.3g}, {images.max():.3g}]")

@@ -12,6 +12,8 @@ import random
 import torch
 import torch.nn.functional as F
 
+from dalle.errors import DalleError
+
 
 def sample_rng(seed: int, step: int, index: int) -> random.Random:
     """The generator for one sample of one step."""
@@ -24,7 +26,7 @@ def random_crops(images: torch.Tensor, rngs: list[random.Random], max_crop: floa
     No flips: captions say left and right.
     """
     if not 0 <= max_crop < 1:
-        raise ValueError(f"max_crop must be in [0, 1), got {max_crop}")
+        raise DalleError(f"max_crop must be in [0, 1), got {max_crop}")
     size = images.shape[-1]
     out = []
     for image, rng in zip(images, rngs):

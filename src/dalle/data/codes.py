@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from dalle.dvae import DiscreteVAE
+from dalle.errors import DalleError
 from dalle.utils import atomic_write, ensure_writable_dir
 
 CODES_NAME, CAPTIONS_NAME, INDEX_NAME, PROGRESS_NAME = (
@@ -59,11 +60,11 @@ def encode_dataset(vae: DiscreteVAE, items: Iterable[dict], out: str | Path, *,
     if resume and progress_path.is_file():
         progress = json.loads(progress_path.read_text())
         if progress["batch_size"] != batch_size or progress["vae"] != config.to_dict():
-            raise ValueError(f"{out} was started with another batch size or dVAE; "
+            raise DalleError(f"{out} was started with another batch size or dVAE; "
                              "run again without --resume to start over")
         done, codes_bytes, captions_bytes = (progress[k] for k in ("rows", "codes_bytes", "captions_bytes"))
     (out / INDEX_NAME).unlink(missing_ok=True)
-    device = next(vae.parameters()).device
+    device = vae.device
     with open(out / CODES_NAME, "r+b" if done else "wb") as codes_file, \
          open(out / CAPTIONS_NAME, "r+b" if done else "wb") as captions_file:
         codes_file.truncate(codes_bytes)
@@ -90,7 +91,7 @@ def encode_dataset(vae: DiscreteVAE, items: Iterable[dict], out: str | Path, *,
             bar.update(len(batch))
         bar.close()
     if not done:
-        raise ValueError("the data source yielded no images to encode")
+        raise DalleError("the data source yielded no images to encode")
     index = {"count": done, "grid": config.grid_size, "dtype": dtype.name,
              "vocab_size": config.vocab_size, "vae": config.to_dict()}
     atomic_write(out / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
@@ -114,14 +115,14 @@ class CodesDataset(Dataset):
         expected = n * grid * grid * np.dtype(self.index["dtype"]).itemsize
         size = (self.directory / CODES_NAME).stat().st_size
         if size != expected:
-            raise ValueError(f"{self.directory / CODES_NAME} has {size} bytes, expected {expected} "
+            raise DalleError(f"{self.directory / CODES_NAME} has {size} bytes, expected {expected} "
                              f"for {n} images of {grid}x{grid} codes")
         self.codes = np.memmap(self.directory / CODES_NAME, dtype=self.index["dtype"], mode="r",
                                shape=(n, grid, grid))
         with open(self.directory / CAPTIONS_NAME, encoding="utf-8") as f:
             self.captions = [json.loads(line) for line in f]
         if len(self.captions) != n:
-            raise ValueError(f"{self.directory / CAPTIONS_NAME} has {len(self.captions)} captions "
+            raise DalleError(f"{self.directory / CAPTIONS_NAME} has {len(self.captions)} captions "
                              f"for {n} code grids")
 
     def __len__(self) -> int:

@@ -1,4 +1,4 @@
-"""The Emoji image-caption set: one concept drawn in two art styles (DESIGN.md, "Data").
+"""The Emoji image-caption set: one concept drawn in two art styles (docs/design.md, "Data").
 
 Images come from the npm packages ``emoji-datasource-google`` and ``emoji-datasource-twitter``
 (16.0.0; ``img/<style>/64/*.png``, their ``emoji.json`` maps file names to code points), captions
@@ -51,6 +51,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from dalle.data.folder import IMAGE_TOO_LARGE, IMAGE_UNREADABLE, center_square, load_image, to_rgb
+from dalle.errors import DalleError
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +165,15 @@ def fetch_packages(cache_dir: str | os.PathLike[str], styles: Sequence[str] = ST
             continue
         npm = shutil.which("npm")
         if npm is None:
-            raise RuntimeError("npm is not installed: install Node.js, or pass a local folder "
+            raise DalleError("npm is not installed: install Node.js, or pass a local folder "
                                "holding the emoji packages")
         try:
             done = subprocess.run([npm, "pack", spec], cwd=cache, capture_output=True, text=True,
                                   timeout=600)
         except subprocess.TimeoutExpired as e:
-            raise RuntimeError(f"npm pack {spec} took more than {e.timeout:.0f} s") from e
+            raise DalleError(f"npm pack {spec} took more than {e.timeout:.0f} s") from e
         if done.returncode != 0 or not tarball.is_file():
-            raise RuntimeError(f"npm pack {spec} failed: {_npm_error(done.stderr + done.stdout)}")
+            raise DalleError(f"npm pack {spec} failed: {_npm_error(done.stderr + done.stdout)}")
     return cache
 
 
@@ -207,10 +208,10 @@ def _extract(tarball: Path, target: Path) -> Path:
                     continue
                 dest = target.joinpath(*parts)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src:
+                with tar.extractfile(member) as src:  # type: ignore[union-attr]  # a file: not None
                     dest.write_bytes(src.read())
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise ValueError(f"cannot unpack npm tarball {tarball}: {e}") from e
+        raise DalleError(f"cannot unpack npm tarball {tarball}: {e}") from e
     return target
 
 
@@ -232,7 +233,7 @@ def _read_json(path: Path) -> object:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} is missing") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise DalleError(f"{path} is not valid JSON: {e}") from None
 
 
 def _version(root: Path, name: str) -> str:
@@ -287,11 +288,11 @@ def _check_styles(styles: Sequence[str]) -> tuple[str, ...]:
     """Validated styles in :data:`STYLES` order; a string is read as a comma-separated list."""
     chosen = [s.strip().lower() for s in (styles.split(",") if isinstance(styles, str) else styles)]
     if "apple" in chosen:
-        raise ValueError("the Apple emoji set is not licensed for this; "
+        raise DalleError("the Apple emoji set is not licensed for this; "
                          f"choose from {', '.join(STYLES)}")
     unknown = [s for s in chosen if s not in STYLES]
     if unknown or not chosen:
-        raise ValueError(f"unknown or no emoji style in {','.join(chosen)!r}; "
+        raise DalleError(f"unknown or no emoji style in {','.join(chosen)!r}; "
                          f"choose from {', '.join(STYLES)}")
     return tuple(s for s in STYLES if s in chosen)
 
@@ -416,11 +417,11 @@ def write_emoji(
     """
     chosen = _check_styles(styles)
     if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        raise DalleError(f"image_size must be a positive integer, got {image_size!r}")
     if not isinstance(tags, int) or tags < 0:
-        raise ValueError(f"tags must be a non-negative integer, got {tags!r}")
+        raise DalleError(f"tags must be a non-negative integer, got {tags!r}")
     if source is not None and cache_dir is not None:
-        raise ValueError("pass either a local emoji source folder or a cache folder, not both")
+        raise DalleError("pass either a local emoji source folder or a cache folder, not both")
     if source is not None and not Path(source).is_dir():
         raise FileNotFoundError(f"emoji source folder {source} does not exist")
     root = Path(out_dir)

@@ -1,5 +1,5 @@
 """Fashion-MNIST (Xiao et al. 2017) as image-caption pairs, from the Debian package
-`dataset-fashion-mnist` (DESIGN.md, "Data").
+`dataset-fashion-mnist` (docs/design.md, "Data").
 
 70,000 grayscale 28x28 images of 10 clothing classes in IDX files (`train-*` 60,000, `t10k-*`
 10,000) under /usr/share/datasets/fashion-mnist. Each image becomes an RGB png named by its
@@ -23,6 +23,7 @@ from PIL import Image
 
 from dalle.data.folder import center_square
 from dalle.data.shards import write_shards
+from dalle.errors import DalleError
 from dalle.utils import ensure_writable_dir
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -46,13 +47,13 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         with gzip.open(path) as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"corrupt Fashion-MNIST file {path}: {e}") from None
+        raise DalleError(f"corrupt Fashion-MNIST file {path}: {e}") from None
     header = 4 + 4 * ndim
     if len(data) < header or data[:4] != bytes((0, 0, 0x08, ndim)):
-        raise ValueError(f"corrupt Fashion-MNIST file {path}: not an IDX file of {ndim}-d unsigned bytes")
+        raise DalleError(f"corrupt Fashion-MNIST file {path}: not an IDX file of {ndim}-d unsigned bytes")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     if len(data) - header != math.prod(shape):
-        raise ValueError(f"corrupt Fashion-MNIST file {path}: {len(data) - header} bytes of data "
+        raise DalleError(f"corrupt Fashion-MNIST file {path}: {len(data) - header} bytes of data "
                          f"for shape {shape}")
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
@@ -60,7 +61,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 def load_fashion_mnist(split: str, root: str | Path = DEFAULT_ROOT) -> tuple[np.ndarray, np.ndarray]:
     """The images (N, 28, 28) uint8 and labels (N,) of split `train` or `test`."""
     if split not in FILE_PREFIXES:
-        raise ValueError(f"split must be train or test, got {split!r}")
+        raise DalleError(f"split must be train or test, got {split!r}")
     prefix = FILE_PREFIXES[split]
     paths = Path(root) / f"{prefix}-images-idx3-ubyte.gz", Path(root) / f"{prefix}-labels-idx1-ubyte.gz"
     for path in paths:
@@ -69,10 +70,10 @@ def load_fashion_mnist(split: str, root: str | Path = DEFAULT_ROOT) -> tuple[np.
                                     f"`apt-get install dataset-fashion-mnist` or pass the folder holding it")
     images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1)
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
-        raise ValueError(f"corrupt Fashion-MNIST split {split} in {root}: images {images.shape}, "
+        raise DalleError(f"corrupt Fashion-MNIST split {split} in {root}: images {images.shape}, "
                          f"labels {labels.shape}")
     if len(labels) and labels.max() >= len(CLASSES):
-        raise ValueError(f"corrupt Fashion-MNIST file {paths[1]}: label {labels.max()} is not a class")
+        raise DalleError(f"corrupt Fashion-MNIST file {paths[1]}: label {labels.max()} is not a class")
     return images, labels
 
 

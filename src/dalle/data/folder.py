@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dalle.errors import DalleError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -90,9 +92,9 @@ def load_image_file(path: Path, name: str) -> Image.Image:
     try:
         return load_image(path)
     except IMAGE_TOO_LARGE:
-        raise ValueError(f"{name} {path} is over Pillow's decompression-bomb limit") from None
+        raise DalleError(f"{name} {path} is over Pillow's decompression-bomb limit") from None
     except IMAGE_UNREADABLE as e:
-        raise ValueError(f"{name} {path} is not an image Pillow can read ({e})") from None
+        raise DalleError(f"{name} {path} is not an image Pillow can read ({e})") from None
 
 
 class SkippedPair(Exception):
@@ -158,7 +160,7 @@ class ImageCaptionFolder(Dataset):
             captions.append(caption)
         self.report.kept = len(images)
         if not images:
-            raise ValueError(f"no readable image-caption pairs in {self.root} ({self.report})")
+            raise DalleError(f"no readable image-caption pairs in {self.root} ({self.report})")
         if self.report.skipped:
             log.warning("%s: %s", self.root, self.report)
         self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
@@ -180,7 +182,7 @@ def read_captions(path: str | Path) -> Iterator[str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no caption source at {path}")
-    skipped = Counter()
+    skipped: Counter[str] = Counter()
     if path.is_file():
         with path.open("rb") as f:
             for line in f:

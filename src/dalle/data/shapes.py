@@ -1,6 +1,6 @@
 """The `shapes` benchmark generator: compositional zero-shot text-to-image.
 
-This implements the contract in ``../shared/SHAPES.md`` (the project's test of the paper's
+This implements the contract in ``docs/shapes.md`` (the project's test of the paper's
 zero-shot claim, §3): 64x64 images of one or two coloured shapes on black, with a caption, where
 every colour and every shape is seen in training but four colour-shape pairs
 (:data:`HELD_OUT_PAIRS`) never are. The split ``test-zero-shot`` asks for exactly those pairs.
@@ -28,6 +28,8 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
+
+from dalle.errors import DalleError
 
 __all__ = [
     "PALETTE",
@@ -103,13 +105,13 @@ class ShapeObject:
 
     def __post_init__(self) -> None:
         if self.color not in PALETTE:
-            raise ValueError(f"unknown colour {self.color!r}; expected one of {list(PALETTE)}")
+            raise DalleError(f"unknown colour {self.color!r}; expected one of {list(PALETTE)}")
         if self.shape not in SHAPES:
-            raise ValueError(f"unknown shape {self.shape!r}; expected one of {list(SHAPES)}")
+            raise DalleError(f"unknown shape {self.shape!r}; expected one of {list(SHAPES)}")
         if self.size not in SIZES:
-            raise ValueError(f"unknown size {self.size!r}; expected one of {list(SIZES)}")
+            raise DalleError(f"unknown size {self.size!r}; expected one of {list(SIZES)}")
         if self.side != SIZES[self.size]:
-            raise ValueError(f"a {self.size} object has side {SIZES[self.size]}, got {self.side}")
+            raise DalleError(f"a {self.size} object has side {SIZES[self.size]}, got {self.side}")
 
     @property
     def center(self) -> tuple[float, float]:
@@ -131,11 +133,11 @@ class Scene:
 
     def __post_init__(self) -> None:
         if len(self.objects) not in (1, 2):
-            raise ValueError(f"a scene holds 1 or 2 objects, got {len(self.objects)}")
+            raise DalleError(f"a scene holds 1 or 2 objects, got {len(self.objects)}")
         if len(self.objects) == 1 and self.relation is not None:
-            raise ValueError("a one-object scene has no relation")
+            raise DalleError("a one-object scene has no relation")
         if len(self.objects) == 2 and self.relation not in RELATIONS:
-            raise ValueError(
+            raise DalleError(
                 f"a two-object scene needs a relation in {RELATIONS}, got {self.relation!r}"
             )
 
@@ -156,9 +158,9 @@ def shape_template(shape: str, width: int, height: int) -> np.ndarray:
       centred (``round(2s/3) == s - round(s/3)``).
     """
     if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; expected one of {list(SHAPES)}")
+        raise DalleError(f"unknown shape {shape!r}; expected one of {list(SHAPES)}")
     if width < 1 or height < 1:
-        raise ValueError(f"template box must be at least 1x1, got {width}x{height}")
+        raise DalleError(f"template box must be at least 1x1, got {width}x{height}")
     xc = np.arange(width, dtype=np.float64)[None, :] + 0.5
     yc = np.arange(height, dtype=np.float64)[:, None] + 0.5
     if shape == "circle":
@@ -188,13 +190,13 @@ def shape_mask(shape: str, side: int) -> np.ndarray:
 def render(scene: Scene, image_size: int = BENCHMARK_SIZE) -> Image.Image:
     """Draw ``scene`` as an RGB image on black; lengths scale by ``image_size / 64``."""
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        raise DalleError(f"image_size must be a positive integer, got {image_size!r}")
     scale = image_size / BENCHMARK_SIZE
     canvas = np.zeros((image_size, image_size, 3), dtype=np.uint8)
     for obj in scene.objects:
         x0, y0, x1, y1 = obj.bbox
         if x0 < 0 or y0 < 0 or x1 > BENCHMARK_SIZE or y1 > BENCHMARK_SIZE:
-            raise ValueError(f"object outside the {BENCHMARK_SIZE}x{BENCHMARK_SIZE} canvas: {obj}")
+            raise DalleError(f"object outside the {BENCHMARK_SIZE}x{BENCHMARK_SIZE} canvas: {obj}")
         x0, y0 = round(x0 * scale), round(y0 * scale)
         side = max(1, round(obj.side * scale))
         # Rounding at odd scales can push a box one pixel past the edge: clip it.
@@ -208,7 +210,7 @@ def _describe(obj: ShapeObject) -> str:
 
 
 def caption(scene: Scene) -> str:
-    """The SHAPES.md caption: ``a {size} {color} {shape}[ {relation} a {size} {color} {shape}]``."""
+    """The docs/shapes.md caption: ``a {size} {color} {shape}[ {relation} a {size} {color} {shape}]``."""
     if len(scene.objects) == 1:
         return _describe(scene.objects[0])
     first, second = scene.objects
@@ -243,7 +245,7 @@ def _box_gap(a: ShapeObject, b: ShapeObject) -> int:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+        raise DalleError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
 
 
 def _pick(rng: np.random.Generator, items: Sequence[_T]) -> _T:
@@ -312,7 +314,7 @@ def _split_rng(seed: int, split: str) -> np.random.Generator:
     """A stream that depends only on ``(seed, split)`` (crc32 is stable across runs/platforms)."""
     _check_split(split)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise DalleError(f"seed must be a non-negative integer, got {seed!r}")
     entropy = [int(seed), zlib.crc32(split.encode("utf-8"))]
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
@@ -320,7 +322,7 @@ def _split_rng(seed: int, split: str) -> np.random.Generator:
 def generate_scenes(split: str, n: int, seed: int) -> Iterator[Scene]:
     """The first ``n`` scenes of ``split`` for ``seed`` (the scenes behind :func:`generate`)."""
     if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
+        raise DalleError(f"n must be non-negative, got {n}")
     rng = _split_rng(seed, split)
     for _ in range(n):
         yield sample_scene(rng, split)
@@ -350,7 +352,7 @@ def write_shapes(
     for split, n in counts.items():
         _check_split(split)
         if n < 0:
-            raise ValueError(f"count for split {split!r} must be non-negative, got {n}")
+            raise DalleError(f"count for split {split!r} must be non-negative, got {n}")
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"shapes output path exists and is not a directory: {root}")

@@ -40,8 +40,8 @@ from tqdm import tqdm
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
-from dalle.data.folder import (IMAGE_SUFFIXES, ScanReport, SkippedPair, center_square, decode_pair,
-                               find_pairs)
+from dalle.data.folder import IMAGE_SUFFIXES, ScanReport, SkippedPair, center_square, decode_pair, find_pairs
+from dalle.errors import DalleError
 from dalle.utils import ensure_writable_dir
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def write_shards(samples: Iterable[tuple[str, bytes, str]], out_dir: str | Path,
     byte-identical shards. A shard is written as `shard-*.tar.partial` and renamed when complete.
     """
     if max_samples < 1:
-        raise ValueError(f"max_samples must be positive, got {max_samples}")
+        raise DalleError(f"max_samples must be positive, got {max_samples}")
     out_dir = ensure_writable_dir(out_dir)
     if existing := sorted(out_dir.glob("shard-*.tar")):
         raise FileExistsError(f"{out_dir} already holds shards ({existing[0].name}, ...); "
@@ -133,7 +133,7 @@ def pack_shards(source: str | Path, out_dir: str | Path, max_samples: int = 1000
 
     report.shards = write_shards(readable_pairs(), out_dir, max_samples)
     if not report.kept:
-        raise ValueError(f"no readable image-caption pairs in {source} ({report})")
+        raise DalleError(f"no readable image-caption pairs in {source} ({report})")
     if report.skipped:
         log.warning("%s: %s", source, report)
     return report
@@ -150,7 +150,7 @@ def list_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
     else:
         paths = [Path(p) for p in shards]
     if not paths:
-        raise ValueError("no shards given")
+        raise DalleError("no shards given")
     missing = [p for p in paths if not p.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -195,13 +195,13 @@ class ShardDataset(IterableDataset):
                  epochs: int | None = None, shuffle_buffer: int = 1000,
                  background: tuple[int, int, int] = (0, 0, 0)) -> None:
         if shuffle_buffer < 1:
-            raise ValueError(f"shuffle_buffer must be positive, got {shuffle_buffer}")
+            raise DalleError(f"shuffle_buffer must be positive, got {shuffle_buffer}")
         self.paths = list_shards(shards)
         counts = [count_samples(path) for path in self.paths]
         self.offsets = [0, *itertools.accumulate(counts)][:-1]
         self.num_samples = sum(counts)
         if not self.num_samples:
-            raise ValueError(f"no samples in the {len(self.paths)} shards from {shards}")
+            raise DalleError(f"no samples in the {len(self.paths)} shards from {shards}")
         self.image_size, self.epochs, self.background = image_size, epochs, background
         self.shuffle_buffer = shuffle_buffer
         self.seed, self.step, self.local_batch, self.rank, self.world_size = 0, 0, 0, 0, 1
@@ -214,7 +214,7 @@ class ShardDataset(IterableDataset):
         """Read as process `rank` of `world_size` with `num_workers` loader workers, in batches of
         global_batch / world_size per process, starting at global batch `step`."""
         if global_batch % world_size:
-            raise ValueError(f"batch size {global_batch} is not divisible by the {world_size} processes")
+            raise DalleError(f"batch size {global_batch} is not divisible by the {world_size} processes")
         self._check_slots(world_size * max(1, num_workers))
         self.seed, self.step, self.local_batch = seed, step, global_batch // world_size
         self.rank, self.world_size = rank, world_size
@@ -228,7 +228,7 @@ class ShardDataset(IterableDataset):
 
     def _check_slots(self, num_slots: int) -> None:
         if len(self.paths) < num_slots:
-            raise ValueError(f"{len(self.paths)} shards cannot feed {num_slots} readers (processes x "
+            raise DalleError(f"{len(self.paths)} shards cannot feed {num_slots} readers (processes x "
                              f"loader workers); pack smaller shards or use fewer workers")
 
     def _add(self, reason: str) -> int:
@@ -243,7 +243,7 @@ class ShardDataset(IterableDataset):
         # A stream where nothing can be read would otherwise spin forever without a batch.
         self._failures += 1
         if self._failures > self.num_samples:
-            raise ValueError(f"none of the last {self._failures} samples could be read; are the shards "
+            raise DalleError(f"none of the last {self._failures} samples could be read; are the shards "
                              f"broken? ({self.report})")
 
     def _tar_error(self, error: Exception) -> bool:

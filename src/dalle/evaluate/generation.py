@@ -1,8 +1,9 @@
-"""Zero-shot evaluation of generated images on `shapes` (SHAPES.md rule 6, paper §3).
+"""Zero-shot evaluation of generated images on `shapes` (docs/shapes.md rule 6, paper §3).
 
 For each prompt of a split, draw N candidates; judge the first sample and CLIP's best of N with
-the SHAPES.md parser; report full-match and per-attribute accuracy for both. Prompts are batched
-across the prior so that evaluation runs at sampling speed.
+the docs/shapes.md parser; report full-match and per-attribute accuracy for both. Generation goes
+through `DallePipeline` with the whole list of prompts, whose candidates share the prior's
+batches, so that evaluation runs at sampling speed.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from pathlib import Path
 
 import torch
 
+from dalle.errors import DalleError
 from dalle.evaluate.shapes import METRICS, evaluate
 from dalle.pipeline import DallePipeline
-from dalle.sampling import sample_codes
 from dalle.utils import ensure_writable_dir, image_grid, to_pil
+
+# Candidates sampled per batch. Part of what a seed reproduces: the random draws follow the
+# batches, so another batch size gives other (equally good) samples.
+BATCH_SIZE = 64
 
 
 def split_prompts(folder: str | Path, limit: int | None = None) -> list[str]:
@@ -27,42 +32,18 @@ def split_prompts(folder: str | Path, limit: int | None = None) -> list[str]:
     return [f.read_text(encoding="utf-8").strip() for f in files[:limit]]
 
 
-@torch.no_grad()
-def generate_candidates(pipeline: DallePipeline, prompts: list[str], candidates: int, *,
-                        seed: int = 0, batch_size: int = 64, temperature: float | None = None,
-                        top_k: int | None = None, top_p: float | None = None,
-                        guidance_scale: float | None = None, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(P, N, 3, H, W) images for P prompts x N candidates, and their (P, N) CLIP scores.
-    Sampling options left as None take the pipeline's defaults."""
-    sampling = pipeline.sampling.updated(temperature=temperature, top_k=top_k, top_p=top_p,
-                                         guidance_scale=guidance_scale).to_dict()
-    ids = torch.stack([pipeline.encode_prompt(p) for p in prompts]).repeat_interleave(candidates, 0)
-    unconditional = pipeline.tokenizer.encode("")
-    generator = torch.Generator(pipeline.device).manual_seed(seed)
-    images, scores = [], []
-    for start in range(0, len(ids), batch_size):
-        text = ids[start : start + batch_size]
-        codes = sample_codes(pipeline.prior, text, **sampling, unconditional=unconditional,
-                             generator=generator, autocast=autocast)
-        pictures = pipeline.vae.decode(codes).clamp(0, 1)
-        images.append(pictures.cpu())
-        if pipeline.clip is not None:
-            scores.append(pipeline.clip.score(pictures, text).float().cpu())
-    shape = (len(prompts), candidates)
-    all_scores = torch.cat(scores).view(shape) if scores else None
-    return torch.cat(images).view(*shape, *images[0].shape[1:]), all_scores
-
-
-def evaluate_split(pipeline: DallePipeline, prompts: list[str], candidates: int,
-                   **kwargs) -> tuple[dict[str, dict[str, float]], torch.Tensor]:
+def evaluate_split(pipeline: DallePipeline, prompts: list[str], candidates: int, *,
+                   batch_size: int = BATCH_SIZE, **kwargs) -> tuple[dict[str, dict[str, float]], torch.Tensor]:
     """Accuracies of the first sample and of CLIP's best of `candidates`; also the images
-    (first, best) per prompt as (P, 2, 3, H, W) for a grid."""
-    images, scores = generate_candidates(pipeline, prompts, candidates, **kwargs)
-    first = images[:, 0]
+    (first, best) per prompt as (P, 2, 3, H, W) for a grid. `kwargs` are the pipeline's
+    sampling options (temperature, ..., seed)."""
+    generations = pipeline(prompts, images=candidates, candidates=candidates, batch_size=batch_size,
+                           **kwargs)
+    first = torch.stack([g.images[g.indices.argmin()] for g in generations]).cpu()
     results = {"first": evaluate(to_pil(first), prompts)}
     best = first
-    if scores is not None and candidates > 1:
-        best = images[torch.arange(len(prompts)), scores.argmax(1)]
+    if pipeline.clip is not None and candidates > 1:
+        best = torch.stack([g.images[0] for g in generations]).cpu()  # reranked: best first
         results[f"best_of_{candidates}"] = evaluate(to_pil(best), prompts)
     return results, torch.stack([first, best], 1)
 
@@ -104,13 +85,13 @@ def label_of(caption: str) -> int:
     try:
         return CAPTIONS.index(caption)
     except ValueError:
-        raise ValueError(f"{caption!r} is not a Fashion-MNIST class caption") from None
+        raise DalleError(f"{caption!r} is not a Fashion-MNIST class caption") from None
 
 
 def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | Path, *,
                           prompts: int = 500, candidates: int = 1, fid_features: bool = True,
                           classifier: str | Path | None = None, r: int = 10,
-                          **kwargs) -> dict[str, float]:
+                          batch_size: int = BATCH_SIZE, **kwargs) -> dict[str, float]:
     """Generate one image per caption of a held-out folder and compare with its real images.
 
     FID / KID (Inception-v3 pool features) against the real images of the same captions, CLIP
@@ -124,9 +105,8 @@ def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | 
     n = min(prompts, len(real))
     captions = real.captions[:n]
     real_images = torch.stack([real[i]["image"] for i in range(n)])
-    images, scores = generate_candidates(pipeline, captions, candidates, **kwargs)
-    best = scores.argmax(1) if scores is not None else torch.zeros(n, dtype=torch.long)
-    generated = images[torch.arange(n), best]
+    generations = pipeline(captions, images=1, candidates=candidates, batch_size=batch_size, **kwargs)
+    generated = torch.cat([g.images for g in generations]).cpu()
     metrics: dict[str, float] = {"n": n, "candidates": candidates}
     if fid_features:
         from dalle.evaluate.fid import InceptionFeatures, fid, kid

@@ -1,4 +1,4 @@
-"""CLIP score and CLIP R-precision of generated images against their captions (DESIGN.md,
+"""CLIP score and CLIP R-precision of generated images against their captions (docs/design.md,
 "Evaluation"; the CLIP reranker of paper §2.6 used as a judge).
 
 Both take any scorer with `encode_image(images) -> (N, E)` and `encode_text(text_ids) -> (N, E)`;
@@ -13,6 +13,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dalle.errors import DalleError
 
 
 class ImageTextScorer(Protocol):
@@ -38,11 +40,11 @@ def _encode(encode: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor
 
 def _check_pairs(images: torch.Tensor, text_ids: torch.Tensor) -> None:
     if text_ids.ndim != 2:
-        raise ValueError(f"text_ids must be (N, T) token ids, got shape {tuple(text_ids.shape)}")
+        raise DalleError(f"text_ids must be (N, T) token ids, got shape {tuple(text_ids.shape)}")
     if len(images) != len(text_ids):
-        raise ValueError(f"{len(images)} images but {len(text_ids)} captions; they must pair up")
+        raise DalleError(f"{len(images)} images but {len(text_ids)} captions; they must pair up")
     if len(images) == 0:
-        raise ValueError("no images to score")
+        raise DalleError("no images to score")
 
 
 def clip_score(model: ImageTextScorer, images: torch.Tensor, text_ids: torch.Tensor,
@@ -74,10 +76,10 @@ def r_precision(model: ImageTextScorer, images: torch.Tensor, text_ids: torch.Te
     _check_pairs(images, text_ids)
     pool = text_ids if distractor_text_ids is None else distractor_text_ids
     if pool.ndim != 2 or pool.shape[1] != text_ids.shape[1]:
-        raise ValueError(f"distractor_text_ids must be (M, {text_ids.shape[1]}) token ids like "
+        raise DalleError(f"distractor_text_ids must be (M, {text_ids.shape[1]}) token ids like "
                          f"text_ids, got shape {tuple(pool.shape)}")
     if r < 2:
-        raise ValueError(f"r must be at least 2 (the caption and one distractor), got {r}")
+        raise DalleError(f"r must be at least 2 (the caption and one distractor), got {r}")
     # Every distinct caption is encoded once; captions and pool entries become indices into them.
     captions, inverse = torch.unique(torch.cat([text_ids.cpu(), pool.cpu()]), dim=0, return_inverse=True)
     true_index = inverse[: len(text_ids)]
@@ -85,7 +87,7 @@ def r_precision(model: ImageTextScorer, images: torch.Tensor, text_ids: torch.Te
     in_pool = torch.isin(true_index, pool_index)
     fewest_others = len(pool_index) - int(in_pool.any())
     if fewest_others < r - 1:
-        raise ValueError(f"r = {r} needs {r - 1} distinct other captions as distractors but there are "
+        raise DalleError(f"r = {r} needs {r - 1} distinct other captions as distractors but there are "
                          f"only {fewest_others}; pass a smaller r or more distractor_text_ids")
 
     generator = torch.Generator().manual_seed(seed)

@@ -1,7 +1,7 @@
-"""Parser and evaluator for the `shapes` benchmark (``../shared/SHAPES.md``, "Parsing an image").
+"""Parser and evaluator for the `shapes` benchmark (``docs/shapes.md``, "Parsing an image").
 
 :func:`parse_image` turns an image into objects (colour, shape, size, bounding box) following the
-contract step by step; :func:`parse_caption` reads a caption of the SHAPES.md grammar;
+contract step by step; :func:`parse_caption` reads a caption of the docs/shapes.md grammar;
 :func:`score_image` and :func:`evaluate` judge images against captions.
 
 Images that are not 64x64 are resized to 64x64 with bilinear filtering before parsing, because
@@ -30,6 +30,7 @@ from dalle.data.shapes import (
     relation_between,
     shape_template,
 )
+from dalle.errors import DalleError
 
 __all__ = [
     "ParsedObject",
@@ -87,7 +88,7 @@ def _as_rgb64(image: Image.Image | np.ndarray) -> np.ndarray:
         return np.asarray(pil, dtype=np.uint8)
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"expected an HxWx3 uint8 array, got shape {arr.shape} dtype {arr.dtype}")
+        raise DalleError(f"expected an HxWx3 uint8 array, got shape {arr.shape} dtype {arr.dtype}")
     if arr.shape[:2] != (BENCHMARK_SIZE, BENCHMARK_SIZE):
         return _as_rgb64(Image.fromarray(arr, mode="RGB"))
     return arr
@@ -117,7 +118,7 @@ def _make_object(part: np.ndarray, color: str, offset: tuple[int, int]) -> Parse
 
 
 def parse_image(image: Image.Image | np.ndarray) -> list[ParsedObject]:
-    """All objects in ``image`` per SHAPES.md, sorted by bounding box (top, then left).
+    """All objects in ``image`` per docs/shapes.md, sorted by bounding box (top, then left).
 
     Accepts a PIL image (converted to RGB) or an HxWx3 uint8 array; sizes other than 64x64 are
     resized to 64x64 (bilinear) first.
@@ -197,18 +198,18 @@ _VOCABULARY = {"a", "an", *SIZES, *PALETTE, *SHAPES, *" ".join(RELATIONS).split(
 
 
 def parse_caption(text: str) -> CaptionSpec:
-    """Parse a SHAPES.md caption (surrounding whitespace ignored; otherwise exact, lower case).
+    """Parse a docs/shapes.md caption (surrounding whitespace ignored; otherwise exact, lower case).
 
     Raises ``ValueError`` naming the caption (and the first unknown word, if any) when it is
     outside the grammar.
     """
     if not isinstance(text, str):
-        raise ValueError(f"caption must be a string, got {type(text).__name__}")
+        raise DalleError(f"caption must be a string, got {type(text).__name__}")
     found = _CAPTION_RE.fullmatch(text.strip())
     if found is None:
         unknown = [w for w in text.split() if w not in _VOCABULARY]
         hint = f" (unknown word {unknown[0]!r})" if unknown else ""
-        raise ValueError(
+        raise DalleError(
             f"caption {text!r} is outside the shapes grammar{hint}: expected {_GRAMMAR}"
         )
     size1, color1, shape1, relation, size2, color2, shape2 = found.groups()
@@ -249,7 +250,7 @@ def match(parsed: Sequence[ParsedObject], spec: CaptionSpec) -> MatchResult:
       agreement is used (ties: the caption's order first); with two objects both orders are tried.
     * ``color``/``shape``/``size``: every named object is assigned and agrees on that attribute.
     * ``relation``: two objects: the relation holds for the assigned pair; one object: ``count``.
-    * ``full`` (SHAPES.md rule 5): all of the above. Since a fully correct assignment would have
+    * ``full`` (docs/shapes.md rule 5): all of the above. Since a fully correct assignment would have
       the highest possible agreement, this is true exactly when some assignment satisfies rule 5.
     """
     named = spec.objects
@@ -298,7 +299,7 @@ def evaluate(
     missing = object()
     for image, text in itertools.zip_longest(images, captions, fillvalue=missing):
         if image is missing or text is missing:
-            raise ValueError("images and captions must have the same length")
+            raise DalleError("images and captions must have the same length")
         result = score_image(image, text)  # type: ignore[arg-type]
         for key in METRICS:
             totals[key] += bool(getattr(result, key))

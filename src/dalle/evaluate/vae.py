@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dalle.dvae import DiscreteVAE
-from dalle.utils import to_pil
+from dalle.errors import DalleError
+from dalle.utils import atomic_write, resolve_device, to_pil
 
 
 @torch.no_grad()
@@ -18,12 +21,12 @@ def evaluate_vae(model: DiscreteVAE, dataset: Dataset, batch_size: int = 64,
 
     Returns psnr (mean over images, dB, pixels in [0, 1]), mse, perplexity of the code histogram
     (exp of its entropy; K means every code equally used), the fraction of the K codes used, and
-    with `shapes=True` the fraction of reconstructions whose SHAPES.md parse matches the caption.
+    with `shapes=True` the fraction of reconstructions whose docs/shapes.md parse matches the caption.
     """
     from dalle.evaluate.shapes import score_image
 
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     counts = torch.zeros(model.config.vocab_size, dtype=torch.float64)
     psnrs, squared_error, n_values, matches = [], 0.0, 0, 0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -44,4 +47,27 @@ def evaluate_vae(model: DiscreteVAE, dataset: Dataset, batch_size: int = 64,
                "n": float(len(psnrs))}
     if shapes:
         metrics["shapes_parse"] = matches / len(psnrs)
+    return metrics
+
+
+def evaluate_vae_folder(vae: str | Path, data: str | Path, *, json_out: str | Path | None = None,
+                        shapes: bool | None = None, batch_size: int = 64,
+                        device: str = "auto") -> dict[str, float]:
+    """`evaluate_vae` of the dVAE saved in `vae` on an image-caption folder, written to `json_out`
+    when given. `shapes=None` parses the reconstructions when every caption is a shapes caption."""
+    from dalle.data.folder import ImageCaptionFolder
+    from dalle.evaluate.shapes import parse_caption
+
+    model = DiscreteVAE.from_pretrained(vae, device=resolve_device(device)).eval()
+    dataset = ImageCaptionFolder(data, model.config.image_size)
+    if shapes is None:
+        try:
+            for caption in dataset.captions:
+                parse_caption(caption)
+            shapes = True
+        except DalleError:
+            shapes = False
+    metrics = evaluate_vae(model, dataset, batch_size=batch_size, shapes=shapes)
+    if json_out is not None:
+        atomic_write(json_out, (json.dumps(metrics, indent=2) + "\n").encode())
     return metrics

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
@@ -18,11 +19,20 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from dalle import __version__
+from dalle.errors import DalleError
 from dalle.pipeline import DallePipeline
 from dalle.serve.errors import BodySizeLimit, install_error_handlers
 from dalle.serve.jobs import Job, JobQueue, QueueFull
-from dalle.serve.schemas import (ErrorResponse, GenerateRequest, Health, JobStatus, Limits, QueueInfo,
-                                 SamplingDefaults)
+from dalle.serve.schemas import (
+    ErrorResponse,
+    GenerateRequest,
+    Health,
+    JobState,
+    JobStatus,
+    Limits,
+    QueueInfo,
+    SamplingDefaults,
+)
 
 STATIC = Path(__file__).parent / "static"
 
@@ -39,7 +49,7 @@ def check_against_pipeline(pipeline: DallePipeline, request: GenerateRequest) ->
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pipeline.encode_prompt(request.prompt)
-    except ValueError as e:
+    except DalleError as e:
         raise HTTPException(422, f"prompt: {e}") from None
     if (request.candidates or request.images) > request.images and pipeline.clip is None:
         raise HTTPException(422, "candidates: this pipeline has no CLIP model to rerank with; ask "
@@ -67,7 +77,7 @@ def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: flo
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def status_of(job: Job) -> JobStatus:
-        return JobStatus(id=job.id, status=job.status, queue_position=jobs.position(job),
+        return JobStatus(id=job.id, status=cast(JobState, job.status), queue_position=jobs.position(job),
                          progress=job.progress, elapsed_s=job.elapsed_s, error=job.error,
                          images=[f"/api/jobs/{job.id}/images/{i}.png" for i in range(len(job.pngs))],
                          scores=job.scores, warnings=job.warnings)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def describe_validation(errors: list[dict]) -> str:
+def describe_validation(errors: Sequence[Any]) -> str:
     """Pydantic's errors as one line: `images: input should be less than or equal to 16; ...`."""
     parts = []
     for e in errors:
@@ -35,11 +37,13 @@ def describe_validation(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # registered for this class only
     return error_response(422, describe_validation(exc.errors()))
 
 
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)  # registered for this class only
     message = exc.detail
     if message == HTTPStatus(exc.status_code).phrase:  # Starlette's own, e.g. "Not Found"
         message = f"{message.lower()}: {request.method} {request.url.path}"
@@ -84,7 +88,7 @@ class BodySizeLimit:
                 return await too_large(scope, receive, send)
         delivered = False
 
-        async def replay() -> dict:
+        async def replay() -> Message:
             nonlocal delivered
             if delivered:
                 return await receive()

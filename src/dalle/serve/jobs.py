@@ -13,9 +13,10 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dalle.utils import to_pil
+from dalle.errors import DalleError
 
 log = logging.getLogger(__name__)
 
@@ -127,33 +128,38 @@ class JobQueue:
             self._run(job)
 
     def _run(self, job: Job) -> None:
+        started = job.started if job.started is not None else time.monotonic()
+
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
             if self._closed:
                 raise JobStopped("failed", "the server shut down")
-            if time.monotonic() - job.started > self.time_limit_s:
+            if time.monotonic() - started > self.time_limit_s:
                 raise JobStopped("timed_out", f"stopped at the {self.time_limit_s:g} s time limit "
                                               f"with {done / total:.0%} sampled; ask for fewer "
                                               f"candidates or images")
 
         try:
             generation = self.pipeline(job.prompt, progress=progress, **job.options)
-            pngs = [png_bytes(image) for image in to_pil(generation.images)]
+            pngs = [png_bytes(image) for image in generation.pil()]
             scores = None if generation.scores is None else [float(s) for s in generation.scores]
         except JobStopped as e:
-            outcome = dict(status=e.status, error=str(e))
-        except ValueError as e:  # the pipeline's one-line messages about its input
-            outcome = dict(status="failed", error=str(e))
-        except Exception as e:
+            status, error = e.status, str(e)
+        except DalleError as e:  # the pipeline's one-line messages about its input
+            status, error = "failed", str(e)
+        except Exception as e:  # a bug: logged with its traceback
             log.exception("job %s failed", job.id)
-            outcome = dict(status="failed", error=f"internal error: {type(e).__name__}: {e}")
+            status, error = "failed", f"internal error: {type(e).__name__}: {e}"
         else:
-            outcome = dict(status="done", pngs=pngs, scores=scores)
+            with self._lock:
+                self._running = None
+                self._finish(job, "done", pngs=pngs, scores=scores)
+            return
         with self._lock:
             self._running = None
-            self._finish(job, **outcome)
+            self._finish(job, status, error)
 
-    def _finish(self, job: Job, status: str, error: str | None = None, pngs: list[bytes] = (),
+    def _finish(self, job: Job, status: str, error: str | None = None, pngs: Sequence[bytes] = (),
                 scores: list[float] | None = None) -> None:
         """Record the outcome (status last, so a reader that sees "done" sees the images)."""
         job.error, job.pngs, job.scores = error, list(pngs), scores

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from dalle.errors import DalleError
+
 MAX_PROMPT_CHARS = 500
 MAX_IMAGES = 16
 MAX_CANDIDATES = 64
@@ -41,7 +43,7 @@ class GenerateRequest(BaseModel):
     def _at_least_images(cls, candidates: int | None, info: ValidationInfo) -> int | None:
         images = info.data.get("images")
         if candidates is not None and images is not None and candidates < images:
-            raise ValueError(f"must be at least the number of images ({images}), got {candidates}")
+            raise DalleError(f"must be at least the number of images ({images}), got {candidates}")
         return candidates
 
     def sampling_options(self) -> dict:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from dalle.errors import DalleError
 from dalle.utils import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -43,5 +44,5 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for damaged files
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}): "
+        raise DalleError(f"checkpoint {path} cannot be read ({type(e).__name__}): "
                          f"{str(e).splitlines()[0] if str(e) else 'damaged file'}") from None

@@ -6,19 +6,20 @@ import itertools
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from dalle.clip import CLIP
-from dalle.config import CLIPConfig, TrainConfig
+from dalle.config import CLIPConfig
 from dalle.data.augment import random_crops, sample_rng
 from dalle.data.sources import open_images
+from dalle.errors import DalleError
 from dalle.text import TextTokenizer, clean_caption
 from dalle.train.loop import Trainer
+from dalle.train.runs import CLIPRun
 from dalle.train.vae import unwrap
 
 
@@ -48,9 +49,9 @@ class WordSwaps:
             for i, word in enumerate(words):
                 slots[(*words[:i], "", *words[i + 1 :])].add(word)
         alternatives: dict[str, set[str]] = defaultdict(set)
-        for words in slots.values():
-            for word in words:
-                alternatives[word] |= words - {word}
+        for group in slots.values():
+            for word in group:
+                alternatives[word] |= group - {word}
         self.alternatives = {w: sorted(a) for w, a in sorted(alternatives.items()) if a}
 
     def replace(self, caption: str, rng: random.Random) -> str | None:
@@ -92,7 +93,7 @@ class CLIPLoss:
     def __init__(self, tokenizer: TextTokenizer, seed: int, max_crop: float = 0.0,
                  swaps: WordSwaps | None = None) -> None:
         if not 0 <= max_crop < 1:
-            raise ValueError(f"max_crop must be in [0, 1), got {max_crop}")
+            raise DalleError(f"max_crop must be in [0, 1), got {max_crop}")
         self.tokenizer, self.seed, self.max_crop, self.swaps = tokenizer, seed, max_crop, swaps
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict]:
@@ -152,39 +153,35 @@ def check_compatible(config: CLIPConfig, tokenizer: TextTokenizer) -> None:
     """Name any mismatch between CLIP's config and its tokenizer up front."""
     problems = tokenizer.mismatches(config.text_vocab_size, config.text_length, "CLIP")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise DalleError("; ".join(problems))
 
 
-def train_clip(data: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
-               model_config: CLIPConfig, train_config: TrainConfig, *,
-               val_data: str | Path | None = None, max_crop: float = 0.0,
-               hard_negatives: bool = False, resume: bool = False,
-               show_progress: bool = True) -> CLIP:
-    """Train CLIP on an image-caption folder or shards; the result lands in out_dir/model.
-
-    `max_crop` is the largest fraction of the side a random crop removes; `hard_negatives` adds
-    word-swapped captions per sample (WordSwaps learns the swaps from a folder's captions).
-    """
-    tokenizer = TextTokenizer.from_pretrained(tokenizer_dir)
-    check_compatible(model_config, tokenizer)
-    dataset = open_images(data, model_config.image_size, training=True)
+def train_clip(run: CLIPRun, *, resume: bool = False, show_progress: bool = True) -> CLIP:
+    """Train CLIP as `run` says; the result lands in `<run.out>/model` and the run in
+    `<run.out>/config.json`. WordSwaps learns the hard negatives' swaps from a folder's captions."""
+    run = run.fitted()
+    tokenizer = TextTokenizer.from_pretrained(run.tokenizer)
+    check_compatible(run.model, tokenizer)
+    dataset = open_images(run.data, run.model.image_size, training=True)
     validate = None
-    if val_data is not None:
-        val = open_images(val_data, model_config.image_size)
+    if run.val_data is not None:
+        val = open_images(run.val_data, run.model.image_size)
         validate = lambda m, autocast: validation_metrics(  # noqa: E731
-            unwrap(m), tokenizer, val, autocast=autocast)
-    torch.manual_seed(train_config.seed)
-    model = CLIP(model_config)
+            cast(CLIP, unwrap(m)), tokenizer, val, autocast=autocast)
+    torch.manual_seed(run.train.seed)
+    model = CLIP(run.model)
     swaps = None
-    if hard_negatives:
+    if run.hard_negatives:
         if not hasattr(dataset, "captions"):
-            raise ValueError(f"hard negatives learn word swaps from the captions of an image folder; "
-                             f"{data} is a stream of shards")
+            raise DalleError(f"hard negatives learn word swaps from the captions of an image folder; "
+                             f"{run.data} is a stream of shards (pass --no-hard-negatives)")
         swaps = WordSwaps(dataset.captions)
-    loss = CLIPLoss(tokenizer, train_config.seed, max_crop, swaps)
-    trainer = Trainer(model, dataset, train_config, out_dir, loss, validate_fn=validate,
+    loss = CLIPLoss(tokenizer, run.train.seed, run.max_crop, swaps)
+    trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate,
                       resume=resume, show_progress=show_progress)
     try:
+        if trainer.ctx.is_main:
+            run.record()
         return trainer.fit()  # type: ignore[return-value]
     finally:
         trainer.close()

@@ -2,7 +2,8 @@
 
 A run launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) joins a process group: NCCL on
 GPUs, gloo on CPU. Models are wrapped in DDP, sharded with FSDP2 (`fully_shard`, one unit per
-block of `model.blocks`, then the root), or given activation checkpointing here and nowhere else.
+unit the model names with `parallel_units()`, then the root), or given activation checkpointing
+(the same units) here and nowhere else.
 Sharded state is saved as full (unsharded) state dicts, so checkpoints do not depend on how a run
 was parallelised.
 """
@@ -28,6 +29,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
+
+from dalle.errors import DalleError
 
 
 @dataclass(frozen=True)
@@ -70,24 +73,33 @@ def wrap_data_parallel(model: nn.Module, ctx: DistributedContext) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each block of `model.blocks` in the backward pass instead of storing activations.
+def parallel_units(model: nn.Module) -> list[nn.Module]:
+    """The units `model` names for FSDP and activation checkpointing (its `parallel_units()`)."""
+    units = getattr(model, "parallel_units", None)
+    if units is None:
+        raise DalleError(f"{type(model).__name__} names no units for FSDP or activation "
+                         f"checkpointing: it has no parallel_units() method")
+    return list(units())
 
-    The wrapper's state-dict hooks keep parameter names unchanged, so checkpoints are unaffected.
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each of the model's units in the backward pass instead of storing activations.
+
+    Each unit is replaced in its parent by a wrapper whose state-dict hooks keep parameter names
+    unchanged, so checkpoints are unaffected.
     """
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList):
-        raise ValueError(f"activation checkpointing needs a model with `blocks`; "
-                         f"{type(model).__name__} has none")
-    for i, block in enumerate(blocks):
-        blocks[i] = checkpoint_wrapper(block)
+    units = {id(unit) for unit in parallel_units(model)}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in units:
+                setattr(parent, name, checkpoint_wrapper(child))
 
 
 def shard_model(model: nn.Module, ctx: DistributedContext) -> nn.Module:
-    """Shard `model` in place over all processes with FSDP2: each block, then the rest."""
+    """Shard `model` in place over all processes with FSDP2: each unit, then the rest."""
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
-    for block in getattr(model, "blocks", []):
-        fully_shard(block, mesh=mesh)
+    for unit in parallel_units(model):
+        fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 
@@ -99,14 +111,14 @@ def is_sharded(model: nn.Module) -> bool:
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def full_model_state(model: nn.Module) -> dict[str, Any]:
     """The whole model's state dict on CPU (a collective when sharded; only rank 0 gets it)."""
     if is_sharded(model):
         return get_model_state_dict(model, options=FULL_STATE)
     return model.state_dict()
 
 
-def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_full_model_state(model: nn.Module, state: dict[str, Any]) -> None:
     if is_sharded(model):
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
     else:

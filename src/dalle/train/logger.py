@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from dalle.errors import DalleError
+
 
 class MetricsLogger:
     """Appends one row of scalars per logged step; on resume, drops rows past the resumed step."""
@@ -15,7 +17,7 @@ class MetricsLogger:
         if resume_step is not None and self.path.exists():
             with self.path.open(newline="") as f:
                 reader = csv.DictReader(f)
-                self.fields = reader.fieldnames and list(reader.fieldnames)
+                self.fields = None if reader.fieldnames is None else list(reader.fieldnames)
                 rows = [r for r in reader if int(r["step"]) <= resume_step]
             self._rewrite(rows)
         elif self.path.exists():
@@ -25,7 +27,7 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise RuntimeError("log_format=tensorboard needs the tensorboard package: "
+                raise DalleError("log_format=tensorboard needs the tensorboard package: "
                                    "pip install 'dalle[tensorboard]'") from None
             self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step)
 

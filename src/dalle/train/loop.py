@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
 from dalle.config import JSONConfig, TrainConfig
+from dalle.errors import DalleError
 from dalle.pretrained import PretrainedModel
+from dalle.prior import estimate_mfu
 from dalle.train import distributed as D
 from dalle.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dalle.train.ema import EMA
@@ -32,6 +34,18 @@ from dalle.utils import ensure_writable_dir, resolve_device
 LossFn = Callable[[nn.Module, Any, int], tuple[torch.Tensor, dict[str, Any]]]
 SampleFn = Callable[[nn.Module, Any], Image.Image]
 ValidateFn = Callable[[nn.Module, torch.autocast], dict[str, float]]
+
+# Dense bf16 peak FLOP/s of one GPU (vendors' datasheets), by a part of its CUDA name; first match.
+BF16_PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+                   ("A100", 312e12))
+
+
+def known_peak_flops(device: torch.device, bf16: bool) -> float | None:
+    """The datasheet peak FLOP/s of `device` in bf16, if this table knows it; else None."""
+    if not bf16 or device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for part, flops in BF16_PEAK_FLOPS if part in name), None)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -73,18 +87,25 @@ class Trainer:
     `validate_fn(model, autocast) -> metrics` runs every `eval_every` steps and at the end on
     the export weights; its metrics join metrics.csv.
     out_dir/model/         the final weights (EMA or raw), `from_pretrained`-loadable
+    A model with `flops_per_token()` and `sequence_length` (the prior) also logs `model_tflops`
+    and, with `peak_flops` (one device's peak FLOP/s) given or known for its GPU, `mfu`.
     """
 
     def __init__(self, model: PretrainedModel, dataset: Dataset, config: TrainConfig,
                  out_dir: str | Path, loss_fn: LossFn, *, collate_fn: Callable | None = None,
                  sample_fn: SampleFn | None = None, sample_batch: Any = None,
-                 validate_fn: ValidateFn | None = None,
+                 validate_fn: ValidateFn | None = None, peak_flops: float | None = None,
                  resume: bool = False, show_progress: bool = True) -> None:
         self.config, self.loss_fn, self.sample_fn = config, loss_fn, sample_fn
         self.sample_batch, self.validate_fn = sample_batch, validate_fn
         self.ctx = D.setup_distributed(resolve_device(config.device))
         self.out_dir = ensure_writable_dir(out_dir) if self.ctx.is_main else Path(out_dir)
         self.model = model.to(self.ctx.device).train()
+        # Model FLOPs per token (forward + backward) and tokens per sample: model TFLOP/s and MFU.
+        count = getattr(model, "flops_per_token", None)
+        self.flops_per_token: float | None = count() if count is not None else None
+        self.tokens_per_sample: int = getattr(model, "sequence_length", 0)
+        self.peak_flops = peak_flops or known_peak_flops(self.ctx.device, config.bf16)
         if config.activation_checkpointing:
             D.apply_activation_checkpointing(self.model)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
@@ -135,22 +156,22 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any], streaming: bool) -> None:
         if state["world_size"] != self.ctx.world_size:
-            raise ValueError(f"checkpoint was written by {state['world_size']} processes, this "
+            raise DalleError(f"checkpoint was written by {state['world_size']} processes, this "
                              f"run has {self.ctx.world_size}; exact resume needs the same number")
         saved_workers = state["train_config"]["num_workers"]
         if streaming and saved_workers != self.config.num_workers:
-            raise ValueError(f"checkpoint was written with num_workers={saved_workers}, this run has "
+            raise DalleError(f"checkpoint was written with num_workers={saved_workers}, this run has "
                              f"{self.config.num_workers}; a stream resumes exactly only with the same")
         model_config = getattr(self.model, "config", None)
         if model_config is not None and state.get("model_config") != model_config.to_dict():
             saved, now = state.get("model_config") or {}, model_config.to_dict()
             diff = [k for k in now if saved.get(k) != now[k]]
-            raise ValueError(f"checkpoint was written for a different model config "
+            raise DalleError(f"checkpoint was written for a different model config "
                              f"(differs in: {', '.join(diff) or 'fields'})")
         if state["train_config"].get("fsdp", False) and state["world_size"] > 1 and not self.sharded:
-            raise ValueError("checkpoint was written by an FSDP run; resume it with --fsdp")
+            raise DalleError("checkpoint was written by an FSDP run; resume it with --fsdp")
         if self.sharded and not state["train_config"].get("fsdp", False):
-            raise ValueError("checkpoint was written without FSDP; resume it without --fsdp")
+            raise DalleError("checkpoint was written without FSDP; resume it without --fsdp")
         D.load_full_model_state(self.model, state["model"])
         if self.ema is not None and state.get("ema") is not None:
             D.load_full_model_state(self.ema.shadow, state["ema"])
@@ -244,6 +265,17 @@ class Trainer:
             self.ema.update(self.model, self.step)
         return loss, metrics
 
+    def _efficiency(self, samples_per_s: float) -> dict[str, float]:
+        """Achieved model TFLOP/s and, given a peak, MFU over every process's device."""
+        if self.flops_per_token is None:
+            return {}
+        tokens_per_s = samples_per_s * self.tokens_per_sample
+        scalars = {"model_tflops": self.flops_per_token * tokens_per_s / 1e12}
+        if self.peak_flops:
+            scalars["mfu"] = estimate_mfu(self.flops_per_token, tokens_per_s,
+                                          self.peak_flops * self.ctx.world_size)
+        return scalars
+
     def fit(self, until: int | None = None) -> nn.Module:
         """Train up to step `until` (default: `config.steps`); returns the export weights."""
         c = self.config
@@ -263,8 +295,8 @@ class Trainer:
                     rate = (self.step - tick_step) * c.batch_size / max(elapsed, 1e-9)
                     tick, tick_step = time.perf_counter(), self.step
                     scalars = {"loss": float(D.all_mean(loss.detach().float(), self.ctx)),
-                               "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
-                               **{k: float(v) for k, v in metrics.items()}}
+                               "lr": float(self.scheduler.get_last_lr()[0]), "samples_per_s": rate,
+                               **self._efficiency(rate), **{k: float(v) for k, v in metrics.items()}}
                     progress.set_postfix(loss=f"{scalars['loss']:.4f}", rate=f"{rate:.0f}/s")
                     if self.logger is not None:
                         self.logger.log(self.step, scalars)
@@ -279,7 +311,7 @@ class Trainer:
         finally:
             progress.close()
         if self.step < until:
-            raise ValueError(f"the data ended at step {self.step} of {until}; a stream to train "
+            raise DalleError(f"the data ended at step {self.step} of {until}; a stream to train "
                              f"on must repeat (for shards: epochs=None)")
         self._validate()
         if self.step >= c.steps and isinstance(self.eval_model, PretrainedModel):

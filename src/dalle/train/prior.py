@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from dalle.config import PriorConfig, TrainConfig
+from dalle.config import PriorConfig
 from dalle.data.augment import sample_rng
 from dalle.data.codes import CodesDataset
+from dalle.errors import DalleError
 from dalle.prior import Prior
 from dalle.text import TextTokenizer
 from dalle.train.loop import Trainer
+from dalle.train.runs import PriorRun
 from dalle.train.vae import unwrap
 
 
@@ -28,7 +29,7 @@ class PriorLoss:
 
     def __init__(self, tokenizer: TextTokenizer, seed: int, caption_drop: float = 0.0) -> None:
         if not 0 <= caption_drop < 1:
-            raise ValueError(f"caption_drop must be in [0, 1), got {caption_drop}")
+            raise DalleError(f"caption_drop must be in [0, 1), got {caption_drop}")
         self.tokenizer, self.seed, self.caption_drop = tokenizer, seed, caption_drop
 
     def encode(self, captions: list[str], indices: torch.Tensor, step: int) -> torch.Tensor:
@@ -75,28 +76,29 @@ def check_compatible(config: PriorConfig, tokenizer: TextTokenizer, codes: Codes
         problems.append(f"the codes are {codes.index['grid']}x{codes.index['grid']} but the "
                         f"prior expects a {config.grid_size}x{config.grid_size} grid")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise DalleError("; ".join(problems))
 
 
-def train_prior(codes_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
-                model_config: PriorConfig, train_config: TrainConfig, *,
-                val_codes_dir: str | Path | None = None, caption_drop: float = 0.0,
-                resume: bool = False, show_progress: bool = True) -> Prior:
-    """Train the prior on a codes directory; the result lands in out_dir/model."""
-    tokenizer = TextTokenizer.from_pretrained(tokenizer_dir)
-    dataset = CodesDataset(codes_dir)
-    check_compatible(model_config, tokenizer, dataset)
-    torch.manual_seed(train_config.seed)
-    model = Prior(model_config)
-    loss = PriorLoss(tokenizer, train_config.seed, caption_drop)
+def train_prior(run: PriorRun, *, resume: bool = False, show_progress: bool = True) -> Prior:
+    """Train the prior as `run` says; the result lands in `<run.out>/model` and the run in
+    `<run.out>/config.json`."""
+    run = run.fitted()
+    tokenizer = TextTokenizer.from_pretrained(run.tokenizer)
+    dataset = CodesDataset(run.data)
+    check_compatible(run.model, tokenizer, dataset)
+    torch.manual_seed(run.train.seed)
+    model = Prior(run.model)
+    loss = PriorLoss(tokenizer, run.train.seed, run.caption_drop)
     validate = None
-    if val_codes_dir is not None:
-        val = CodesDataset(val_codes_dir)
-        check_compatible(model_config, tokenizer, val)
-        validate = lambda m, autocast: validation_loss(unwrap(m), tokenizer, val, autocast=autocast)  # noqa: E731
-    trainer = Trainer(model, dataset, train_config, out_dir, loss, validate_fn=validate,
+    if run.val_data is not None:
+        val = CodesDataset(run.val_data)
+        check_compatible(run.model, tokenizer, val)
+        validate = lambda m, autocast: validation_loss(cast(Prior, unwrap(m)), tokenizer, val, autocast=autocast)  # noqa: E731
+    trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate,
                       resume=resume, show_progress=show_progress)
     try:
+        if trainer.ctx.is_main:
+            run.record()
         return trainer.fit()  # type: ignore[return-value]
     finally:
         trainer.close()

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
+from dalle.errors import DalleError
+
 
 class StepBatchSampler:
     """Yields this rank's index list for global batches start_step, start_step + 1, ... forever."""
@@ -18,10 +20,10 @@ class StepBatchSampler:
     def __init__(self, dataset_size: int, global_batch: int, seed: int, rank: int = 0,
                  world_size: int = 1, start_step: int = 0) -> None:
         if global_batch % world_size:
-            raise ValueError(f"batch size {global_batch} is not divisible by the "
+            raise DalleError(f"batch size {global_batch} is not divisible by the "
                              f"{world_size} processes")
         if dataset_size < global_batch:
-            raise ValueError(f"the dataset has {dataset_size} items, fewer than one batch "
+            raise DalleError(f"the dataset has {dataset_size} items, fewer than one batch "
                              f"of {global_batch}")
         self.size, self.batch, self.seed = dataset_size, global_batch, seed
         self.rank, self.world_size, self.start_step = rank, world_size, start_step

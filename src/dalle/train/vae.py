@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
 from torch import nn
 
-from dalle.config import DVAEConfig, TrainConfig
 from dalle.data.augment import random_crops, sample_rng
 from dalle.data.sources import first_images, open_images
 from dalle.dvae import DiscreteVAE
 from dalle.train.loop import Trainer
+from dalle.train.runs import DVAERun
 from dalle.utils import image_grid
 
 
@@ -53,7 +52,7 @@ class DVAELoss:
             images = random_crops(images, rngs, self.max_crop)
         # channels_last lets oneDNN / cuDNN pick their fastest convolution kernels.
         images = images.contiguous(memory_format=torch.channels_last)
-        config: DVAEConfig = unwrap(model).config
+        config = cast(DiscreteVAE, unwrap(model)).config
         grid = (config.vocab_size, images.shape[2] // config.downsample, images.shape[3] // config.downsample)
         noise = keyed_gumbel_noise(grid, batch["index"], step, self.seed, images.device)
         out = model(images, step=step, gumbel_noise=noise)
@@ -70,18 +69,21 @@ def reconstruction_grid(model: DiscreteVAE, images: torch.Tensor, columns: int =
     return image_grid(pairs, columns=2 * columns)
 
 
-def train_vae(data_dir: str | Path, out_dir: str | Path, model_config: DVAEConfig,
-              train_config: TrainConfig, resume: bool = False, show_progress: bool = True,
-              max_crop: float = 0.0) -> DiscreteVAE:
-    """Train a dVAE on an image-caption folder or shards; the result lands in out_dir/model."""
-    dataset = open_images(data_dir, model_config.image_size, training=True)
-    torch.manual_seed(train_config.seed)
-    model = DiscreteVAE(model_config).to(memory_format=torch.channels_last)
+def train_vae(run: DVAERun, *, resume: bool = False, show_progress: bool = True) -> DiscreteVAE:
+    """Train a dVAE as `run` says; the result lands in `<run.out>/model` and the run in
+    `<run.out>/config.json`."""
+    dataset = open_images(run.data, run.model.image_size, training=True)
+    torch.manual_seed(run.train.seed)
+    model = DiscreteVAE(run.model)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     preview = first_images(dataset, 16)
-    trainer = Trainer(model, dataset, train_config, out_dir, DVAELoss(train_config.seed, max_crop),
-                      sample_fn=reconstruction_grid, sample_batch=preview,
+    trainer = Trainer(model, dataset, run.train, run.out, DVAELoss(run.train.seed, run.max_crop),
+                      sample_fn=lambda m, images: reconstruction_grid(cast(DiscreteVAE, m), images),
+                      sample_batch=preview,
                       resume=resume, show_progress=show_progress)
     try:
+        if trainer.ctx.is_main:
+            run.record()
         return trainer.fit()  # type: ignore[return-value]
     finally:
         trainer.close()
