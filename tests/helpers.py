@@ -53,8 +53,8 @@ def tiny_prior_data(root) -> None:
     """A tokenizer and a codes directory (from the tiny dVAE) under `root`, for prior tests."""
     from pathlib import Path
 
-    from dalle.data.codes import encode_dataset
     from dalle.text import TextTokenizer
+    from dalle.train.codes import encode_dataset
 
     root = Path(root)
     captions = [f"a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square")]

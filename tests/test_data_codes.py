@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from dalle.config import DVAEConfig
-from dalle.data.codes import CodesDataset, encode_dataset
+from dalle.data.codes import CodesDataset
 from dalle.dvae import DiscreteVAE
+from dalle.train.codes import encode_dataset
 from helpers import RandomImages
 
 

@@ -470,14 +470,23 @@ def main() -> None:
         debug = True
         del sys.argv[1]
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+    command = typer.main.get_command(app)
     try:
-        # Not standalone: click's usage errors reach us instead of being drawn as a box.
-        code = app(standalone_mode=False, prog_name="dalle")
+        # Parsed and run here rather than by click's own main, so that its usage errors reach us
+        # as exceptions instead of being drawn as a box.
+        with command.make_context("dalle", sys.argv[1:]) as ctx:
+            command.invoke(ctx)
+        code = 0
+    except typer.Exit as e:  # --help, and commands that end early
+        code = e.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted; the last checkpoint is intact (resume with --resume)", err=True)
+        code = 130
     except _click_exception() as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # typer has already shown the help
             sys.exit(0)
-        ctx = getattr(e, "ctx", None)
-        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        failed = getattr(e, "ctx", None)  # the context of the command whose usage was wrong
+        hint = f" (see '{failed.command_path} --help')" if failed is not None else ""
         typer.echo(f"error: {e.format_message()}{hint}", err=True)  # type: ignore[attr-defined]
         sys.exit(e.exit_code)  # type: ignore[attr-defined]
     # OSError covers missing paths, permissions and unreadable files (Pillow's UnidentifiedImageError).
@@ -486,6 +495,4 @@ def main() -> None:
             raise
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
-    if code == 130:  # typer turns Ctrl-C into exit status 130
-        typer.echo("interrupted; the last checkpoint is intact (resume with --resume)", err=True)
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(code)

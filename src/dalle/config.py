@@ -158,9 +158,10 @@ class DVAEConfig(JSONConfig):
     @classmethod
     def small(cls) -> DVAEConfig:
         """The bundled pipelines' dVAE: 64 px -> 8x8 codes of 512, 0.8M parameters. Its tau and
-        KL schedules follow the run's length (`dalle.train.runs`)."""
+        KL schedules are for DVAE_TRAINING's 10,000 steps; a run of another length gets its own
+        (`dalle.train.runs.DVAERun`)."""
         return cls(image_size=64, downsample=8, vocab_size=512, hidden=32, blocks_per_group=1,
-                   decoder_init=64)
+                   decoder_init=64, tau_steps=10_000, kl_warmup_steps=5_000)
 
     @classmethod
     def base(cls) -> DVAEConfig:
