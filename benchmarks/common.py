@@ -139,7 +139,7 @@ def comparison_config(vocabulary: str = "paper", grid: int = 8, layout: str = "s
                       depth: int = 8) -> PriorConfig:
     """The comparison prior: dim 256, 8 heads of 32, text 32 tokens, one of `VOCABULARIES`."""
     text_ids, codes = VOCABULARIES[vocabulary]
-    return PriorConfig(text_vocab_size=text_ids, text_length=32, image_vocab_size=codes,
+    return PriorConfig(text_vocab_size=text_ids, text_length=32, codebook_size=codes,
                        grid_size=grid, dim=256, depth=depth, heads=8, head_dim=32, layout=layout)
 
 
@@ -147,7 +147,7 @@ def random_batch(config: PriorConfig, size: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Random text ids (size, T + 1) and image codes (size, grid, grid) for `config`."""
     text = torch.randint(0, config.text_vocab_size, (size, config.text_length + 1), device=device)
-    codes = torch.randint(0, config.image_vocab_size, (size, config.grid_size, config.grid_size),
+    codes = torch.randint(0, config.codebook_size, (size, config.grid_size, config.grid_size),
                           device=device)
     return text, codes
 

@@ -35,7 +35,7 @@ def model_shapes(batch: int = 16) -> dict[str, tuple[int, int, int]]:
     inner, hidden = c.heads * c.head_dim, c.mlp_ratio * c.dim
     return {"QKV projection": (tokens, c.dim, 3 * inner), "MLP in": (tokens, c.dim, hidden),
             "MLP out": (tokens, hidden, c.dim),
-            "image head": (batch * c.image_tokens, c.dim, c.image_vocab_size)}
+            "image head": (batch * c.image_tokens, c.dim, c.codebook_size)}
 
 
 def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device,

@@ -6,7 +6,7 @@
     python benchmarks/run.py --device cuda --paper-12b
 
 Sections, in order: matmul (the machine's GFLOP/s peak per dtype), training (the prior at the
-comparison config), sampling, dvae, clip, scaling (attention layouts vs dense), paper-12b (only
+comparison config), sampling, vae, clip, scaling (attention layouts vs dense), paper-12b (only
 with --paper-12b or --only; CUDA only), then the targets of what ran. Every figure is the median
 (min–max) of --repeats runs after one warm-up.
 """
@@ -18,12 +18,12 @@ from typing import NamedTuple
 
 from clip_score import clip_section
 from common import Timing, environment, fmt, markdown_table, parser, percent, setup
-from dvae import dvae_section
 from matmul import matmul_section
 from prior import scaling_section, training_section
 from sampling import paper_12b_section, sampling_section
+from vae import vae_section
 
-SECTIONS = ("matmul", "training", "sampling", "dvae", "clip", "scaling", "paper-12b")
+SECTIONS = ("matmul", "training", "sampling", "vae", "clip", "scaling", "paper-12b")
 
 
 class Target(NamedTuple):
@@ -98,7 +98,7 @@ def main() -> None:
         "matmul": lambda: matmul_section(device, r),
         "training": lambda: training_section(device, r, results.get("matmul")),
         "sampling": lambda: sampling_section(device, r, grids=(8,) if quick else (8, 16)),
-        "dvae": lambda: dvae_section(device, r, paper=not quick),
+        "vae": lambda: vae_section(device, r, paper=not quick),
         "clip": lambda: clip_section(device, r),
         "scaling": lambda: scaling_section(device, r),
         "paper-12b": lambda: (paper_12b_section(device, r), None),

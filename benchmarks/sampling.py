@@ -31,7 +31,7 @@ def sampling_prior(grid: int, device: torch.device, dtype: torch.dtype) -> Prior
 
 def sampling_time(model: Prior, batch: int, repeats: int, **kwargs) -> Timing:
     """Seconds to sample a batch of whole code grids (prefill included)."""
-    c, device = model.config, model.image_head.weight.device
+    c, device = model.config, model.device
     text = torch.randint(0, c.text_vocab_size, (batch, c.text_length + 1), device=device)
     generator = torch.Generator(device).manual_seed(0)
     return measure(lambda: sample_codes(model, text, generator=generator, **kwargs), repeats)
@@ -85,7 +85,7 @@ def paper_prior(device: torch.device) -> Prior:
 @torch.no_grad()
 def step_time(model: Prior, batch: int, repeats: int, cuda_graph: bool) -> Timing:
     """Seconds of one cached sampling step (one image position) after the text prefill."""
-    c, device = model.config, model.image_head.weight.device
+    c, device = model.config, model.device
     cache = model.new_cache()
     model.prefill(torch.randint(0, c.text_vocab_size, (batch, c.text_length + 1), device=device), cache)
     code = torch.zeros(batch, dtype=torch.long, device=device)

@@ -5,10 +5,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dalle.config import DVAEConfig, TrainConfig
-from dalle.dvae import DiscreteVAE
+from dalle.config import TrainConfig, VAEConfig
 from dalle.train import Trainer
-from dalle.train.vae import DVAELoss
+from dalle.train.vae import VAELoss
+from dalle.vae import DiscreteVAE
 
 
 class RandomImages(Dataset):
@@ -34,8 +34,8 @@ def tiny_train_config(**kwargs) -> TrainConfig:
 
 def make_trainer(out_dir, config: TrainConfig, resume: bool = False, dataset=None) -> Trainer:
     torch.manual_seed(config.seed)
-    model = DiscreteVAE(DVAEConfig.tiny())
-    return Trainer(model, dataset or RandomImages(), config, out_dir, DVAELoss(config.seed),
+    model = DiscreteVAE(VAEConfig.tiny())
+    return Trainer(model, dataset or RandomImages(), config, out_dir, VAELoss(config.seed),
                    resume=resume, show_progress=False)
 
 
@@ -61,10 +61,10 @@ def tiny_prior_data(root) -> None:
     data = RandomImages(n=24)
     data.captions = [captions[i % len(captions)] + (" on the left" if i % 4 == 0 else "")
                      for i in range(len(data))]
-    TextTokenizer.train(data.captions, vocab_size=300, text_length=16,
+    TextTokenizer.train(data.captions, bpe_vocab_size=300, text_length=16,
                         bpe_dropout=0.1).save_pretrained(root / "tokenizer")
     torch.manual_seed(0)
-    vae = DiscreteVAE(DVAEConfig.tiny()).eval()
+    vae = DiscreteVAE(VAEConfig.tiny()).eval()
     vae.save_pretrained(root / "vae")
     items = [{**data[i], "caption": data.captions[i]} for i in range(len(data))]
     encode_dataset(vae, items, root / "codes", batch_size=8, show_progress=False)
@@ -78,8 +78,8 @@ def tiny_prior_config(root, **kwargs):
     from dalle.text import TextTokenizer
 
     tokenizer = TextTokenizer.from_pretrained(Path(root) / "tokenizer").config
-    defaults = dict(text_vocab_size=tokenizer.num_ids, text_length=tokenizer.text_length,
-                    image_vocab_size=32, grid_size=4, dim=32, depth=3, heads=2, head_dim=16,
+    defaults = dict(text_vocab_size=tokenizer.text_vocab_size, text_length=tokenizer.text_length,
+                    codebook_size=32, grid_size=4, dim=32, depth=3, heads=2, head_dim=16,
                     conv_kernel=3)
     return PriorConfig(**{**defaults, **kwargs})
 

@@ -8,15 +8,15 @@ import sys
 import pytest
 import torch
 
-from dalle.config import DVAEConfig
-from dalle.dvae import DiscreteVAE
+from dalle.config import VAEConfig
+from dalle.vae import DiscreteVAE
 
-TINY = ["--image-size", "16", "--downsample", "4", "--vocab-size", "16", "--hidden", "8",
+TINY = ["--image-size", "16", "--downsample", "4", "--codebook-size", "16", "--hidden", "8",
         "--decoder-init", "8", "--batch-size", "8", "--device", "cpu", "--log-every", "2"]
 
 
-def dalle(*args, cwd=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def dalle(*args, cwd=None, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-c", "from dalle.cli import main; main()", *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
@@ -36,7 +36,7 @@ def shapes(tmp_path_factory):
 
 
 def test_help_shows_defaults():
-    for command in (["train-vae"], ["eval-vae"], ["reconstruct"], ["data", "shapes"], ["import-openai-dvae"]):
+    for command in (["train-vae"], ["eval-vae"], ["reconstruct"], ["data", "shapes"], ["import-openai-vae"]):
         r = dalle(*command, "--help")
         assert r.returncode == 0
     shown = "".join(dalle("train-vae", "--help").stdout.replace("│", "").split())
@@ -71,9 +71,9 @@ def test_usage_errors_are_one_line(args, needle):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["train-vae", "--out", "o"], "DVAERun needs data (--data)"),
+    (["train-vae", "--out", "o"], "VAERun needs data (--data)"),
     (["train-vae", "--data", "d", "--out", "o", "--preset", "huge"],
-     "no DVAEConfig preset 'huge'; choose from tiny, small, base, paper"),
+     "no VAEConfig preset 'huge'; choose from tiny, small, base, paper"),
     (["train-prior", "--data", "d", "--out", "o"], "PriorRun needs tokenizer (--tokenizer)"),
     (["train-clip", "--data", "d", "--out", "o", "--tokenizer", "t", "--preset", "paper"],
      "no CLIPConfig preset 'paper'"),
@@ -92,10 +92,10 @@ def test_training_options_are_the_run_config_fields():
 
     from dalle.cli import app
     from dalle.config import TrainConfig
-    from dalle.train import CLIPRun, DVAERun, PriorRun
+    from dalle.train import CLIPRun, PriorRun, VAERun
 
     commands = get_command(app).commands  # type: ignore[attr-defined]
-    for name, run_class in (("train-vae", DVAERun), ("train-prior", PriorRun), ("train-clip", CLIPRun)):
+    for name, run_class in (("train-vae", VAERun), ("train-prior", PriorRun), ("train-clip", CLIPRun)):
         options = {p.name for p in commands[name].params}
         fields = ({f.name for f in dataclasses.fields(run_class)} - {"model", "train"}
                   | {f.name for f in dataclasses.fields(run_class.model_class)} - set(run_class.derived)
@@ -116,7 +116,7 @@ def test_missing_data_folder(tmp_path):
 
 def test_corrupt_image_file(tmp_path):
     model_dir = tmp_path / "vae"
-    DiscreteVAE(DVAEConfig.tiny()).save_pretrained(model_dir)
+    DiscreteVAE(VAEConfig.tiny()).save_pretrained(model_dir)
     for content in (b"", b"not an image"):
         (tmp_path / "bad.png").write_bytes(content)
         one_line_error(dalle("reconstruct", "--vae", model_dir, "--data", tmp_path / "bad.png",
@@ -132,9 +132,9 @@ def test_unwritable_output(shapes, tmp_path):
 
 def test_config_checkpoint_mismatch(tmp_path):
     model_dir = tmp_path / "vae"
-    DiscreteVAE(DVAEConfig.tiny()).save_pretrained(model_dir)
+    DiscreteVAE(VAEConfig.tiny()).save_pretrained(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    (model_dir / "config.json").write_text(json.dumps({**config, "vocab_size": 64}))
+    (model_dir / "config.json").write_text(json.dumps({**config, "codebook_size": 64}))
     one_line_error(dalle("eval-vae", "--vae", model_dir, "--data", tmp_path), "does not match")
 
 
@@ -147,15 +147,15 @@ def test_refused_pickle(tmp_path):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     evil.write_bytes(pickle.dumps(Evil()))
-    one_line_error(dalle("import-openai-dvae", evil, evil, "--out", tmp_path / "out"), "refused")
+    one_line_error(dalle("import-openai-vae", evil, evil, "--out", tmp_path / "out"), "refused")
     assert not (tmp_path / "pwned").exists()
 
 
 def test_tokenizer_codes_inspect_and_prior(shapes, tmp_path):
-    torch_vae = DiscreteVAE(DVAEConfig.tiny())
+    torch_vae = DiscreteVAE(VAEConfig.tiny())
     torch_vae.save_pretrained(tmp_path / "vae")
     r = dalle("train-tokenizer", "--data", shapes / "train", "--out", tmp_path / "tok",
-              "--vocab-size", 400, "--text-length", 16)
+              "--bpe-vocab-size", 400, "--text-length", 16)
     assert r.returncode == 0 and "text length 16" in r.stdout, r.stderr
     r = dalle("data", "pack", "--data", shapes / "train", "--out", tmp_path / "shards", "--max-samples", 16)
     assert r.returncode == 0 and "40 image-caption pairs in 3 shards" in r.stdout, r.stderr
@@ -183,7 +183,7 @@ def test_a_run_records_its_config_and_reruns_from_it(shapes, tmp_path):
               "--checkpoint-every", 2, "--batch-size", 8, "--device", "cpu", "--sample-every", 0)
     assert r.returncode == 0, r.stderr
     recorded = json.loads((run / "config.json").read_text())
-    assert recorded["model"] == {**DVAEConfig.tiny().to_dict(), "tau_steps": 4, "kl_warmup_steps": 2}
+    assert recorded["model"] == {**VAEConfig.tiny().to_dict(), "tau_steps": 4, "kl_warmup_steps": 2}
     assert recorded["train"]["betas"] == [0.9, 0.999] and recorded["train"]["steps"] == 4
     # --config reruns it elsewhere; the options given override the file.
     r = dalle("train-vae", "--config", run / "config.json", "--out", again, "--steps", 2)
@@ -259,3 +259,19 @@ def test_generate_completes_an_image_and_names_a_bad_one(tmp_path):
                    "is not an image Pillow can read")
     one_line_error(dalle(*args, tmp_path / "bomb.png", "--out", tmp_path / "o4"),
                    "is over Pillow's decompression-bomb limit")
+
+
+def test_a_bug_keeps_its_traceback_and_debug_shows_any(tmp_path):
+    """A user's mistake is one line; --debug or DALLE_DEBUG=1 shows its traceback; an error that
+    is not the user's (here a RuntimeError planted in the pipeline loader) always shows one."""
+    missing = ["generate", "a red circle", "--pipeline", tmp_path / "nothing", "--out", tmp_path / "o"]
+    one_line_error(dalle(*missing), "no pipeline directory")
+    for shown in (dalle("--debug", *missing), dalle(*missing, env={"DALLE_DEBUG": "1"})):
+        assert shown.returncode == 1 and "Traceback" in shown.stderr
+        assert shown.stderr.strip().splitlines()[-1].startswith("FileNotFoundError: no pipeline directory")
+    plant = ("import dalle.pipeline as p, dalle.cli as c\n"
+             "def bug(*a, **k): raise RuntimeError('planted bug')\n"
+             "p.DallePipeline.from_pretrained = bug\nc.main()")
+    r = subprocess.run([sys.executable, "-c", plant, *map(str, missing)], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 1 and "Traceback" in r.stderr and r.stderr.strip().endswith("RuntimeError: planted bug")

@@ -45,13 +45,13 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip-data")
     colour_folder(root / "images")
     captions = [f"a {c} block on the {s}" for c in COLOURS for s in ("left", "right")]
-    TextTokenizer.train(captions, vocab_size=300, text_length=24).save_pretrained(root / "tokenizer")
+    TextTokenizer.train(captions, bpe_vocab_size=300, text_length=24).save_pretrained(root / "tokenizer")
     return root
 
 
 def config_for(tokenizer: TextTokenizer, **kwargs) -> CLIPConfig:
     t = tokenizer.config
-    return dataclasses.replace(CLIPConfig.tiny(), text_vocab_size=t.num_ids,
+    return dataclasses.replace(CLIPConfig.tiny(), text_vocab_size=t.text_vocab_size,
                                text_length=t.text_length, **kwargs)
 
 
@@ -173,7 +173,7 @@ def test_clear_errors():
 def test_check_compatible_names_the_mismatch(data):
     tokenizer = TextTokenizer.from_pretrained(data / "tokenizer")
     check_compatible(config_for(tokenizer), tokenizer)
-    with pytest.raises(ValueError, match=f"tokenizer has {tokenizer.config.num_ids} ids"):
+    with pytest.raises(ValueError, match=f"tokenizer has {tokenizer.config.text_vocab_size} ids"):
         check_compatible(CLIPConfig.tiny(), tokenizer)
     with pytest.raises(ValueError, match="ids but CLIP expects text_vocab_size 40.*text length is 24"):
         check_compatible(CLIPConfig.tiny(), tokenizer)

@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from dalle.config import DVAEConfig
+from dalle.config import VAEConfig
 from dalle.data.codes import CodesDataset
-from dalle.dvae import DiscreteVAE
 from dalle.train.codes import encode_dataset
+from dalle.vae import DiscreteVAE
 from helpers import RandomImages
 
 
 @pytest.fixture(scope="module")
 def vae() -> DiscreteVAE:
     torch.manual_seed(0)
-    return DiscreteVAE(DVAEConfig.tiny()).eval()
+    return DiscreteVAE(VAEConfig.tiny()).eval()
 
 
 class Interrupted(Exception):

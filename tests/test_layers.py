@@ -31,8 +31,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("dalle.errors", "dalle.config", "dalle.utils")),
     ("data and text", ("dalle.data", "dalle.text")),
-    ("models", ("dalle.attention", "dalle.pretrained", "dalle.dvae", "dalle.prior", "dalle.clip",
-                "dalle.openai_dvae")),
+    ("models", ("dalle.attention", "dalle.pretrained", "dalle.vae", "dalle.prior", "dalle.clip",
+                "dalle.openai_vae")),
     ("sampling", ("dalle.sampling",)),
     ("pipeline", ("dalle.pipeline",)),
     ("train and evaluate", ("dalle.train", "dalle.evaluate")),

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from dalle.clip import CLIP
-from dalle.config import CLIPConfig, DVAEConfig, PriorConfig, SamplingConfig
-from dalle.dvae import DiscreteVAE
+from dalle.config import CLIPConfig, PriorConfig, SamplingConfig, VAEConfig
 from dalle.errors import DalleError
 from dalle.evaluate.generation import evaluate_shapes, evaluate_split
 from dalle.pipeline import DallePipeline, Generation
 from dalle.prior import Prior
 from dalle.text import TextTokenizer
+from dalle.vae import DiscreteVAE
 
 CAPTIONS = ["a large red circle", "a small blue square above a large red circle",
             "a small green cross to the left of a small white triangle"]
@@ -19,13 +19,13 @@ CAPTIONS = ["a large red circle", "a small blue square above a large red circle"
 
 def tiny_pipeline(with_clip: bool = True, captions=CAPTIONS, text_length: int = 12) -> DallePipeline:
     torch.manual_seed(0)
-    tokenizer = TextTokenizer.train(list(captions) * 4, vocab_size=300, text_length=text_length)
+    tokenizer = TextTokenizer.train(list(captions) * 4, bpe_vocab_size=300, text_length=text_length)
     t = tokenizer.config
-    vae = DiscreteVAE(DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "image_size": 64, "downsample": 16}))
-    prior = Prior(PriorConfig(**{**PriorConfig.tiny().to_dict(), "text_vocab_size": t.num_ids,
-                                 "text_length": t.text_length, "image_vocab_size": 32}))
+    vae = DiscreteVAE(VAEConfig(**{**VAEConfig.tiny().to_dict(), "image_size": 64, "downsample": 16}))
+    prior = Prior(PriorConfig(**{**PriorConfig.tiny().to_dict(), "text_vocab_size": t.text_vocab_size,
+                                 "text_length": t.text_length, "codebook_size": 32}))
     clip = CLIP(CLIPConfig(**{**CLIPConfig.tiny().to_dict(), "image_size": 64, "patch_size": 16,
-                              "text_vocab_size": t.num_ids, "text_length": t.text_length}))
+                              "text_vocab_size": t.text_vocab_size, "text_length": t.text_length}))
     return DallePipeline(tokenizer, vae, prior, clip if with_clip else None)
 
 
@@ -156,7 +156,7 @@ def test_bad_input_is_named(pipeline, tmp_path):
 
 def test_mismatched_parts_are_named(pipeline):
     p = pipeline
-    wrong = Prior(PriorConfig(**{**p.prior.config.to_dict(), "image_vocab_size": 99}))
+    wrong = Prior(PriorConfig(**{**p.prior.config.to_dict(), "codebook_size": 99}))
     with pytest.raises(ValueError, match="dVAE \\(32 codes, 4x4 grid\\) does not match the prior \\(99 codes"):
         DallePipeline(p.tokenizer, p.vae, wrong, p.clip)
 

@@ -18,7 +18,7 @@ def tiny(layout: str = "sparse", **kwargs) -> Prior:
 def batch(config: PriorConfig, b: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     text = torch.randint(0, config.text_vocab_size, (b, config.text_length + 1), generator=g)
-    codes = torch.randint(0, config.image_vocab_size, (b, config.grid_size, config.grid_size), generator=g)
+    codes = torch.randint(0, config.codebook_size, (b, config.grid_size, config.grid_size), generator=g)
     return text, codes
 
 
@@ -39,7 +39,7 @@ def test_image_logits_depend_only_on_earlier_codes(layout):
     n = config.grid_size**2
     for q in (0, 5, n - 2):
         changed = codes.clone().flatten(1)
-        changed[0, q] = (changed[0, q] + 1) % config.image_vocab_size
+        changed[0, q] = (changed[0, q] + 1) % config.codebook_size
         out = model(text, changed.view_as(codes))
         same = (out.image_logits - base.image_logits).abs().amax(-1)[0] < 1e-6
         assert same[: q + 1].all(), "a cell saw its own or a later code"
@@ -84,7 +84,7 @@ def test_loss_is_weighted_and_normalised_per_stream():
         out.image_logits.flatten(0, 1), codes.flatten())
     assert torch.allclose(out.image_loss, expected)
     # An untrained model is near chance on both streams.
-    assert abs(out.image_loss.item() - math.log(model.config.image_vocab_size)) < 0.5
+    assert abs(out.image_loss.item() - math.log(model.config.codebook_size)) < 0.5
 
 
 def test_bad_inputs_get_clear_errors():

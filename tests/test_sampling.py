@@ -42,7 +42,7 @@ def test_cached_logits_match_the_training_forward(layout):
     model = tiny(layout)
     config = model.config
     text = text_ids(config)
-    codes = torch.randint(0, config.image_vocab_size, (3, config.grid_size, config.grid_size))
+    codes = torch.randint(0, config.codebook_size, (3, config.grid_size, config.grid_size))
     reference = model(text, codes).image_logits
     cache = model.new_cache()
     with torch.no_grad():
@@ -72,7 +72,7 @@ def test_inpainting_keeps_unmasked_codes():
     model = tiny()
     config = model.config
     text = text_ids(config)
-    given = torch.randint(0, config.image_vocab_size, (3, config.grid_size, config.grid_size))
+    given = torch.randint(0, config.codebook_size, (3, config.grid_size, config.grid_size))
     mask = completion_mask(config.grid_size, keep_rows=2)
     out = draw(model, text, codes=given, mask=mask)
     assert torch.equal(out[:, :2], given[:, :2])
@@ -135,7 +135,7 @@ def test_step_at_a_tensor_position_equals_an_int_position(layout):
     model = tiny(layout)
     config = model.config
     text = text_ids(config)
-    codes = torch.randint(0, config.image_vocab_size, (3, config.grid_size**2))
+    codes = torch.randint(0, config.codebook_size, (3, config.grid_size**2))
     by_int, by_tensor = model.new_cache(), model.new_cache()
     with torch.no_grad():
         model.prefill(text, by_int)

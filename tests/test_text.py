@@ -16,7 +16,7 @@ CAPTIONS = [caption(scene) for scene in generate_scenes("train", 400, seed=0)] +
 
 @pytest.fixture(scope="module")
 def tokenizer() -> TextTokenizer:
-    return TextTokenizer.train(CAPTIONS, vocab_size=400, text_length=24, bpe_dropout=0.1)
+    return TextTokenizer.train(CAPTIONS, bpe_vocab_size=400, text_length=24, bpe_dropout=0.1)
 
 
 def test_per_position_pads_and_start_of_image(tokenizer):
@@ -24,9 +24,9 @@ def test_per_position_pads_and_start_of_image(tokenizer):
     ids = tokenizer.encode("a large red circle")
     n = len(tokenizer.tokenize("a large red circle"))
     assert ids.shape == (config.text_length + 1,)
-    assert (ids[:n] < config.vocab_size).all()
+    assert (ids[:n] < config.bpe_vocab_size).all()
     assert ids[n:-1].tolist() == list(range(config.pad_id + n, config.pad_id + config.text_length))
-    assert ids[-1] == config.start_of_image_id == config.num_ids - 1 == len(tokenizer) - 1
+    assert ids[-1] == config.start_of_image_id == config.text_vocab_size - 1 == len(tokenizer) - 1
     # The same pad position gets the same id whatever the caption; different positions differ.
     other = tokenizer.encode("a small blue square above a large white cross")
     assert other[-2] == ids[-2] and len(set(ids[n:-1].tolist())) == config.text_length - n
@@ -58,7 +58,7 @@ def test_truncation_warns_by_how_much(tokenizer):
     with pytest.warns(UserWarning, match=f"{n} tokens truncated to the text length 24 "
                                          f"\\({n - 24} tokens dropped\\)"):
         ids = tokenizer.encode(long)
-    assert (ids[:-1] < tokenizer.config.vocab_size).all()
+    assert (ids[:-1] < tokenizer.config.bpe_vocab_size).all()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tokenizer.encode("a large red circle")  # no warning when it fits
@@ -84,7 +84,7 @@ def test_merges_without_dropout_equal_the_library(tokenizer):
 
 
 def test_no_dropout_when_disabled():
-    tok = TextTokenizer.train(CAPTIONS, vocab_size=400, text_length=24, bpe_dropout=0.0)
+    tok = TextTokenizer.train(CAPTIONS, bpe_vocab_size=400, text_length=24, bpe_dropout=0.0)
     text = CAPTIONS[3]
     assert tok.tokenize(text, random.Random(0)) == tok.tokenize(text)
 
@@ -100,11 +100,11 @@ def test_save_load_round_trip(tokenizer, tmp_path):
 
 
 def test_training_is_deterministic_and_vocab_is_what_was_learned():
-    a = TextTokenizer.train(CAPTIONS, vocab_size=350, text_length=8)
-    b = TextTokenizer.train(CAPTIONS, vocab_size=350, text_length=8)
+    a = TextTokenizer.train(CAPTIONS, bpe_vocab_size=350, text_length=8)
+    b = TextTokenizer.train(CAPTIONS, bpe_vocab_size=350, text_length=8)
     assert a.tokenizer.to_str() == b.tokenizer.to_str()
-    assert a.config.vocab_size == a.tokenizer.get_vocab_size() <= 350
-    assert a.config.num_ids == a.config.vocab_size + 8 + 1
+    assert a.config.bpe_vocab_size == a.tokenizer.get_vocab_size() <= 350
+    assert a.config.text_vocab_size == a.config.bpe_vocab_size + 8 + 1
 
 
 def test_load_errors(tmp_path):
@@ -115,14 +115,14 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="not a valid tokenizer file"):
         TextTokenizer.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="empty caption corpus"):
-        TextTokenizer.train([], vocab_size=300)
+        TextTokenizer.train([], bpe_vocab_size=300)
 
 
 def test_config_validation():
     with pytest.raises(ValueError, match="bpe_dropout"):
         TokenizerConfig(bpe_dropout=1.0)
     assert TokenizerConfig.from_json(TokenizerConfig().to_json()) == TokenizerConfig()
-    assert TokenizerConfig().num_ids == 16_384 + 256 + 1
+    assert TokenizerConfig().text_vocab_size == 16_384 + 256 + 1
 
 
 def test_unknown_characters_are_reported(tokenizer):
@@ -130,4 +130,4 @@ def test_unknown_characters_are_reported(tokenizer):
     assert tokenizer.unknown_characters("a red ∑ circle ∑") == ["∑"]
     assert "😀" not in tokenizer.unknown_characters("😀")  # the emoji was in the corpus
     assert TextTokenizer(tokenizer.tokenizer, TokenizerConfig(
-        vocab_size=tokenizer.config.vocab_size, text_length=24)).unknown_characters("∑") == []
+        bpe_vocab_size=tokenizer.config.bpe_vocab_size, text_length=24)).unknown_characters("∑") == []

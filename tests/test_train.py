@@ -54,15 +54,15 @@ def test_resume_is_bit_identical(tmp_path):
 def test_resume_refuses_other_config(tmp_path):
     trainer = make_trainer(tmp_path, tiny_train_config(steps=4))
     trainer.fit(until=2)
-    from dalle.config import DVAEConfig
-    from dalle.dvae import DiscreteVAE
+    from dalle.config import VAEConfig
     from dalle.train import Trainer
-    from dalle.train.vae import DVAELoss
+    from dalle.train.vae import VAELoss
+    from dalle.vae import DiscreteVAE
     from helpers import RandomImages
 
-    other = DiscreteVAE(DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "hidden": 12}))
+    other = DiscreteVAE(VAEConfig(**{**VAEConfig.tiny().to_dict(), "hidden": 12}))
     with pytest.raises(ValueError, match="different model config.*hidden"):
-        Trainer(other, RandomImages(), tiny_train_config(steps=4), tmp_path, DVAELoss(0), resume=True)
+        Trainer(other, RandomImages(), tiny_train_config(steps=4), tmp_path, VAELoss(0), resume=True)
 
 
 def test_training_improves_reconstruction(tmp_path):
@@ -212,11 +212,11 @@ def test_resume_from_shards_is_bit_identical(tmp_path, num_workers, stop):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_dvae_random_crops_are_keyed_to_the_sample():
-    from dalle.config import DVAEConfig
+def test_vae_random_crops_are_keyed_to_the_sample():
+    from dalle.config import VAEConfig
     from dalle.data.augment import random_crops, sample_rng
-    from dalle.dvae import DiscreteVAE
-    from dalle.train.vae import DVAELoss
+    from dalle.train.vae import VAELoss
+    from dalle.vae import DiscreteVAE
     from helpers import RandomImages
 
     images = RandomImages(n=4).images
@@ -225,16 +225,16 @@ def test_dvae_random_crops_are_keyed_to_the_sample():
     assert a.shape == images.shape and torch.equal(a[2:], b)
     assert not torch.equal(a, images)
     torch.manual_seed(0)
-    model = DiscreteVAE(DVAEConfig.tiny())
+    model = DiscreteVAE(VAEConfig.tiny())
     batch = {"image": images, "index": torch.arange(4)}
-    cropped = DVAELoss(0, max_crop=0.25)(model, batch, step=5)[0]
-    assert torch.equal(cropped, DVAELoss(0, max_crop=0.25)(model, batch, step=5)[0])
-    assert not torch.equal(cropped, DVAELoss(0)(model, batch, step=5)[0])
+    cropped = VAELoss(0, max_crop=0.25)(model, batch, step=5)[0]
+    assert torch.equal(cropped, VAELoss(0, max_crop=0.25)(model, batch, step=5)[0])
+    assert not torch.equal(cropped, VAELoss(0)(model, batch, step=5)[0])
     with pytest.raises(ValueError, match="max_crop"):
         random_crops(images, [sample_rng(0, 0, 0)] * 4, 1.0)
 
 
-def test_the_prior_logs_model_tflops_and_mfu_the_dvae_only_its_rate(tmp_path):
+def test_the_prior_logs_model_tflops_and_mfu_the_vae_only_its_rate(tmp_path):
     import csv
 
     from torch.utils.data import TensorDataset
@@ -247,7 +247,7 @@ def test_the_prior_logs_model_tflops_and_mfu_the_dvae_only_its_rate(tmp_path):
     prior = Prior(PriorConfig.tiny())
     c = prior.config
     streams = TensorDataset(torch.randint(0, c.text_vocab_size, (16, c.text_length + 1)),
-                            torch.randint(0, c.image_vocab_size, (16, c.grid_size, c.grid_size)))
+                            torch.randint(0, c.codebook_size, (16, c.grid_size, c.grid_size)))
     trainer = Trainer(prior, streams, tiny_train_config(steps=4), tmp_path / "prior",
                       lambda model, batch, step: (model(*batch).loss, {}), peak_flops=1e9,
                       show_progress=False)
@@ -260,12 +260,12 @@ def test_the_prior_logs_model_tflops_and_mfu_the_dvae_only_its_rate(tmp_path):
         assert float(row["model_tflops"]) == pytest.approx(prior.flops_per_token() * tokens_per_s / 1e12, rel=1e-4)
         assert float(row["mfu"]) == pytest.approx(float(row["model_tflops"]) * 1e12 / 1e9, rel=1e-4)
 
-    make_trainer(tmp_path / "dvae", tiny_train_config(steps=2)).fit()
-    header = (tmp_path / "dvae" / "metrics.csv").read_text().splitlines()[0].split(",")
+    make_trainer(tmp_path / "vae", tiny_train_config(steps=2)).fit()
+    header = (tmp_path / "vae" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "samples_per_s" in header and "model_tflops" not in header and "mfu" not in header
 
 
-def test_activation_checkpointing_of_the_dvae_groups_changes_nothing(tmp_path):
+def test_activation_checkpointing_of_the_vae_groups_changes_nothing(tmp_path):
     plain = make_trainer(tmp_path / "plain", tiny_train_config(steps=3)).fit()
     checkpointed = make_trainer(tmp_path / "ac", tiny_train_config(steps=3, activation_checkpointing=True))
     assert any("CheckpointWrapper" in type(m).__name__ for m in checkpointed.model.modules())
@@ -278,17 +278,17 @@ def test_activation_checkpointing_of_the_dvae_groups_changes_nothing(tmp_path):
 
 def test_models_name_their_parallel_units_and_others_are_refused():
     from dalle.clip import CLIP
-    from dalle.config import CLIPConfig, DVAEConfig, PriorConfig
-    from dalle.dvae import DiscreteVAE
+    from dalle.config import CLIPConfig, PriorConfig, VAEConfig
     from dalle.errors import DalleError
     from dalle.prior import Prior
     from dalle.train.distributed import apply_activation_checkpointing
+    from dalle.vae import DiscreteVAE
 
     prior, clip = Prior(PriorConfig.tiny()), CLIP(CLIPConfig.tiny())
-    dvae = DiscreteVAE(DVAEConfig.tiny())
+    vae = DiscreteVAE(VAEConfig.tiny())
     assert prior.parallel_units() == list(prior.blocks)
     assert len(clip.parallel_units()) == clip.config.image_depth + clip.config.text_depth
-    assert len(dvae.parallel_units()) == 2 * dvae.config.num_groups
+    assert len(vae.parallel_units()) == 2 * vae.config.num_groups
     names = list(clip.state_dict())
     apply_activation_checkpointing(clip)
     assert list(clip.state_dict()) == names

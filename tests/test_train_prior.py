@@ -99,7 +99,7 @@ def test_mismatched_tokenizer_or_codes_are_named(data):
     with pytest.raises(ValueError, match="codes are 4x4 but the prior expects a 8x8 grid"):
         check_compatible(tiny_prior_config(data, grid_size=8), tokenizer, codes)
     with pytest.raises(ValueError, match="32-code dVAE"):
-        check_compatible(tiny_prior_config(data, image_vocab_size=64), tokenizer, codes)
+        check_compatible(tiny_prior_config(data, codebook_size=64), tokenizer, codes)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])

@@ -16,7 +16,9 @@ import typer
 from dalle.errors import DalleError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="DALL-E (Ramesh et al. 2021): train, evaluate and sample text-to-image models.")
+                  help="DALL-E (Ramesh et al. 2021): train, evaluate and sample text-to-image models. "
+                       "An error you can fix prints as one line; `dalle --debug COMMAND ...` or "
+                       "DALLE_DEBUG=1 shows the traceback of any error.")
 PIPELINE_DEFAULT = " \\[default: the pipeline's sampling.json, else {}]."
 data_app = typer.Typer(no_args_is_help=True, help="Build image-caption datasets.")
 app.add_typer(data_app, name="data")
@@ -127,10 +129,10 @@ def data_inspect(
 def _add_training_commands() -> None:
     """train-vae, train-prior and train-clip: a preset plus overrides (see dalle.cli_training)."""
     from dalle.cli_training import training_command
-    from dalle.train import CLIPRun, DVAERun, PriorRun, train_clip, train_prior, train_vae
+    from dalle.train import CLIPRun, PriorRun, VAERun, train_clip, train_prior, train_vae
 
     for name, run_class, train, doc in (
-            ("train-vae", DVAERun, train_vae, "Train the discrete VAE (Stage 1) on an image-caption "
+            ("train-vae", VAERun, train_vae, "Train the discrete VAE (Stage 1) on an image-caption "
              "folder or shards; run with torchrun for DDP."),
             ("train-prior", PriorRun, train_prior, "Train the prior (Stage 2) on pre-tokenised codes; "
              "run with torchrun for DDP or FSDP."),
@@ -145,8 +147,8 @@ _add_training_commands()
 
 
 def _load_vae(path: Path, device: str):
-    from dalle.dvae import DiscreteVAE
     from dalle.utils import resolve_device
+    from dalle.vae import DiscreteVAE
 
     return DiscreteVAE.from_pretrained(path, device=resolve_device(device)).eval()
 
@@ -186,7 +188,7 @@ def eval_vae_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Reconstruction PSNR and MSE, codebook perplexity and usage, and the shapes parse rate."""
-    from dalle.config import DVAEConfig
+    from dalle.config import VAEConfig
     from dalle.evaluate.vae import evaluate_vae_folder
 
     metrics = evaluate_vae_folder(vae, data, json_out=json_out, shapes=shapes, batch_size=batch_size,
@@ -194,7 +196,7 @@ def eval_vae_command(
     typer.echo(f"images           {int(metrics['n'])}")
     typer.echo(f"PSNR             {metrics['psnr']:.2f} dB")
     typer.echo(f"MSE              {metrics['mse']:.6f}")
-    typer.echo(f"code perplexity  {metrics['perplexity']:.1f} of {DVAEConfig.load(vae / 'config.json').vocab_size}")
+    typer.echo(f"code perplexity  {metrics['perplexity']:.1f} of {VAEConfig.load(vae / 'config.json').codebook_size}")
     typer.echo(f"codes used       {metrics['codes_used']:.1%}")
     if "shapes_parse" in metrics:
         typer.echo(f"shapes parse     {metrics['shapes_parse']:.1%}")
@@ -226,18 +228,18 @@ def encode_dataset_command(
 def train_tokenizer_command(
     data: Annotated[list[Path], typer.Option(help="Caption source: a folder (every .txt in it) or a text file (one caption per line); repeat for several.")],
     out: Annotated[Path, typer.Option(help="Output directory: tokenizer.json + config.json.")],
-    vocab_size: Annotated[int, typer.Option(help="BPE vocabulary to learn, at most (paper: 16384).")] = 16_384,
+    bpe_vocab_size: Annotated[int, typer.Option(help="BPE vocabulary to learn, at most (paper: 16384).")] = 16_384,
     text_length: Annotated[int, typer.Option(help="Text tokens per caption (paper: 256).")] = 256,
     bpe_dropout: Annotated[float, typer.Option(help="BPE dropout when encoding for training (paper: 0.1).")] = 0.1,
 ) -> None:
     """Learn a lower-cased byte-level BPE on a caption corpus (paper §2.2)."""
     from dalle.train.tokenizer import train_tokenizer
 
-    config = train_tokenizer(data, out, vocab_size=vocab_size, text_length=text_length,
+    config = train_tokenizer(data, out, bpe_vocab_size=bpe_vocab_size, text_length=text_length,
                              bpe_dropout=bpe_dropout).config
-    learned = "" if config.vocab_size == vocab_size else f" (asked for {vocab_size}; the corpus gave fewer merges)"
-    typer.echo(f"{config.vocab_size} BPE tokens{learned}, text length {config.text_length}, "
-               f"{config.num_ids} ids with pads and start-of-image -> {out}")
+    learned = "" if config.bpe_vocab_size == bpe_vocab_size else f" (asked for {bpe_vocab_size}; the corpus gave fewer merges)"
+    typer.echo(f"{config.bpe_vocab_size} BPE tokens{learned}, text length {config.text_length}, "
+               f"{config.text_vocab_size} ids with pads and start-of-image -> {out}")
 
 
 @app.command("recipe")
@@ -416,8 +418,8 @@ def train_classifier_command(
     typer.echo(f"test accuracy {accuracy:.2%} -> {out}")
 
 
-@app.command("import-openai-dvae")
-def import_openai_dvae_command(
+@app.command("import-openai-vae")
+def import_openai_vae_command(
     encoder: Annotated[Path, typer.Argument(help="OpenAI's encoder.pkl.")],
     decoder: Annotated[Path, typer.Argument(help="OpenAI's decoder.pkl.")],
     out: Annotated[Path, typer.Option(help="Output model directory.")],
@@ -427,9 +429,9 @@ def import_openai_dvae_command(
     The pickles are read by a restricted unpickler that accepts only the known module classes and
     tensors; anything else is refused, so no code from the file ever runs.
     """
-    from dalle.openai_dvae import import_openai_dvae
+    from dalle.openai_vae import import_openai_vae
 
-    path = import_openai_dvae(encoder, decoder, out)
+    path = import_openai_vae(encoder, decoder, out)
     typer.echo(f"wrote {path}")
 
 
@@ -489,6 +491,9 @@ def main() -> None:
         hint = f" (see '{failed.command_path} --help')" if failed is not None else ""
         typer.echo(f"error: {e.format_message()}{hint}", err=True)  # type: ignore[attr-defined]
         sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    except BrokenPipeError:  # the reader went away (`dalle --help | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush is quiet
+        sys.exit(1)
     # OSError covers missing paths, permissions and unreadable files (Pillow's UnidentifiedImageError).
     except (DalleError, OSError) as e:
         if debug:

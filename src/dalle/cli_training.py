@@ -32,11 +32,11 @@ FIELD_HELP = {
     "max_crop": "Train on random square crops removing up to this fraction of the side (0: none).",
     "caption_drop": "Probability of replacing a caption by pads (enables classifier-free guidance).",
     "hard_negatives": "Add word-swapped captions per sample as negatives: one word replaced, two traded (folders only).",
-    # DVAEConfig
+    # VAEConfig
     "image_size": "Image side in pixels.",
     "channels": "Image channels.",
     "downsample": "Grid factor f: image side / code grid side.",
-    "vocab_size": "Codebook size K (paper: 8192).",
+    "codebook_size": "Codebook size K (paper: 8192).",
     "hidden": "Width of the first encoder group (paper: 256).",
     "blocks_per_group": "Resblocks per group (paper: 2).",
     "decoder_init": "Decoder input width (paper: 128).",
@@ -96,7 +96,7 @@ FIELD_HELP = {
     "checkpoint_every": "Steps between checkpoints.",
 }
 STAGE_HELP = {
-    "DVAERun": {"data": "Image-caption folder or shard folder."},
+    "VAERun": {"data": "Image-caption folder or shard folder."},
     "PriorRun": {"data": "Codes directory from `dalle encode-dataset`.",
                  "val_data": "Held-out codes directory for the validation loss."},
     "CLIPRun": {"data": "Image-caption folder or shard folder.",

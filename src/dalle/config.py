@@ -2,10 +2,10 @@
 training defaults.
 
 Every model takes one config and nothing else (nanoGPT style). Each model config has named presets
-(`DVAEConfig.preset("small")`, torchtitan's "flavours"): `tiny` for tests, `small` the size the
+(`VAEConfig.preset("small")`, torchtitan's "flavours"): `tiny` for tests, `small` the size the
 bundled pipelines were trained at, `base` a few hundred million parameters at the paper's 32x32
-grid, and `paper` the published model (`DVAEConfig.paper()` is the released dVAE of Ramesh et al.
-2021 §2.1). `DVAE_TRAINING`, `PRIOR_TRAINING` and `CLIP_TRAINING` are each stage's optimiser
+grid, and `paper` the published model (`VAEConfig.paper()` is the released dVAE of Ramesh et al.
+2021 §2.1). `VAE_TRAINING`, `PRIOR_TRAINING` and `CLIP_TRAINING` are each stage's optimiser
 defaults, the paper's AdamW settings where it gives them.
 """
 
@@ -16,7 +16,7 @@ import json
 import math
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from dalle.errors import DalleError
 
@@ -24,7 +24,12 @@ T = TypeVar("T", bound="JSONConfig")
 
 
 class JSONConfig:
-    """Mixin for dataclass configs: `to_dict` / `from_dict` / `save` / `load` with clear errors."""
+    """Mixin for dataclass configs: `to_dict` / `from_dict` / `save` / `load` with clear errors.
+
+    `renamed` maps a field's earlier name to its current one, for files saved before the rename.
+    """
+
+    renamed: ClassVar[dict[str, str]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -33,6 +38,8 @@ class JSONConfig:
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         if not isinstance(data, dict):
             raise DalleError(f"a {cls.__name__} must be a JSON object, got {type(data).__name__}")
+        # Files written before a field was renamed still load.
+        data = {cls.renamed.get(key, key): value for key, value in data.items()}
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
@@ -84,7 +91,7 @@ class JSONConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DVAEConfig(JSONConfig):
+class VAEConfig(JSONConfig):
     """The discrete VAE of paper §2.1 / appendix A.
 
     `downsample` is the grid factor f (image_size / grid size); the encoder has log2(f) + 1 groups
@@ -94,7 +101,9 @@ class DVAEConfig(JSONConfig):
     image_size: int = 256
     channels: int = 3
     downsample: int = 8
-    vocab_size: int = 8192
+    codebook_size: int = 8192  # K
+
+    renamed: ClassVar[dict[str, str]] = {"vocab_size": "codebook_size"}
     hidden: int = 256
     blocks_per_group: int = 2
     decoder_init: int = 128
@@ -122,8 +131,8 @@ class DVAEConfig(JSONConfig):
             raise DalleError(
                 f"image_size {self.image_size} is not divisible by downsample {self.downsample}"
             )
-        if self.hidden % 4 or self.decoder_init < 1 or self.vocab_size < 2:
-            raise DalleError("hidden must be a multiple of 4; decoder_init and vocab_size positive")
+        if self.hidden % 4 or self.decoder_init < 1 or self.codebook_size < 2:
+            raise DalleError("hidden must be a multiple of 4, decoder_init positive and codebook_size at least 2")
         if not 0 < self.logit_laplace_eps < 0.5:
             raise DalleError("logit_laplace_eps must be in (0, 0.5)")
         if self.likelihood not in ("logit-laplace", "gaussian"):
@@ -145,31 +154,31 @@ class DVAEConfig(JSONConfig):
         return 2 * self.channels if self.likelihood == "logit-laplace" else self.channels
 
     @classmethod
-    def paper(cls) -> DVAEConfig:
+    def paper(cls) -> VAEConfig:
         """The released dVAE: 256 px, f = 8, K = 8192, 256 hidden, 2 blocks per group."""
         return cls()
 
     @classmethod
-    def tiny(cls) -> DVAEConfig:
+    def tiny(cls) -> VAEConfig:
         """A few-thousand-parameter model for tests."""
-        return cls(image_size=16, downsample=4, vocab_size=32, hidden=8, blocks_per_group=1,
+        return cls(image_size=16, downsample=4, codebook_size=32, hidden=8, blocks_per_group=1,
                    decoder_init=8, tau_steps=100, kl_warmup_steps=20)
 
     @classmethod
-    def small(cls) -> DVAEConfig:
+    def small(cls) -> VAEConfig:
         """The bundled pipelines' dVAE: 64 px -> 8x8 codes of 512, 0.8M parameters. Its tau and
-        KL schedules are for DVAE_TRAINING's 10,000 steps; a run of another length gets its own
-        (`dalle.train.runs.DVAERun`)."""
-        return cls(image_size=64, downsample=8, vocab_size=512, hidden=32, blocks_per_group=1,
+        KL schedules are for VAE_TRAINING's 10,000 steps; a run of another length gets its own
+        (`dalle.train.runs.VAERun`)."""
+        return cls(image_size=64, downsample=8, codebook_size=512, hidden=32, blocks_per_group=1,
                    decoder_init=64, tau_steps=10_000, kl_warmup_steps=5_000)
 
     @classmethod
-    def base(cls) -> DVAEConfig:
+    def base(cls) -> VAEConfig:
         """The paper's 256 px -> 32x32 grid of 8192 codes at half its width."""
         return cls(hidden=128, decoder_init=64)
 
     @classmethod
-    def presets(cls) -> dict[str, DVAEConfig]:
+    def presets(cls) -> dict[str, VAEConfig]:
         return {"tiny": cls.tiny(), "small": cls.small(), "base": cls.base(), "paper": cls.paper()}
 
 
@@ -177,34 +186,37 @@ class DVAEConfig(JSONConfig):
 class TokenizerConfig(JSONConfig):
     """The text side of paper §2.2: lower-cased byte-level BPE, a fixed text length.
 
-    Ids: [0, vocab_size) are BPE tokens, then one pad id per text position (paper: 256 distinct
-    pads), then the start-of-image id; `num_ids` counts them all. `vocab_size` is the vocabulary
-    BPE training actually produced (at most the size asked for).
+    Ids: [0, bpe_vocab_size) are BPE tokens, then one pad id per text position (paper: 256
+    distinct pads), then the start-of-image id; `text_vocab_size` counts them all (the prior's and
+    CLIP's `text_vocab_size`). `bpe_vocab_size` is the vocabulary BPE training actually produced
+    (at most the size asked for).
     """
 
-    vocab_size: int = 16_384
+    renamed: ClassVar[dict[str, str]] = {"vocab_size": "bpe_vocab_size"}
+
+    bpe_vocab_size: int = 16_384
     text_length: int = 256
     bpe_dropout: float = 0.1  # paper: 10%, applied only when encoding for training
     alphabet: str = ""  # every character of the (normalised) training captions; "" if unknown
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 1 or self.text_length < 1:
-            raise DalleError("vocab_size and text_length must be positive")
+        if self.bpe_vocab_size < 1 or self.text_length < 1:
+            raise DalleError("bpe_vocab_size and text_length must be positive")
         if not 0 <= self.bpe_dropout < 1:
             raise DalleError(f"bpe_dropout must be in [0, 1), got {self.bpe_dropout}")
 
     @property
     def pad_id(self) -> int:
         """The pad id of text position 0; position i holds pad_id + i."""
-        return self.vocab_size
+        return self.bpe_vocab_size
 
     @property
     def start_of_image_id(self) -> int:
-        return self.vocab_size + self.text_length
+        return self.bpe_vocab_size + self.text_length
 
     @property
-    def num_ids(self) -> int:
-        return self.vocab_size + self.text_length + 1
+    def text_vocab_size(self) -> int:
+        return self.bpe_vocab_size + self.text_length + 1
 
 
 LAYOUTS = ("sparse", "dense", "row", "column", "conv")
@@ -215,14 +227,14 @@ class PriorConfig(JSONConfig):
     """The transformer of paper §2.2 / appendix B; defaults are the 12B model.
 
     `text_vocab_size` counts every id of the tokenizer (BPE, one pad per position, start-of-image),
-    `text_length` the text positions (pads included), `image_vocab_size` the dVAE codebook and
+    `text_length` the text positions (pads included), `codebook_size` the dVAE codebook and
     `grid_size` its code grid side. `layout` "sparse" is the paper's schedule (row and column
     layers, convolutional last); "dense" is the causal baseline; a layout name uses it everywhere.
     """
 
     text_vocab_size: int = 16_384 + 256 + 1
     text_length: int = 256
-    image_vocab_size: int = 8192
+    codebook_size: int = 8192
     grid_size: int = 32
     dim: int = 3968
     depth: int = 64
@@ -236,10 +248,12 @@ class PriorConfig(JSONConfig):
     text_loss_weight: float = 1 / 8
     image_loss_weight: float = 7 / 8
 
+    renamed: ClassVar[dict[str, str]] = {"image_vocab_size": "codebook_size"}
+
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise DalleError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        if min(self.text_vocab_size, self.text_length, self.image_vocab_size, self.grid_size,
+        if min(self.text_vocab_size, self.text_length, self.codebook_size, self.grid_size,
                self.dim, self.depth, self.heads, self.head_dim, self.mlp_ratio) < 1:
             raise DalleError("vocabulary sizes, lengths and widths must be positive")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
@@ -257,7 +271,7 @@ class PriorConfig(JSONConfig):
     @classmethod
     def tiny(cls) -> PriorConfig:
         """A model of a few thousand parameters for tests."""
-        return cls(text_vocab_size=40, text_length=6, image_vocab_size=16, grid_size=4, dim=32,
+        return cls(text_vocab_size=40, text_length=6, codebook_size=16, grid_size=4, dim=32,
                    depth=3, heads=2, head_dim=16, conv_kernel=3)
 
     @classmethod
@@ -323,7 +337,7 @@ class TrainConfig(JSONConfig):
 # Each stage's training defaults; the run configs of `dalle.train.runs` start from them.
 # The dVAE: AdamW as in appendix A.2 (betas 0.9 / 0.999, weight decay 1e-4); lr 2e-3 with a short
 # warm-up suits the small dVAE at batch 16 on a CPU.
-DVAE_TRAINING = TrainConfig(steps=10_000, batch_size=16, lr=2e-3, warmup_steps=100,
+VAE_TRAINING = TrainConfig(steps=10_000, batch_size=16, lr=2e-3, warmup_steps=100,
                             betas=(0.9, 0.999), weight_decay=1e-4, log_every=250,
                             sample_every=1000, checkpoint_every=1000)
 # The prior: appendix B.2's AdamW (betas 0.9 / 0.96, weight decay 4.5e-2) and gradient clipping at
@@ -345,7 +359,7 @@ class CLIPConfig(JSONConfig):
     Image tower: `log2(patch_size)` stride-2 3x3 convolutions (a conv stem, which trains small
     ViTs far better than a linear patchify; Xiao et al. 2021) give a grid of tokens for a
     transformer. Text tower: a transformer over the tokenizer's ids. `text_vocab_size` and
-    `text_length` are the tokenizer's `num_ids` and `text_length` (as in PriorConfig), so its BPE
+    `text_length` are the tokenizer's `text_vocab_size` and `text_length` (as in PriorConfig), so its BPE
     vocabulary is `text_vocab_size - text_length - 1`: every higher id is a pad or start-of-image.
     The defaults suit 64x64 images on a CPU.
     """

@@ -26,12 +26,12 @@ import torch
 from PIL import Image
 
 from dalle.config import SamplingConfig
-from dalle.dvae import DiscreteVAE
 from dalle.errors import DalleError
 from dalle.prior import Prior
 from dalle.sampling import completion_mask, sample_codes
 from dalle.text import TextTokenizer
 from dalle.utils import ensure_writable_dir, resolve_device, to_pil
+from dalle.vae import DiscreteVAE
 
 PARTS = ("tokenizer", "vae", "prior", "clip")
 SAMPLING_FILE = "sampling.json"
@@ -70,9 +70,9 @@ def check_parts(tokenizer: TextTokenizer, vae: DiscreteVAE, prior: Prior, clip=N
     """Name any mismatch between the parts' vocabularies and grids."""
     p, v = prior.config, vae.config
     problems = tokenizer.mismatches(p.text_vocab_size, p.text_length, "the prior")
-    if v.vocab_size != p.image_vocab_size or v.grid_size != p.grid_size:
-        problems.append(f"the dVAE ({v.vocab_size} codes, {v.grid_size}x{v.grid_size} grid) does "
-                        f"not match the prior ({p.image_vocab_size} codes, "
+    if v.codebook_size != p.codebook_size or v.grid_size != p.grid_size:
+        problems.append(f"the dVAE ({v.codebook_size} codes, {v.grid_size}x{v.grid_size} grid) does "
+                        f"not match the prior ({p.codebook_size} codes, "
                         f"{p.grid_size}x{p.grid_size} grid)")
     if clip is not None:
         problems += tokenizer.mismatches(clip.config.text_vocab_size, clip.config.text_length, "CLIP")

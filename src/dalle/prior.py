@@ -107,7 +107,7 @@ def forward_flops(config: PriorConfig, executed: bool = False) -> dict[str, int]
         "mlp": c.depth * 2 * tokens * c.dim * hidden * 2,
         "attention": 4 * c.heads * c.head_dim * pairs,
         "text head": 2 * (c.text_length - 1) * c.dim * c.text_vocab_size,
-        "image head": 2 * c.image_tokens * c.dim * c.image_vocab_size,
+        "image head": 2 * c.image_tokens * c.dim * c.codebook_size,
     }
 
 
@@ -128,7 +128,7 @@ class Prior(PretrainedModel):
         self.config = config
         self.text_embedding = nn.Embedding(config.text_vocab_size, config.dim)
         self.text_position = nn.Embedding(config.text_length, config.dim)
-        self.image_embedding = nn.Embedding(config.image_vocab_size, config.dim)
+        self.image_embedding = nn.Embedding(config.codebook_size, config.dim)
         self.image_row = nn.Embedding(config.grid_size, config.dim)
         self.image_column = nn.Embedding(config.grid_size, config.dim)
         self.dropout = nn.Dropout(config.dropout)
@@ -136,7 +136,7 @@ class Prior(PretrainedModel):
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(config.dim)
         self.text_head = nn.Linear(config.dim, config.text_vocab_size, bias=False)
-        self.image_head = nn.Linear(config.dim, config.image_vocab_size, bias=False)
+        self.image_head = nn.Linear(config.dim, config.codebook_size, bias=False)
         self.apply(init_transformer_weights)
         for block in blocks:  # GPT-2: scale residual projections by 1 / sqrt(2 * depth)
             for linear in (block.attn.out, cast(nn.Linear, block.mlp[2])):
@@ -167,8 +167,8 @@ class Prior(PretrainedModel):
             raise DalleError(f"at most {c.grid_size**2} image codes, got {codes.shape[1]}")
         if text.numel() and (text.min() < 0 or text.max() >= c.text_vocab_size):
             raise DalleError(f"text ids must lie in [0, {c.text_vocab_size})")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= c.image_vocab_size):
-            raise DalleError(f"image codes must lie in [0, {c.image_vocab_size})")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= c.codebook_size):
+            raise DalleError(f"image codes must lie in [0, {c.codebook_size})")
 
     def embed(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The stream's input: (B, L + 1 + n) where n = codes.shape[1] image codes precede."""

@@ -40,7 +40,7 @@ from dalle.evaluate.fid import INCEPTION_PACKAGE
 from dalle.evaluate.generation import evaluate_against_real, evaluate_shapes
 from dalle.evaluate.vae import evaluate_vae_folder
 from dalle.pipeline import DallePipeline
-from dalle.train import CLIPRun, DVAERun, PriorRun, train_clip, train_prior, train_vae
+from dalle.train import CLIPRun, PriorRun, VAERun, train_clip, train_prior, train_vae
 from dalle.train.codes import encode_codes
 from dalle.train.tokenizer import train_tokenizer
 from dalle.utils import atomic_write
@@ -132,9 +132,9 @@ def assemble_pipeline(tokenizer: str | Path, vae: str | Path, prior: str | Path,
     """Put trained parts together as one pipeline directory (their vocabularies are checked) with
     the default sampling settings `sampling`; `bf16_weights` stores the weights in bf16."""
     from dalle.clip import CLIP
-    from dalle.dvae import DiscreteVAE
     from dalle.prior import Prior
     from dalle.text import TextTokenizer
+    from dalle.vae import DiscreteVAE
 
     pipeline = DallePipeline(TextTokenizer.from_pretrained(tokenizer), DiscreteVAE.from_pretrained(vae),
                              Prior.from_pretrained(prior), CLIP.from_pretrained(clip) if clip else None,
@@ -167,7 +167,7 @@ def _image_eval(quick: bool, prompts: int) -> dict[str, Any]:
     return {"fid": fid, "prompts": 4, "r": 2} if quick else {"fid": fid, "prompts": prompts}
 
 
-def _model_steps(run: Path, budget: str, vocab_size: int, val_split: str, *,
+def _model_steps(run: Path, budget: str, bpe_vocab_size: int, val_split: str, *,
                  vae_eval_split: str = "test-zero-shot", vae: dict[str, Any] | None = None,
                  prior: dict[str, Any] | None = None, clip: dict[str, Any] | None = None,
                  sampling: SamplingConfig | None = None) -> list[Step]:
@@ -178,8 +178,8 @@ def _model_steps(run: Path, budget: str, vocab_size: int, val_split: str, *,
     d, sizes = run / "data", _TRAINING[budget]
     return [
         Step("tokenizer", train_tokenizer, {"data": [d / "train"], "out": run / "tokenizer",
-                                            "vocab_size": vocab_size, "text_length": 32}),
-        Step("train-vae", train_vae, {"run": DVAERun.create(
+                                            "bpe_vocab_size": bpe_vocab_size, "text_length": 32}),
+        Step("train-vae", train_vae, {"run": VAERun.create(
             data=d / "train", out=run / "vae", **{**sizes["vae"], **(vae or {})})},
             resume_if="vae/checkpoint.pt"),
         Step("eval-vae", evaluate_vae_folder, {"vae": run / "vae/model", "data": d / vae_eval_split,
@@ -218,7 +218,7 @@ def shapes_recipe(run: Path, budget: str = "cpu", version: int = 1) -> Recipe:
         # one-hot, so no gradient reaches it) for its first 1,500 steps in a run on 100,000
         # scenes (same section). The cpu budget's 1,500 prior steps and 900 CLIP steps are too
         # few here: shapes trains the prior 5,000 and CLIP 2,700.
-        *_model_steps(run, budget, vocab_size=1000, val_split="test-seen",
+        *_model_steps(run, budget, bpe_vocab_size=1000, val_split="test-seen",
                       vae={"likelihood": "gaussian", "lr": 1e-3},
                       prior={"steps": 5000} if cpu else {},
                       clip={"steps": 2700} if cpu else {},
@@ -254,7 +254,7 @@ def emoji_recipe(run: Path, budget: str = "cpu", version: int = 1, source: Path 
         # On the cpu budget the dVAE trains in bf16 (1.6x the steps per second of fp32 here);
         # guidance 2 with 5,000 prior steps gave FID 188.1 against 197.1 for 1,500 steps and no
         # guidance (docs/history.md, "emoji on the cpu budget").
-        *_model_steps(run, budget, vocab_size=2000, val_split="test-zero-shot",
+        *_model_steps(run, budget, bpe_vocab_size=2000, val_split="test-zero-shot",
                       vae={"likelihood": "gaussian", "lr": 1e-3, **({"bf16": True} if cpu else {})},
                       prior={} if quick else {"dropout": 0.1, **({"steps": 9000} if cpu else {})},
                       sampling=SamplingConfig(guidance_scale=2.0)),
@@ -279,7 +279,7 @@ def fashion_mnist_recipe(run: Path, budget: str = "cpu", version: int = 1,
     root = source or DEFAULT_ROOT
     return Recipe("fashion-mnist", version, budget, [
         Step("data", write_fashion_mnist, {"out": d, "root": root, "image_size": 32}, rebuild="data"),
-        *_model_steps(run, budget, vocab_size=1000, val_split="test", vae_eval_split="test",
+        *_model_steps(run, budget, bpe_vocab_size=1000, val_split="test", vae_eval_split="test",
                       vae={"image_size": 32, "downsample": 4},
                       clip={"image_size": 32, "patch_size": 4}),
         Step("classifier", train_fashion_mnist_classifier, {
@@ -397,10 +397,10 @@ def model_card(recipe: Recipe, run: Path) -> str:
     stages = {s.name: json.loads((run / "stages" / f"{s.name}.json").read_text())
               for s in recipe.steps if (run / "stages" / f"{s.name}.json").exists()}
     v, p = pipe.vae.config, pipe.prior.config
-    parts = [("tokenizer", f"byte-level BPE, {pipe.tokenizer.config.vocab_size} tokens, "
+    parts = [("tokenizer", f"byte-level BPE, {pipe.tokenizer.config.bpe_vocab_size} tokens, "
                            f"{pipe.tokenizer.config.text_length} text positions", "tokenizer"),
              ("dVAE", f"{pipe.vae.num_parameters() / 1e6:.2f}M parameters, {v.image_size}px -> "
-                      f"{v.grid_size}x{v.grid_size} codes of {v.vocab_size}", "train-vae"),
+                      f"{v.grid_size}x{v.grid_size} codes of {v.codebook_size}", "train-vae"),
              ("prior", f"{pipe.prior.num_parameters() / 1e6:.2f}M parameters, dim {p.dim}, depth "
                        f"{p.depth}, {p.heads} heads of {p.head_dim}, layout {p.layout}", "train-prior"),
              ("CLIP", f"{pipe.clip.num_parameters() / 1e6:.2f}M parameters" if pipe.clip else "none",

@@ -54,9 +54,9 @@ class TextTokenizer:
     """Lower-cased byte-level BPE with per-position pads and a start-of-image id."""
 
     def __init__(self, tokenizer: Tokenizer, config: TokenizerConfig) -> None:
-        if tokenizer.get_vocab_size() != config.vocab_size:
+        if tokenizer.get_vocab_size() != config.bpe_vocab_size:
             raise DalleError(f"tokenizer.json has {tokenizer.get_vocab_size()} tokens but the "
-                             f"config says vocab_size {config.vocab_size}")
+                             f"config says bpe_vocab_size {config.bpe_vocab_size}")
         self.tokenizer, self.config = tokenizer, config
         model = json.loads(tokenizer.to_str())["model"]
         self.vocab: dict[str, int] = model["vocab"]
@@ -64,7 +64,7 @@ class TextTokenizer:
         self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
 
     @classmethod
-    def train(cls, captions: Iterable[str], vocab_size: int = 16_384, text_length: int = 256,
+    def train(cls, captions: Iterable[str], bpe_vocab_size: int = 16_384, text_length: int = 256,
               bpe_dropout: float = 0.1) -> TextTokenizer:
         """Learn BPE merges from a caption corpus (deterministic for a given corpus)."""
         tokenizer = Tokenizer(models.BPE())
@@ -72,7 +72,7 @@ class TextTokenizer:
         normalizer = _normalizer()  # a second instance: the tokenizer is locked while it trains
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+        trainer = trainers.BpeTrainer(vocab_size=bpe_vocab_size, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         seen, alphabet = 0, set[str]()
 
@@ -87,7 +87,7 @@ class TextTokenizer:
         tokenizer.train_from_iterator(corpus(), trainer)
         if not seen:
             raise DalleError("cannot train a tokenizer on an empty caption corpus")
-        config = TokenizerConfig(vocab_size=tokenizer.get_vocab_size(), text_length=text_length,
+        config = TokenizerConfig(bpe_vocab_size=tokenizer.get_vocab_size(), text_length=text_length,
                                  bpe_dropout=bpe_dropout, alphabet="".join(sorted(alphabet)))
         return cls(tokenizer, config)
 
@@ -123,8 +123,8 @@ class TextTokenizer:
         with this tokenizer, one phrase per problem (empty when they match)."""
         t = self.config
         problems = []
-        if t.num_ids != text_vocab_size:
-            problems.append(f"the tokenizer has {t.num_ids} ids but {model} expects "
+        if t.text_vocab_size != text_vocab_size:
+            problems.append(f"the tokenizer has {t.text_vocab_size} ids but {model} expects "
                             f"text_vocab_size {text_vocab_size}")
         if t.text_length != text_length:
             problems.append(f"the tokenizer's text length is {t.text_length}, {model}'s {text_length}")
@@ -132,7 +132,7 @@ class TextTokenizer:
 
     def __len__(self) -> int:
         """Every id this tokenizer can produce: BPE tokens, pads and start-of-image."""
-        return self.config.num_ids
+        return self.config.text_vocab_size
 
     def _merge(self, word: str, rng: random.Random, p: float) -> list[str]:
         symbols = list(word)
@@ -188,4 +188,4 @@ class TextTokenizer:
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """The caption text of an id sequence; pads and start-of-image are dropped."""
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        return self.tokenizer.decode([i for i in ids if 0 <= i < self.config.vocab_size]).strip()
+        return self.tokenizer.decode([i for i in ids if 0 <= i < self.config.bpe_vocab_size]).strip()

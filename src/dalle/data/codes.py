@@ -38,6 +38,8 @@ class CodesDataset(Dataset):
             raise FileNotFoundError(f"{self.directory} is not a finished codes directory: "
                                     f"no {INDEX_NAME}{hint}")
         self.index = json.loads(index_path.read_text())
+        if "vocab_size" in self.index:  # written before the codebook size had its own name
+            self.index["codebook_size"] = self.index.pop("vocab_size")
         n, grid = self.index["count"], self.index["grid"]
         expected = n * grid * grid * np.dtype(self.index["dtype"]).itemsize
         size = (self.directory / CODES_NAME).stat().st_size

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dalle.dvae import DiscreteVAE
 from dalle.errors import DalleError
 from dalle.utils import atomic_write, resolve_device, to_pil
+from dalle.vae import DiscreteVAE
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def evaluate_vae(model: DiscreteVAE, dataset: Dataset, batch_size: int = 64,
 
     model.eval()
     device = model.device
-    counts = torch.zeros(model.config.vocab_size, dtype=torch.float64)
+    counts = torch.zeros(model.config.codebook_size, dtype=torch.float64)
     psnrs, squared_error, n_values, matches = [], 0.0, 0, 0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         images = batch["image"].to(device)

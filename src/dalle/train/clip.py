@@ -130,7 +130,7 @@ def validation_metrics(model: CLIP, tokenizer: TextTokenizer, dataset: Dataset, 
     in dataset order make the numbers comparable between runs.
     """
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     totals = {"val_loss": 0.0, "val_image_to_text": 0.0, "val_text_to_image": 0.0, "val_cosine": 0.0}
     n = 0
     for items in batches(dataset, batch_size):

@@ -22,13 +22,13 @@ from tqdm import tqdm
 from dalle.data.codes import CAPTIONS_NAME, CODES_NAME, INDEX_NAME, PROGRESS_NAME
 from dalle.data.shards import ShardDataset
 from dalle.data.sources import open_images
-from dalle.dvae import DiscreteVAE
 from dalle.errors import DalleError
 from dalle.utils import atomic_write, ensure_writable_dir, resolve_device
+from dalle.vae import DiscreteVAE
 
 
-def _code_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.int32)
+def _code_dtype(codebook_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if codebook_size <= 2**16 else np.int32)
 
 
 def _batches(items: Iterable[dict], size: int) -> Iterable[list[dict]]:
@@ -48,7 +48,7 @@ def encode_dataset(vae: DiscreteVAE, items: Iterable[dict], out: str | Path, *,
     """
     out = ensure_writable_dir(out)
     config = vae.config
-    dtype = _code_dtype(config.vocab_size)
+    dtype = _code_dtype(config.codebook_size)
     progress_path = out / PROGRESS_NAME
     done, codes_bytes, captions_bytes = 0, 0, 0
     if resume and progress_path.is_file():
@@ -87,7 +87,7 @@ def encode_dataset(vae: DiscreteVAE, items: Iterable[dict], out: str | Path, *,
     if not done:
         raise DalleError("the data source yielded no images to encode")
     index = {"count": done, "grid": config.grid_size, "dtype": dtype.name,
-             "vocab_size": config.vocab_size, "vae": config.to_dict()}
+             "codebook_size": config.codebook_size, "vae": config.to_dict()}
     atomic_write(out / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
     progress_path.unlink()
     return index

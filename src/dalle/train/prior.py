@@ -49,7 +49,7 @@ def validation_loss(model: Prior, tokenizer: TextTokenizer, dataset: CodesDatase
                     batch_size: int = 64, autocast: torch.autocast | None = None) -> dict[str, float]:
     """Mean text and image cross-entropy over a codes set (no dropout, no caption drop)."""
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     totals = {"text": 0.0, "image": 0.0}
     n = 0
     for start in range(0, len(dataset), batch_size):
@@ -69,9 +69,9 @@ def validation_loss(model: Prior, tokenizer: TextTokenizer, dataset: CodesDatase
 def check_compatible(config: PriorConfig, tokenizer: TextTokenizer, codes: CodesDataset) -> None:
     """Name any mismatch between the prior's config and its tokenizer or codes up front."""
     problems = tokenizer.mismatches(config.text_vocab_size, config.text_length, "the prior")
-    if codes.index["vocab_size"] != config.image_vocab_size:
-        problems.append(f"the codes come from a {codes.index['vocab_size']}-code dVAE but the "
-                        f"prior expects image_vocab_size {config.image_vocab_size}")
+    if codes.index["codebook_size"] != config.codebook_size:
+        problems.append(f"the codes come from a {codes.index['codebook_size']}-code dVAE but the "
+                        f"prior expects codebook_size {config.codebook_size}")
     if codes.index["grid"] != config.grid_size:
         problems.append(f"the codes are {codes.index['grid']}x{codes.index['grid']} but the "
                         f"prior expects a {config.grid_size}x{config.grid_size} grid")

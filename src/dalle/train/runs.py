@@ -20,13 +20,13 @@ from typing import Any, ClassVar, TypeVar
 
 from dalle.config import (
     CLIP_TRAINING,
-    DVAE_TRAINING,
     PRIOR_TRAINING,
+    VAE_TRAINING,
     CLIPConfig,
-    DVAEConfig,
     JSONConfig,
     PriorConfig,
     TrainConfig,
+    VAEConfig,
 )
 from dalle.errors import DalleError
 from dalle.utils import atomic_write
@@ -131,18 +131,18 @@ class RunConfig(JSONConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class DVAERun(RunConfig):
+class VAERun(RunConfig):
     """Stage 1: a dVAE trained on an image-caption folder or shards (paper §2.1, appendix A.2).
 
     `max_crop` > 0 trains on random square crops removing up to that fraction of the side
     (appendix A.2); 0 suits data whose objects touch the edges, such as shapes.
     """
 
-    model: DVAEConfig = dataclasses.field(default_factory=DVAEConfig.small)
-    train: TrainConfig = DVAE_TRAINING
+    model: VAEConfig = dataclasses.field(default_factory=VAEConfig.small)
+    train: TrainConfig = VAE_TRAINING
     max_crop: float = 0.0
 
-    model_class: ClassVar[type[JSONConfig]] = DVAEConfig
+    model_class: ClassVar[type[JSONConfig]] = VAEConfig
 
     @classmethod
     def follow_settings(cls, settings: dict[str, Any], overrides: dict[str, Any],
@@ -173,7 +173,7 @@ class PriorRun(RunConfig):
     caption_drop: float = 0.1
 
     model_class: ClassVar[type[JSONConfig]] = PriorConfig
-    derived: ClassVar[tuple[str, ...]] = ("text_vocab_size", "text_length", "image_vocab_size",
+    derived: ClassVar[tuple[str, ...]] = ("text_vocab_size", "text_length", "codebook_size",
                                           "grid_size")
 
     @classmethod
@@ -187,8 +187,8 @@ class PriorRun(RunConfig):
         bpe = TextTokenizer.from_pretrained(self.tokenizer).config
         index = CodesDataset(self.data).index
         return dataclasses.replace(self, model=dataclasses.replace(
-            self.model, text_vocab_size=bpe.num_ids, text_length=bpe.text_length,
-            image_vocab_size=index["vocab_size"], grid_size=index["grid"]))
+            self.model, text_vocab_size=bpe.text_vocab_size, text_length=bpe.text_length,
+            codebook_size=index["codebook_size"], grid_size=index["grid"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,4 +216,4 @@ class CLIPRun(RunConfig):
 
         bpe = TextTokenizer.from_pretrained(self.tokenizer).config
         return dataclasses.replace(self, model=dataclasses.replace(
-            self.model, text_vocab_size=bpe.num_ids, text_length=bpe.text_length))
+            self.model, text_vocab_size=bpe.text_vocab_size, text_length=bpe.text_length))

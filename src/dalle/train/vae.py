@@ -10,10 +10,10 @@ from torch import nn
 
 from dalle.data.augment import random_crops, sample_rng
 from dalle.data.sources import first_images, open_images
-from dalle.dvae import DiscreteVAE
 from dalle.train.loop import Trainer
-from dalle.train.runs import DVAERun
+from dalle.train.runs import VAERun
 from dalle.utils import image_grid
+from dalle.vae import DiscreteVAE
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -36,7 +36,7 @@ def keyed_gumbel_noise(shape: tuple[int, ...], indices: torch.Tensor, step: int,
     return -noise.log()
 
 
-class DVAELoss:
+class VAELoss:
     """The loop's loss function for the dVAE: images -> (loss, metrics).
 
     `max_crop` > 0 trains on random square crops (appendix A.2), keyed to the sample like the noise.
@@ -53,7 +53,7 @@ class DVAELoss:
         # channels_last lets oneDNN / cuDNN pick their fastest convolution kernels.
         images = images.contiguous(memory_format=torch.channels_last)
         config = cast(DiscreteVAE, unwrap(model)).config
-        grid = (config.vocab_size, images.shape[2] // config.downsample, images.shape[3] // config.downsample)
+        grid = (config.codebook_size, images.shape[2] // config.downsample, images.shape[3] // config.downsample)
         noise = keyed_gumbel_noise(grid, batch["index"], step, self.seed, images.device)
         out = model(images, step=step, gumbel_noise=noise)
         mse = (out.reconstruction - images.float()).pow(2).mean()
@@ -69,7 +69,7 @@ def reconstruction_grid(model: DiscreteVAE, images: torch.Tensor, columns: int =
     return image_grid(pairs, columns=2 * columns)
 
 
-def train_vae(run: DVAERun, *, resume: bool = False, show_progress: bool = True) -> DiscreteVAE:
+def train_vae(run: VAERun, *, resume: bool = False, show_progress: bool = True) -> DiscreteVAE:
     """Train a dVAE as `run` says; the result lands in `<run.out>/model` and the run in
     `<run.out>/config.json`."""
     dataset = open_images(run.data, run.model.image_size, training=True)
@@ -77,7 +77,7 @@ def train_vae(run: DVAERun, *, resume: bool = False, show_progress: bool = True)
     model = DiscreteVAE(run.model)
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     preview = first_images(dataset, 16)
-    trainer = Trainer(model, dataset, run.train, run.out, DVAELoss(run.train.seed, run.max_crop),
+    trainer = Trainer(model, dataset, run.train, run.out, VAELoss(run.train.seed, run.max_crop),
                       sample_fn=lambda m, images: reconstruction_grid(cast(DiscreteVAE, m), images),
                       sample_batch=preview,
                       resume=resume, show_progress=show_progress)

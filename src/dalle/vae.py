@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle.config import DVAEConfig
+from dalle.config import VAEConfig
 from dalle.errors import DalleError
 from dalle.pretrained import PretrainedModel
 
@@ -55,7 +55,7 @@ class BottleneckBlock(nn.Module):
         return self.id_path(x) + self.post_gain * self.res_path(x)
 
 
-def _group(n_in: int, n_out: int, config: DVAEConfig, kernels: tuple[int, ...],
+def _group(n_in: int, n_out: int, config: VAEConfig, kernels: tuple[int, ...],
            resample: tuple[str, nn.Module] | None) -> nn.Sequential:
     n_layers = config.num_groups * config.blocks_per_group
     blocks: list[tuple[str, nn.Module]] = [
@@ -74,7 +74,7 @@ class Encoder(nn.Module):
     then ReLU and a 1x1 conv to K logits.
     """
 
-    def __init__(self, config: DVAEConfig) -> None:
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         h, g = config.hidden, config.num_groups
         layers: list[tuple[str, nn.Module]] = [("input", conv(config.channels, h, 7))]
@@ -82,7 +82,7 @@ class Encoder(nn.Module):
             n_in, n_out = h * 2 ** max(i - 1, 0), h * 2**i
             pool = ("pool", nn.MaxPool2d(kernel_size=2)) if i < g - 1 else None
             layers.append((f"group_{i + 1}", _group(n_in, n_out, config, (3, 3, 3, 1), pool)))
-        output = OrderedDict([("relu", nn.ReLU()), ("conv", conv(h * 2 ** (g - 1), config.vocab_size, 1))])
+        output = OrderedDict([("relu", nn.ReLU()), ("conv", conv(h * 2 ** (g - 1), config.codebook_size, 1))])
         layers.append(("output", nn.Sequential(output)))
         self.blocks = nn.Sequential(OrderedDict(layers))
 
@@ -98,10 +98,10 @@ class Decoder(nn.Module):
     2x upsampling between groups, then ReLU and a 1x1 conv.
     """
 
-    def __init__(self, config: DVAEConfig) -> None:
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         h, g = config.hidden, config.num_groups
-        layers: list[tuple[str, nn.Module]] = [("input", conv(config.vocab_size, config.decoder_init, 1))]
+        layers: list[tuple[str, nn.Module]] = [("input", conv(config.codebook_size, config.decoder_init, 1))]
         for i in range(g):
             n_out = h * 2 ** (g - 1 - i)
             n_in = config.decoder_init if i == 0 else 2 * n_out
@@ -127,7 +127,7 @@ class Decoder(nn.Module):
 
 
 @dataclass
-class DVAEOutput:
+class VAEOutput:
     """One training forward pass: the loss and its parts, all per pixel value (nats)."""
 
     loss: torch.Tensor
@@ -151,10 +151,10 @@ class DiscreteVAE(PretrainedModel):
     the encoder and the likelihood (the logit-Laplace needs them away from 0 and 1).
     """
 
-    config_class = DVAEConfig
-    config: DVAEConfig
+    config_class = VAEConfig
+    config: VAEConfig
 
-    def __init__(self, config: DVAEConfig) -> None:
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
@@ -204,8 +204,8 @@ class DiscreteVAE(PretrainedModel):
         """Images (B, C, H, W) in [0, 1] from codes (B, h, w)."""
         if codes.dtype not in (torch.int32, torch.int64) or codes.ndim != 3:
             raise DalleError(f"expected integer codes of shape (B, h, w), got {codes.dtype} {tuple(codes.shape)}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.vocab_size):
-            raise DalleError(f"codes must lie in [0, {self.config.vocab_size}), got "
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
+            raise DalleError(f"codes must lie in [0, {self.config.codebook_size}), got "
                              f"[{int(codes.min())}, {int(codes.max())}]")
         return self.reconstruct_from_stats(self.decoder.forward_codes(codes.long()))
 
@@ -233,7 +233,7 @@ class DiscreteVAE(PretrainedModel):
         return tau, kl_weight
 
     def forward(self, images: torch.Tensor, step: int = 0,
-                gumbel_noise: torch.Tensor | None = None) -> DVAEOutput:
+                gumbel_noise: torch.Tensor | None = None) -> VAEOutput:
         """Training loss at `step`: (NLL + beta * KL(q || uniform)) / number of pixel values.
 
         `gumbel_noise` (shaped like the logits) lets the caller choose the noise; by default it is
@@ -247,10 +247,10 @@ class DiscreteVAE(PretrainedModel):
         z = F.softmax((logits + gumbel_noise) / tau, dim=1)
         stats = self.decoder(z)
         log_q = F.log_softmax(logits, dim=1)
-        kl = (log_q.exp() * (log_q + math.log(self.config.vocab_size))).sum()
+        kl = (log_q.exp() * (log_q + math.log(self.config.codebook_size))).sum()
         n_values = images.numel()
         nll = self.nll(images, stats)
         loss = (nll + kl_weight * kl) / n_values
-        return DVAEOutput(loss=loss, nll=nll.detach() / n_values, kl=kl.detach() / n_values,
+        return VAEOutput(loss=loss, nll=nll.detach() / n_values, kl=kl.detach() / n_values,
                           tau=tau, kl_weight=kl_weight,
                           reconstruction=self.reconstruct_from_stats(stats.detach()))

@@ -1,6 +1,6 @@
 """dVAE speed: encode and decode images/s and training images/s, as a table.
 
-    python benchmarks/dvae.py [--device auto] [--threads N] [--repeats 7] [--quick] [--batch 64]
+    python benchmarks/vae.py [--device auto] [--threads N] [--repeats 7] [--quick] [--batch 64]
 
 Rows: the shapes recipe (`dalle train-vae`'s defaults: 64 px, f = 8, K = 512, hidden 32, 1 block
 per group, decoder input 64) and the same at f = 4 (docs/history.md "Stage 1 on shapes": 98.7-99.7% parse
@@ -14,16 +14,16 @@ from __future__ import annotations
 import torch
 
 from common import Timing, environment, fmt_timing, markdown_table, measure, parser, setup
-from dalle.config import DVAEConfig
-from dalle.dvae import DiscreteVAE
+from dalle.config import VAEConfig
+from dalle.vae import DiscreteVAE
 
-SHAPES = DVAEConfig(image_size=64, downsample=8, vocab_size=512, hidden=32, blocks_per_group=1,
+SHAPES = VAEConfig(image_size=64, downsample=8, codebook_size=512, hidden=32, blocks_per_group=1,
                     decoder_init=64)
-SHAPES_F4 = DVAEConfig(image_size=64, downsample=4, vocab_size=512, hidden=32, blocks_per_group=1,
+SHAPES_F4 = VAEConfig(image_size=64, downsample=4, codebook_size=512, hidden=32, blocks_per_group=1,
                        decoder_init=64)
 
 
-def dvae_rates(config: DVAEConfig, batch: int, device: torch.device, repeats: int,
+def vae_rates(config: VAEConfig, batch: int, device: torch.device, repeats: int,
                train: bool) -> dict[str, Timing]:
     """Images/s of encode, decode and (if `train`) an AdamW training step."""
     torch.manual_seed(0)
@@ -46,15 +46,15 @@ def dvae_rates(config: DVAEConfig, batch: int, device: torch.device, repeats: in
     return rates
 
 
-def dvae_section(device: torch.device, repeats: int, batch: int = 64, paper: bool = True) -> tuple[str, dict]:
+def vae_section(device: torch.device, repeats: int, batch: int = 64, paper: bool = True) -> tuple[str, dict]:
     """The table and {(config name, batch): {"encode" | "decode" | "train": images/s Timing}}."""
-    runs = [(f"shapes 64 px f{c.downsample} K{c.vocab_size}", c, size, True)
+    runs = [(f"shapes 64 px f{c.downsample} K{c.codebook_size}", c, size, True)
             for c in (SHAPES, SHAPES_F4) for size in (batch, 1)]
     if paper:
-        runs.append(("paper 256 px f8 K8192", DVAEConfig.paper(), 1, False))
+        runs.append(("paper 256 px f8 K8192", VAEConfig.paper(), 1, False))
     rows, results = [], {}
     for name, config, size, train in runs:
-        rates = results[name, size] = dvae_rates(config, size, device, repeats, train)
+        rates = results[name, size] = vae_rates(config, size, device, repeats, train)
         rows.append([name, str(size), *(fmt_timing(rates[part]) if part in rates else "–"
                                         for part in ("encode", "decode", "train"))])
     text = ("### dVAE\n\nfp32, channels_last; train is one AdamW step of the training loss.\n\n"
@@ -69,7 +69,7 @@ def main() -> None:
     args = p.parse_args()
     device = setup(args)
     print(environment(device) + "\n", flush=True)
-    print(dvae_section(device, args.repeats, args.batch, paper=not args.quick)[0])
+    print(vae_section(device, args.repeats, args.batch, paper=not args.quick)[0])
 
 
 if __name__ == "__main__":

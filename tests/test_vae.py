@@ -4,19 +4,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle.config import DVAEConfig
-from dalle.dvae import DiscreteVAE, cosine_anneal
+from dalle.config import VAEConfig
+from dalle.vae import DiscreteVAE, cosine_anneal
 
 
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return DiscreteVAE(DVAEConfig.tiny())
+    return DiscreteVAE(VAEConfig.tiny())
 
 
 def test_paper_preset_parameter_counts():
     with torch.device("meta"):
-        m = DiscreteVAE(DVAEConfig.paper())
+        m = DiscreteVAE(VAEConfig.paper())
     enc = sum(p.numel() for p in m.encoder.parameters())
     dec = sum(p.numel() for p in m.decoder.parameters())
     # The released dall_e Encoder / Decoder have 53,786,240 and 43,829,766 parameters.
@@ -26,7 +26,7 @@ def test_paper_preset_parameter_counts():
 
 @pytest.mark.parametrize("downsample,groups", [(4, 3), (8, 4)])
 def test_shapes_and_grid(downsample, groups):
-    c = DVAEConfig(image_size=32, downsample=downsample, vocab_size=16, hidden=8, blocks_per_group=1, decoder_init=8)
+    c = VAEConfig(image_size=32, downsample=downsample, codebook_size=16, hidden=8, blocks_per_group=1, decoder_init=8)
     m = DiscreteVAE(c)
     assert len([n for n, _ in m.encoder.blocks.named_children() if n.startswith("group")]) == groups
     x = torch.rand(2, 3, 32, 32)
@@ -49,8 +49,8 @@ def test_residual_gain(model):
 
 
 def test_decode_from_codes_equals_one_hot_decoder(model):
-    codes = torch.randint(0, model.config.vocab_size, (3, 4, 4))
-    one_hot = F.one_hot(codes, model.config.vocab_size).permute(0, 3, 1, 2).float()
+    codes = torch.randint(0, model.config.codebook_size, (3, 4, 4))
+    one_hot = F.one_hot(codes, model.config.codebook_size).permute(0, 3, 1, 2).float()
     expected = model.reconstruct_from_stats(model.decoder(one_hot))
     torch.testing.assert_close(model.decode(codes), expected, atol=1e-6, rtol=1e-5)
 
@@ -79,7 +79,7 @@ def test_nll_matches_formula(model):
 
 def test_gaussian_likelihood():
     torch.manual_seed(0)
-    model = DiscreteVAE(DVAEConfig(**{**DVAEConfig.tiny().to_dict(), "likelihood": "gaussian",
+    model = DiscreteVAE(VAEConfig(**{**VAEConfig.tiny().to_dict(), "likelihood": "gaussian",
                                       "gaussian_sigma": 0.05}))
     images = torch.rand(2, 3, 16, 16)
     stats = model.decoder(F.softmax(model.logits(images), dim=1))
@@ -92,7 +92,7 @@ def test_gaussian_likelihood():
     assert torch.isfinite(out.loss)
     out.loss.backward()
     with pytest.raises(ValueError, match="likelihood must be"):
-        DVAEConfig(likelihood="laplace")
+        VAEConfig(likelihood="laplace")
 
 
 def test_schedules(model):
@@ -112,7 +112,7 @@ def test_loss_is_normalised_and_kl_is_to_uniform(model):
     # KL(q || uniform) computed independently
     logits = model.logits(images)
     q = logits.softmax(1)
-    kl = (q * (q.log() + math.log(model.config.vocab_size))).sum() / images.numel()
+    kl = (q * (q.log() + math.log(model.config.codebook_size))).sum() / images.numel()
     torch.testing.assert_close(out.kl, kl.detach(), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out.loss.detach(), out.nll + model.config.kl_weight * out.kl, rtol=1e-5, atol=1e-6)
 
@@ -120,7 +120,7 @@ def test_loss_is_normalised_and_kl_is_to_uniform(model):
 def test_relaxation_is_soft_in_both_passes(model):
     # With given noise, the decoder input is softmax((logits + g) / tau): gradients reach the encoder
     images = torch.rand(2, 3, 16, 16)
-    noise = torch.zeros(2, model.config.vocab_size, 4, 4)
+    noise = torch.zeros(2, model.config.codebook_size, 4, 4)
     out = model(images, step=0, gumbel_noise=noise)
     out.loss.backward()
     assert model.encoder.blocks.input.weight.grad.abs().sum() > 0
@@ -139,7 +139,7 @@ def test_save_and_load(model, tmp_path):
 
 def test_config_weight_mismatch_is_clear(model, tmp_path):
     model.save_pretrained(tmp_path / "vae")
-    other = DVAEConfig.tiny().__class__(**{**DVAEConfig.tiny().to_dict(), "vocab_size": 64})
+    other = VAEConfig.tiny().__class__(**{**VAEConfig.tiny().to_dict(), "codebook_size": 64})
     other.save(tmp_path / "vae" / "config.json")
     with pytest.raises(ValueError, match="does not match"):
         DiscreteVAE.from_pretrained(tmp_path / "vae")

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 dall_e = pytest.importorskip("dall_e")
 
-from dalle.config import DVAEConfig  # noqa: E402
-from dalle.dvae import DiscreteVAE  # noqa: E402
-from dalle.openai_dvae import UnsafePickleError, import_openai_dvae, load_openai_dvae  # noqa: E402
+from dalle.config import VAEConfig  # noqa: E402
+from dalle.openai_vae import UnsafePickleError, import_openai_vae, load_openai_vae  # noqa: E402
+from dalle.vae import DiscreteVAE  # noqa: E402
 
 VOCAB = 512
 
@@ -49,7 +49,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     torch.save(enc, root / "encoder.pkl")  # whole modules, as OpenAI released them
     torch.save(dec, root / "decoder.pkl")
     return {"enc": enc, "dec": dec, "enc_path": root / "encoder.pkl", "dec_path": root / "decoder.pkl",
-            "model": load_openai_dvae(root / "encoder.pkl", root / "decoder.pkl")}
+            "model": load_openai_vae(root / "encoder.pkl", root / "decoder.pkl")}
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,7 +58,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_config_from_pickled_hyperparameters(reference: dict) -> None:
-    assert reference["model"].config == DVAEConfig(image_size=256, channels=3, downsample=8, vocab_size=VOCAB,
+    assert reference["model"].config == VAEConfig(image_size=256, channels=3, downsample=8, codebook_size=VOCAB,
                                                    hidden=64, blocks_per_group=1, decoder_init=32)
 
 
@@ -85,7 +85,7 @@ def test_decode_codes_matches(reference: dict) -> None:
 
 
 def test_import_round_trip(reference: dict, tmp_path: Path) -> None:
-    out = import_openai_dvae(reference["enc_path"], reference["dec_path"], tmp_path / "dvae")
+    out = import_openai_vae(reference["enc_path"], reference["dec_path"], tmp_path / "vae")
     loaded = DiscreteVAE.from_pretrained(out)
     assert loaded.config == reference["model"].config
     for key, value in reference["model"].state_dict().items():
@@ -103,7 +103,7 @@ def test_legacy_format(reference: dict, tmp_path: Path) -> None:
     torch.save(reference["enc"], enc_path, _use_new_zipfile_serialization=False)
     torch.save(reference["dec"], dec_path, _use_new_zipfile_serialization=False)
     assert not zipfile.is_zipfile(enc_path)
-    _assert_same_weights(reference["model"], load_openai_dvae(enc_path, dec_path))
+    _assert_same_weights(reference["model"], load_openai_vae(enc_path, dec_path))
 
 
 def test_big_endian_zip(reference: dict, tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_big_endian_zip(reference: dict, tmp_path: Path) -> None:
             elif "/data/" in name:  # every storage of these modules is float32
                 data = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(-1, 4).flip(1).numpy().tobytes()
             dst.writestr(name, data)
-    _assert_same_weights(reference["model"], load_openai_dvae(swapped, reference["dec_path"]))
+    _assert_same_weights(reference["model"], load_openai_vae(swapped, reference["dec_path"]))
 
 
 # -- refusing what is not an OpenAI dVAE --
@@ -156,7 +156,7 @@ def test_malicious_pickle_is_refused(layout: str, reference: dict, tmp_path: Pat
         assert _globals(data) & {"posix.system", "os.system", "nt.system"}
         path.write_bytes(data)
     with pytest.raises(UnsafePickleError, match=r"(os|posix|nt)\.system.*not an OpenAI dVAE checkpoint") as info:
-        load_openai_dvae(path, reference["dec_path"])
+        load_openai_vae(path, reference["dec_path"])
     assert "\n" not in str(info.value)
     assert not marker.exists()
 
@@ -165,32 +165,32 @@ def test_harmless_but_unlisted_global_is_refused(reference: dict, tmp_path: Path
     path = tmp_path / "decoder.pkl"
     torch.save({"f": eval}, path)
     with pytest.raises(UnsafePickleError, match=r"builtins\.eval"):
-        load_openai_dvae(reference["enc_path"], path)
+        load_openai_vae(reference["enc_path"], path)
 
 
 def test_error_messages(reference: dict, tmp_path: Path) -> None:
     enc_path, dec_path = reference["enc_path"], reference["dec_path"]
     with pytest.raises(FileNotFoundError, match="no OpenAI dVAE checkpoint"):
-        load_openai_dvae(tmp_path / "missing.pkl", dec_path)
+        load_openai_vae(tmp_path / "missing.pkl", dec_path)
 
     text = tmp_path / "notes.txt"
     text.write_text("hello, not a checkpoint\n")
     with pytest.raises(ValueError, match="not a (readable )?torch checkpoint"):
-        load_openai_dvae(text, dec_path)
+        load_openai_vae(text, dec_path)
 
     archive = tmp_path / "other.zip"
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("readme.txt", "hi")
     with pytest.raises(ValueError, match="not a torch.save checkpoint"):
-        load_openai_dvae(archive, dec_path)
+        load_openai_vae(archive, dec_path)
 
     with pytest.raises(ValueError, match="swapped"):
-        load_openai_dvae(dec_path, enc_path)
+        load_openai_vae(dec_path, enc_path)
 
     state_dict = tmp_path / "state_dict.pkl"
     torch.save(reference["enc"].state_dict(), state_dict)
     with pytest.raises(ValueError, match="not a pickled dall_e.encoder.Encoder"):
-        load_openai_dvae(state_dict, dec_path)
+        load_openai_vae(state_dict, dec_path)
 
 
 def test_encoder_and_decoder_must_agree(reference: dict, tmp_path: Path) -> None:
@@ -201,4 +201,4 @@ def test_encoder_and_decoder_must_agree(reference: dict, tmp_path: Path) -> None
     torch.save(other, buffer)
     path.write_bytes(buffer.getvalue())
     with pytest.raises(ValueError, match=r"disagree on vocab_size \(512 vs 1024\)"):
-        load_openai_dvae(reference["enc_path"], path)
+        load_openai_vae(reference["enc_path"], path)

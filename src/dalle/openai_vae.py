@@ -36,9 +36,9 @@ from typing import IO, Any, ClassVar
 
 import torch
 
-from dalle.config import DVAEConfig
-from dalle.dvae import DiscreteVAE
+from dalle.config import VAEConfig
 from dalle.errors import DalleError
+from dalle.vae import DiscreteVAE
 
 # Format constants of torch.save's legacy (non-zip) layout, from torch/serialization.py.
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -418,7 +418,7 @@ def _renamed(name: str) -> str:
     return f"{head}.{last}" if head else last
 
 
-def load_openai_dvae(encoder_path: str | Path, decoder_path: str | Path) -> DiscreteVAE:
+def load_openai_vae(encoder_path: str | Path, decoder_path: str | Path) -> DiscreteVAE:
     """Build a `DiscreteVAE` holding OpenAI's released dVAE weights (`encoder.pkl`, `decoder.pkl`).
 
     The files are read without executing pickled code; any global outside the allowlist raises
@@ -439,8 +439,8 @@ def load_openai_dvae(encoder_path: str | Path, decoder_path: str | Path) -> Disc
         if e[key] != d[key]:
             raise DalleError(f"encoder {enc_label} and decoder {dec_label} disagree on {key} "
                              f"({e[key]} vs {d[key]}): they are not one dVAE")
-    config = DVAEConfig(image_size=256, channels=e["input_channels"], downsample=2 ** (e["group_count"] - 1),
-                        vocab_size=e["vocab_size"], hidden=e["n_hid"], blocks_per_group=e["n_blk_per_group"],
+    config = VAEConfig(image_size=256, channels=e["input_channels"], downsample=2 ** (e["group_count"] - 1),
+                        codebook_size=e["vocab_size"], hidden=e["n_hid"], blocks_per_group=e["n_blk_per_group"],
                         decoder_init=d["n_init"])
     model = DiscreteVAE(config)
     _check_tree(model.encoder, enc_modules, "encoder", enc_label)
@@ -465,6 +465,6 @@ def load_openai_dvae(encoder_path: str | Path, decoder_path: str | Path) -> Disc
     return model.eval()
 
 
-def import_openai_dvae(encoder_path: str | Path, decoder_path: str | Path, out_dir: str | Path) -> Path:
+def import_openai_vae(encoder_path: str | Path, decoder_path: str | Path, out_dir: str | Path) -> Path:
     """Convert OpenAI's `encoder.pkl` / `decoder.pkl` into a `DiscreteVAE.from_pretrained` directory."""
-    return load_openai_dvae(encoder_path, decoder_path).save_pretrained(out_dir)
+    return load_openai_vae(encoder_path, decoder_path).save_pretrained(out_dir)
