@@ -53,6 +53,11 @@ class JSONConfig:
             elif isinstance(value, list) and typing.get_origin(hint) is tuple:
                 value = tuple(value)  # JSON has no tuples; restore them so a round trip compares equal
             kwargs[key] = value
+        missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                   if f.name not in kwargs and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise DalleError(f"{cls.__name__} needs field(s) {', '.join(missing)}")
         return cls(**kwargs)
 
     @classmethod

@@ -39,13 +39,15 @@ RUN_FILE = "config.json"  # <out>/config.json; the trained model's own is <out>/
 class RunConfig(JSONConfig):
     """Fields shared by every stage's run: where the data is and where the run folder goes.
 
-    Subclasses add `model` (their model config) and `train` (a TrainConfig), and name in
-    `derived` the model fields that come from the data rather than from the user.
+    Subclasses add `model` (their model config) and `train` (a TrainConfig), name in `needs` the
+    paths a run cannot do without and in `derived` the model fields that come from the data
+    rather than from the user.
     """
 
     data: str
     out: str
 
+    needs: ClassVar[tuple[str, ...]] = ("data", "out")
     derived: ClassVar[tuple[str, ...]] = ()
     model_class: ClassVar[type[JSONConfig]]
 
@@ -55,8 +57,10 @@ class RunConfig(JSONConfig):
             value = getattr(self, f.name)
             if isinstance(value, Path):
                 object.__setattr__(self, f.name, str(value))
-        if not self.data or not self.out:
-            raise DalleError(f"a {type(self).__name__} needs both data and out")
+        missing = [name for name in self.needs if not getattr(self, name)]
+        if missing:
+            raise DalleError(f"{type(self).__name__} needs {', '.join(missing)} "
+                             f"({', '.join('--' + name.replace('_', '-') for name in missing)})")
 
     @classmethod
     def create(cls: type[R], *, preset: str | None = None, config: str | Path | None = None,
@@ -89,17 +93,10 @@ class RunConfig(JSONConfig):
                 choices = sorted((run_fields | model_fields | train_fields) - set(cls.derived))
                 raise DalleError(f"{cls.__name__} has no setting {name!r}; the settings are "
                                  f"{', '.join(choices)}")
-        missing = [name for name in ("data", "out", *cls.paths_needed()) if not settings.get(name)]
-        if missing:
-            raise DalleError(f"{cls.__name__} needs {', '.join(missing)} "
-                             f"({', '.join('--' + name.replace('_', '-') for name in missing)})")
+        for name in cls.needs:  # absent ones are named by __post_init__
+            settings.setdefault(name, "")
         cls.follow_settings(settings, overrides, from_preset=config is None)
         return cls.from_dict(settings)
-
-    @classmethod
-    def paths_needed(cls) -> tuple[str, ...]:
-        """Path fields besides data and out that a run cannot do without."""
-        return ()
 
     @classmethod
     def follow_settings(cls, settings: dict[str, Any], overrides: dict[str, Any],
@@ -173,12 +170,9 @@ class PriorRun(RunConfig):
     caption_drop: float = 0.1
 
     model_class: ClassVar[type[JSONConfig]] = PriorConfig
+    needs: ClassVar[tuple[str, ...]] = ("data", "out", "tokenizer")
     derived: ClassVar[tuple[str, ...]] = ("text_vocab_size", "text_length", "codebook_size",
                                           "grid_size")
-
-    @classmethod
-    def paths_needed(cls) -> tuple[str, ...]:
-        return ("tokenizer",)
 
     def fitted(self) -> PriorRun:
         from dalle.data.codes import CodesDataset
@@ -205,11 +199,8 @@ class CLIPRun(RunConfig):
     hard_negatives: bool = True
 
     model_class: ClassVar[type[JSONConfig]] = CLIPConfig
+    needs: ClassVar[tuple[str, ...]] = ("data", "out", "tokenizer")
     derived: ClassVar[tuple[str, ...]] = ("text_vocab_size", "text_length")
-
-    @classmethod
-    def paths_needed(cls) -> tuple[str, ...]:
-        return ("tokenizer",)
 
     def fitted(self) -> CLIPRun:
         from dalle.text import TextTokenizer
