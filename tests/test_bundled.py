@@ -77,3 +77,14 @@ def test_generate_uses_the_bundled_shapes_pipeline_by_default(tmp_path):
 def test_unknown_pipeline_names_the_bundled_ones(tmp_path):
     r = dalle("generate", "a red circle", "--pipeline", "faces", "--out", tmp_path)
     assert r.returncode == 1 and "bundled pipelines: emoji, shapes" in r.stderr
+
+
+def test_saving_a_loaded_pipeline_keeps_its_card_attribution_and_licences(tmp_path):
+    """The emoji art is CC-BY: a copy of the pipeline must keep its credit and licences."""
+    DallePipeline.from_pretrained("emoji").save_pretrained(tmp_path / "copy")
+    source = BUNDLED_DIR / "emoji"
+    for name in ("README.md", "recipe.json", "ATTRIBUTION.md"):
+        assert (tmp_path / "copy" / name).read_bytes() == (source / name).read_bytes(), name
+    licences = sorted(p.name for p in (source / "licenses").iterdir())
+    assert licences and sorted(p.name for p in (tmp_path / "copy" / "licenses").iterdir()) == licences
+    assert DallePipeline.from_pretrained(tmp_path / "copy").source == tmp_path / "copy"

@@ -100,7 +100,7 @@ def test_training_options_are_the_run_config_fields():
         fields = ({f.name for f in dataclasses.fields(run_class)} - {"model", "train"}
                   | {f.name for f in dataclasses.fields(run_class.model_class)} - set(run_class.derived)
                   | {f.name for f in dataclasses.fields(TrainConfig)})
-        assert options == fields | {"preset", "config", "resume"}, name
+        assert options == fields | {"preset", "config", "resume", "overwrite"}, name
 
 
 def test_cli_names_a_missing_gpu(tmp_path):

@@ -142,7 +142,7 @@ def test_every_step_calls_its_function_with_arguments_it_takes(tmp_path):
         for budget in ("quick", "cpu", "gpu"):
             for step in build_recipe(name, tmp_path, budget).steps:
                 signature = inspect.signature(step.function)
-                signature.bind(**step.args)
+                signature.bind(**step.args, **step.restart)
                 if step.resume_if:
                     assert "resume" in signature.parameters, step.name
                 json.dumps(step.describe(tmp_path))  # every argument is recordable

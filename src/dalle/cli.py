@@ -472,6 +472,8 @@ def main() -> None:
         debug = True
         del sys.argv[1]
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+    from dalle.train.signals import TrainingStopped
+
     command = typer.main.get_command(app)
     try:
         # Parsed and run here rather than by click's own main, so that its usage errors reach us
@@ -481,8 +483,11 @@ def main() -> None:
         code = 0
     except typer.Exit as e:  # --help, and commands that end early
         code = e.exit_code
-    except KeyboardInterrupt:
-        typer.echo("interrupted; the last checkpoint is intact (resume with --resume)", err=True)
+    except TrainingStopped as e:  # SIGINT or SIGTERM during training: a checkpoint was saved
+        typer.echo(str(e), err=True)
+        code = e.exit_code
+    except KeyboardInterrupt:  # elsewhere, or a second Ctrl-C: files already written are intact
+        typer.echo("interrupted", err=True)
         code = 130
     except _click_exception() as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # typer has already shown the help

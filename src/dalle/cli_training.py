@@ -149,14 +149,15 @@ def training_command(run_class: type[RunConfig], train: Callable[..., Any],
     """A Typer command for `run_class`: --preset / --config / --resume and one option per field."""
     fields = run_fields(run_class)
 
-    def command(preset: str | None, config: Path | None, resume: bool, **given: Any) -> None:
+    def command(preset: str | None, config: Path | None, resume: bool, overwrite: bool,
+                **given: Any) -> None:
         overrides = {name: value for name, value in given.items() if value is not None}
         out = overrides.get("out")
         recorded = Path(out) / RUN_FILE if out is not None else None
         if config is None and resume and preset is None and recorded is not None and recorded.exists():
             config = recorded  # --resume alone continues the run as it was recorded
         run = run_class.create(preset=preset, config=config, **overrides)
-        train(run, resume=resume)
+        train(run, resume=resume, overwrite=overwrite)
         echo(f"model saved to {Path(run.out) / 'model'}; run config in {Path(run.out) / RUN_FILE}")
 
     presets = ", ".join(run_class.model_class.presets())
@@ -167,6 +168,8 @@ def training_command(run_class: type[RunConfig], train: Callable[..., Any],
             Optional[Path], typer.Option(help="A run's config.json to start from (options given here override it).")]),  # noqa: UP045
         inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
             bool, typer.Option(help="Continue the run in --out exactly where it stopped (its config.json unless --config).")]),
+        inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option(help="Start again in an --out that holds a run, replacing its files.")]),
     ]
     for name, (hint, default) in fields.items():
         option = typer.Option(help=_help(run_class, name, default), show_default=False)

@@ -17,6 +17,7 @@ generate through it.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,10 @@ from dalle.vae import DiscreteVAE
 
 PARTS = ("tokenizer", "vae", "prior", "clip")
 SAMPLING_FILE = "sampling.json"
+# What a pipeline directory says about itself: the model card, the recipe that made it, and the
+# attribution and licences its data requires (CC-BY art must keep its credit). Saving a loaded
+# pipeline copies them along.
+DOCUMENTS = ("README.md", "recipe.json", "ATTRIBUTION.md", "licenses")
 BUNDLED_DIR = Path(__file__).parent / "bundled"  # the pipelines that ship with the package
 
 
@@ -88,6 +93,7 @@ class DallePipeline:
         check_parts(tokenizer, vae, prior, clip)
         self.tokenizer, self.vae, self.prior, self.clip = tokenizer, vae.eval(), prior.eval(), clip
         self.sampling = sampling or SamplingConfig()
+        self.source: Path | None = None  # the directory it was loaded from, whose DOCUMENTS it keeps
         if clip is not None:
             clip.eval()
 
@@ -117,14 +123,24 @@ class DallePipeline:
         clip = CLIP.from_pretrained(directory / "clip", target) if (directory / "clip").is_dir() else None
         sampling = directory / SAMPLING_FILE
         prior = Prior.from_pretrained(directory / "prior", target)
-        return cls(TextTokenizer.from_pretrained(directory / "tokenizer"),
-                   DiscreteVAE.from_pretrained(directory / "vae", target),
-                   prior if dtype is None else prior.to(dtype), clip,
-                   SamplingConfig.load(sampling) if sampling.exists() else None)
+        pipeline = cls(TextTokenizer.from_pretrained(directory / "tokenizer"),
+                       DiscreteVAE.from_pretrained(directory / "vae", target),
+                       prior if dtype is None else prior.to(dtype), clip,
+                       SamplingConfig.load(sampling) if sampling.exists() else None)
+        pipeline.source = directory
+        return pipeline
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write the parts' directories; `dtype` (e.g. torch.bfloat16) stores weights in it."""
+        """Write the parts' directories, and the model card, recipe, attribution and licences of
+        the directory it was loaded from; `dtype` (e.g. torch.bfloat16) stores weights in it."""
         directory = ensure_writable_dir(directory)
+        if self.source is not None and self.source.resolve() != directory.resolve():
+            for name in DOCUMENTS:
+                path = self.source / name
+                if path.is_dir():
+                    shutil.copytree(path, directory / name, dirs_exist_ok=True)
+                elif path.is_file():
+                    shutil.copy2(path, directory / name)
         self.tokenizer.save_pretrained(directory / "tokenizer")
         for part in ("vae", "prior", "clip"):
             model = getattr(self, part)

@@ -55,16 +55,18 @@ RECIPE_FILE = "recipe.json"  # in the pipeline: the recipe's name, version, budg
 class Step:
     """One stage of a recipe: `function(**args)`. `resume_if` (relative to the run) exists after
     an interruption when the function can continue with `resume=True`; `rebuild` is cleared
-    before a restart."""
+    before a restart, and `restart` are the arguments a restart adds (a training step's
+    `overwrite=True`, for a run folder that an interruption left without a checkpoint)."""
 
     name: str
     function: Callable[..., Any]
     args: dict[str, Any]
     resume_if: str | None = None
     rebuild: str | None = None
+    restart: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, resume: bool = False) -> None:
-        self.function(**self.args, **({"resume": True} if resume else {}))
+        self.function(**self.args, **({"resume": True} if resume else self.restart))
 
     def describe(self, run: Path) -> dict[str, Any]:
         """The step as JSON, with the run folder written as $RUN."""
@@ -181,7 +183,7 @@ def _model_steps(run: Path, budget: str, bpe_vocab_size: int, val_split: str, *,
                                             "bpe_vocab_size": bpe_vocab_size, "text_length": 32}),
         Step("train-vae", train_vae, {"run": VAERun.create(
             data=d / "train", out=run / "vae", **{**sizes["vae"], **(vae or {})})},
-            resume_if="vae/checkpoint.pt"),
+            resume_if="vae/checkpoint.pt", restart={"overwrite": True}),
         Step("eval-vae", evaluate_vae_folder, {"vae": run / "vae/model", "data": d / vae_eval_split,
                                                "json_out": run / "eval/vae.json"}),
         *(Step(f"encode-{split}", encode_codes, {"vae": run / "vae/model", "data": d / split,
@@ -190,11 +192,11 @@ def _model_steps(run: Path, budget: str, bpe_vocab_size: int, val_split: str, *,
         Step("train-prior", train_prior, {"run": PriorRun.create(
             data=run / "codes/train", tokenizer=run / "tokenizer", out=run / "prior",
             val_data=run / "codes" / val_split, bf16=True, **{**sizes["prior"], **(prior or {})})},
-            resume_if="prior/checkpoint.pt"),
+            resume_if="prior/checkpoint.pt", restart={"overwrite": True}),
         Step("train-clip", train_clip, {"run": CLIPRun.create(
             data=d / "train", tokenizer=run / "tokenizer", out=run / "clip",
             val_data=d / val_split, **{**sizes["clip"], **(clip or {})})},
-            resume_if="clip/checkpoint.pt"),
+            resume_if="clip/checkpoint.pt", restart={"overwrite": True}),
         Step("assemble", assemble_pipeline, {
             "tokenizer": run / "tokenizer", "vae": run / "vae/model", "prior": run / "prior/model",
             "clip": run / "clip/model", "out": run / "pipeline", "sampling": sampling or SamplingConfig(),

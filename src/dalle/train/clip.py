@@ -156,7 +156,8 @@ def check_compatible(config: CLIPConfig, tokenizer: TextTokenizer) -> None:
         raise DalleError("; ".join(problems))
 
 
-def train_clip(run: CLIPRun, *, resume: bool = False, show_progress: bool = True) -> CLIP:
+def train_clip(run: CLIPRun, *, resume: bool = False, overwrite: bool = False,
+               show_progress: bool = True) -> CLIP:
     """Train CLIP as `run` says; the result lands in `<run.out>/model` and the run in
     `<run.out>/config.json`. WordSwaps learns the hard negatives' swaps from a folder's captions."""
     run = run.fitted()
@@ -178,7 +179,7 @@ def train_clip(run: CLIPRun, *, resume: bool = False, show_progress: bool = True
         swaps = WordSwaps(dataset.captions)
     loss = CLIPLoss(tokenizer, run.train.seed, run.max_crop, swaps)
     trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate,
-                      resume=resume, show_progress=show_progress)
+                      resume=resume, overwrite=overwrite, show_progress=show_progress)
     try:
         if trainer.ctx.is_main:
             run.record()

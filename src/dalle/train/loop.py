@@ -27,9 +27,18 @@ from dalle.train import distributed as D
 from dalle.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dalle.train.ema import EMA
 from dalle.train.logger import MetricsLogger
+from dalle.train.run_folder import RunFolder
 from dalle.train.sampler import StepBatchSampler
 from dalle.train.schedules import WarmupDecay
-from dalle.utils import ensure_writable_dir, resolve_device
+from dalle.train.signals import StopRequest, TrainingStopped
+from dalle.utils import resolve_device
+
+# The TrainConfig fields that shape a run's trajectory: a resumed run must keep them.
+TRAJECTORY = ("steps", "batch_size", "lr", "schedule", "warmup_steps", "min_lr_ratio", "betas",
+              "weight_decay", "grad_clip", "ema_decay", "bf16", "seed")
+# Under torchrun the processes agree on a stop signal every this many steps (a collective; on
+# one process it is read every step).
+STOP_CHECK_EVERY = 10
 
 LossFn = Callable[[nn.Module, Any, int], tuple[torch.Tensor, dict[str, Any]]]
 SampleFn = Callable[[nn.Module, Any], Image.Image]
@@ -95,11 +104,13 @@ class Trainer:
                  out_dir: str | Path, loss_fn: LossFn, *, collate_fn: Callable | None = None,
                  sample_fn: SampleFn | None = None, sample_batch: Any = None,
                  validate_fn: ValidateFn | None = None, peak_flops: float | None = None,
-                 resume: bool = False, show_progress: bool = True) -> None:
+                 resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> None:
         self.config, self.loss_fn, self.sample_fn = config, loss_fn, sample_fn
         self.sample_batch, self.validate_fn = sample_batch, validate_fn
         self.ctx = D.setup_distributed(resolve_device(config.device))
-        self.out_dir = ensure_writable_dir(out_dir) if self.ctx.is_main else Path(out_dir)
+        # The main process claims the run folder (a lock; a finished run is not replaced unasked).
+        self.folder = RunFolder(out_dir, resume=resume, overwrite=overwrite) if self.ctx.is_main else None
+        self.out_dir = Path(out_dir)
         self.model = model.to(self.ctx.device).train()
         # Model FLOPs per token (forward + backward) and tokens per sample: model TFLOP/s and MFU.
         count = getattr(model, "flops_per_token", None)
@@ -162,9 +173,20 @@ class Trainer:
         if streaming and saved_workers != self.config.num_workers:
             raise DalleError(f"checkpoint was written with num_workers={saved_workers}, this run has "
                              f"{self.config.num_workers}; a stream resumes exactly only with the same")
+        saved_train = TrainConfig.from_dict(state["train_config"])
+        changed = [f"{name} {getattr(saved_train, name)} -> {getattr(self.config, name)}"
+                   for name in TRAJECTORY if getattr(saved_train, name) != getattr(self.config, name)]
+        if changed:
+            # A run's length fixes its learning-rate schedule, and the other settings its
+            # trajectory: resuming with them changed would not continue the same run.
+            raise DalleError(f"the checkpoint's run was trained with other settings ({'; '.join(changed)}); "
+                             "resume with the same ones, or start a new run (another --out, or --overwrite)")
         model_config = getattr(self.model, "config", None)
-        if model_config is not None and state.get("model_config") != model_config.to_dict():
-            saved, now = state.get("model_config") or {}, model_config.to_dict()
+        saved = state.get("model_config")
+        if isinstance(model_config, JSONConfig) and saved is not None:
+            saved = type(model_config).from_dict(saved).to_dict()  # fields since renamed, renamed
+        if model_config is not None and saved != model_config.to_dict():
+            saved, now = saved or {}, model_config.to_dict()
             diff = [k for k in now if saved.get(k) != now[k]]
             raise DalleError(f"checkpoint was written for a different model config "
                              f"(differs in: {', '.join(diff) or 'fields'})")
@@ -284,30 +306,9 @@ class Trainer:
                         dynamic_ncols=True, desc="train")
         if self.step == 0:
             self._samples()
-        tick, tick_step = time.perf_counter(), self.step
         try:
-            for batch in self.loader if self.step < until else []:
-                loss, metrics = self.train_step(to_device(batch, self.ctx.device))
-                self.step += 1
-                progress.update(1)
-                if self.step % c.log_every == 0 or self.step == until:
-                    elapsed = time.perf_counter() - tick
-                    rate = (self.step - tick_step) * c.batch_size / max(elapsed, 1e-9)
-                    tick, tick_step = time.perf_counter(), self.step
-                    scalars = {"loss": float(D.all_mean(loss.detach().float(), self.ctx)),
-                               "lr": float(self.scheduler.get_last_lr()[0]), "samples_per_s": rate,
-                               **self._efficiency(rate), **{k: float(v) for k, v in metrics.items()}}
-                    progress.set_postfix(loss=f"{scalars['loss']:.4f}", rate=f"{rate:.0f}/s")
-                    if self.logger is not None:
-                        self.logger.log(self.step, scalars)
-                if c.sample_every and self.step % c.sample_every == 0:
-                    self._samples()
-                if c.eval_every and self.step % c.eval_every == 0 and self.step != until:
-                    self._validate()
-                if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or self.step == until:
-                    self._checkpoint()
-                if self.step >= until:
-                    break
+            with StopRequest() as stop:
+                self._train_until(until, stop, progress)
         finally:
             progress.close()
         if self.step < until:
@@ -320,10 +321,53 @@ class Trainer:
                 self.eval_model.save_pretrained(self.out_dir / "model", state)
         return self.eval_model
 
+    def _stop_signal(self, stop: StopRequest) -> int | None:
+        """The signal that asked this run to stop, agreed by every process (a collective)."""
+        signum = stop.signum or 0
+        if self.ctx.enabled:
+            if self.step % STOP_CHECK_EVERY:
+                return None
+            flag = torch.tensor(float(signum), device=self.ctx.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item())
+        return signum or None
+
+    def _train_until(self, until: int, stop: StopRequest, progress: tqdm) -> None:
+        c = self.config
+        tick, tick_step = time.perf_counter(), self.step
+        for batch in self.loader if self.step < until else []:
+            loss, metrics = self.train_step(to_device(batch, self.ctx.device))
+            self.step += 1
+            progress.update(1)
+            if self.step % c.log_every == 0 or self.step == until:
+                elapsed = time.perf_counter() - tick
+                rate = (self.step - tick_step) * c.batch_size / max(elapsed, 1e-9)
+                tick, tick_step = time.perf_counter(), self.step
+                scalars = {"loss": float(D.all_mean(loss.detach().float(), self.ctx)),
+                           "lr": float(self.scheduler.get_last_lr()[0]), "samples_per_s": rate,
+                           **self._efficiency(rate), **{k: float(v) for k, v in metrics.items()}}
+                progress.set_postfix(loss=f"{scalars['loss']:.4f}", rate=f"{rate:.0f}/s")
+                if self.logger is not None:
+                    self.logger.log(self.step, scalars)
+            if c.sample_every and self.step % c.sample_every == 0:
+                self._samples()
+            if c.eval_every and self.step % c.eval_every == 0 and self.step != until:
+                self._validate()
+            signum = self._stop_signal(stop)
+            if (c.checkpoint_every and self.step % c.checkpoint_every == 0) or self.step == until \
+                    or signum:
+                self._checkpoint()
+            if signum and self.step < until:
+                raise TrainingStopped(signum, self.step, c.steps, self.out_dir / CHECKPOINT_NAME)
+            if self.step >= until:
+                break
+
     def close(self) -> None:
         """Flush the log and leave the process group (every process calls it)."""
         if self.logger is not None:
             self.logger.close()
+        if self.folder is not None:
+            self.folder.release()
         # The DDP wrapper holds the process group: dropping it lets the group be freed now rather
         # than at interpreter exit, where gloo's worker threads can abort the process.
         self.train_model = self.model

@@ -79,7 +79,8 @@ def check_compatible(config: PriorConfig, tokenizer: TextTokenizer, codes: Codes
         raise DalleError("; ".join(problems))
 
 
-def train_prior(run: PriorRun, *, resume: bool = False, show_progress: bool = True) -> Prior:
+def train_prior(run: PriorRun, *, resume: bool = False, overwrite: bool = False,
+                show_progress: bool = True) -> Prior:
     """Train the prior as `run` says; the result lands in `<run.out>/model` and the run in
     `<run.out>/config.json`."""
     run = run.fitted()
@@ -95,7 +96,7 @@ def train_prior(run: PriorRun, *, resume: bool = False, show_progress: bool = Tr
         check_compatible(run.model, tokenizer, val)
         validate = lambda m, autocast: validation_loss(cast(Prior, unwrap(m)), tokenizer, val, autocast=autocast)  # noqa: E731
     trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate,
-                      resume=resume, show_progress=show_progress)
+                      resume=resume, overwrite=overwrite, show_progress=show_progress)
     try:
         if trainer.ctx.is_main:
             run.record()

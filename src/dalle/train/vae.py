@@ -69,7 +69,8 @@ def reconstruction_grid(model: DiscreteVAE, images: torch.Tensor, columns: int =
     return image_grid(pairs, columns=2 * columns)
 
 
-def train_vae(run: VAERun, *, resume: bool = False, show_progress: bool = True) -> DiscreteVAE:
+def train_vae(run: VAERun, *, resume: bool = False, overwrite: bool = False,
+              show_progress: bool = True) -> DiscreteVAE:
     """Train a dVAE as `run` says; the result lands in `<run.out>/model` and the run in
     `<run.out>/config.json`."""
     dataset = open_images(run.data, run.model.image_size, training=True)
@@ -80,7 +81,7 @@ def train_vae(run: VAERun, *, resume: bool = False, show_progress: bool = True) 
     trainer = Trainer(model, dataset, run.train, run.out, VAELoss(run.train.seed, run.max_crop),
                       sample_fn=lambda m, images: reconstruction_grid(cast(DiscreteVAE, m), images),
                       sample_batch=preview,
-                      resume=resume, show_progress=show_progress)
+                      resume=resume, overwrite=overwrite, show_progress=show_progress)
     try:
         if trainer.ctx.is_main:
             run.record()
