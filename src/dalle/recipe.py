@@ -18,7 +18,6 @@ was trained with and `build_recipe(..., version=N)` rebuilds that version, so an
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ from dalle.data.fashion_mnist import DEFAULT_ROOT, write_fashion_mnist
 from dalle.data.shapes import write_shapes
 from dalle.errors import DalleError
 from dalle.evaluate.classifier import train_fashion_mnist_classifier
-from dalle.evaluate.fid import INCEPTION_PACKAGE
+from dalle.evaluate.fid import inception_available
 from dalle.evaluate.generation import evaluate_against_real, evaluate_shapes
 from dalle.evaluate.vae import evaluate_vae_folder
 from dalle.pipeline import DallePipeline
@@ -165,7 +164,7 @@ def evaluate_images_pipeline(pipeline: str | Path, data: str | Path, out: str | 
 def _image_eval(quick: bool, prompts: int) -> dict[str, Any]:
     """`evaluate_images_pipeline` sizes; FID needs the Inception-v3 wheel (scripts/install.sh
     --test adds it), and without it the evaluation skips FID."""
-    fid = not quick and importlib.util.find_spec(INCEPTION_PACKAGE) is not None
+    fid = not quick and inception_available()
     return {"fid": fid, "prompts": 4, "r": 2} if quick else {"fid": fid, "prompts": prompts}
 
 

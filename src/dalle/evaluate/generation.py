@@ -89,7 +89,7 @@ def label_of(caption: str) -> int:
 
 
 def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | Path, *,
-                          prompts: int = 500, candidates: int = 1, fid_features: bool = True,
+                          prompts: int = 500, candidates: int = 1, fid_features: bool | None = None,
                           classifier: str | Path | None = None, r: int = 10,
                           batch_size: int = BATCH_SIZE, **kwargs) -> dict[str, float]:
     """Generate one image per caption of a held-out folder and compare with its real images.
@@ -97,8 +97,14 @@ def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | 
     FID / KID (Inception-v3 pool features) against the real images of the same captions, CLIP
     score and CLIP R-precision (with `r` captions per ranking) with the pipeline's CLIP, and with
     a `classifier` directory the Fashion-MNIST label accuracy of the generated images.
+    `fid_features=None` computes FID / KID when the Inception-v3 wheel is installed and warns
+    otherwise; True requires it. With fewer distinct captions than `r`, R-precision ranks among
+    all of them, with a warning (its chance level is 1 / R, so R is part of the metric's name).
     """
+    import warnings
+
     from dalle.data.folder import ImageCaptionFolder
+    from dalle.evaluate.fid import INSTALL_HINT, inception_available
     from dalle.evaluate.retrieval import clip_score, r_precision
 
     real = ImageCaptionFolder(data, pipeline.vae.config.image_size)
@@ -108,6 +114,11 @@ def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | 
     generations = pipeline(captions, images=1, candidates=candidates, batch_size=batch_size, **kwargs)
     generated = torch.cat([g.images for g in generations]).cpu()
     metrics: dict[str, float] = {"n": n, "candidates": candidates}
+    if fid_features is None:
+        fid_features = inception_available()
+        if not fid_features:
+            warnings.warn(f"FID and KID skipped: the Inception-v3 weights are not installed; "
+                          f"{INSTALL_HINT}", stacklevel=2)
     if fid_features:
         from dalle.evaluate.fid import InceptionFeatures, fid, kid
 
@@ -120,6 +131,14 @@ def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | 
     if pipeline.clip is not None:
         text = torch.stack([pipeline.tokenizer.encode(c) for c in captions])
         metrics["clip_score"] = clip_score(pipeline.clip, generated, text)
+        distinct = len(set(captions))
+        if distinct < r:
+            if distinct < 2:
+                raise DalleError(f"CLIP R-precision needs at least 2 different captions; the first "
+                                 f"{n} of {data} have {distinct}: pass more --prompts")
+            warnings.warn(f"R-precision ranks among {distinct} captions, not {r}: the first {n} "
+                          f"captions hold only {distinct} different ones", stacklevel=2)
+            r = distinct
         metrics[f"r_precision_{r}"] = r_precision(pipeline.clip, generated, text, r=r)
     if classifier is not None:
         from dalle.evaluate.classifier import LabelClassifier, label_accuracy

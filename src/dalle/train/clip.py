@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
+import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any, cast
 
 import torch
@@ -164,6 +166,11 @@ def train_clip(run: CLIPRun, *, resume: bool = False, overwrite: bool = False,
     tokenizer = TextTokenizer.from_pretrained(run.tokenizer)
     check_compatible(run.model, tokenizer)
     dataset = open_images(run.data, run.model.image_size, training=True)
+    run = run.sized_for(len(dataset) if isinstance(dataset, Sized) else None)
+    if run.hard_negatives and not hasattr(dataset, "captions"):
+        warnings.warn(f"hard negatives learn word swaps from the captions of an image folder; "
+                      f"{run.data} is a stream of shards, so CLIP trains without them", stacklevel=2)
+        run = dataclasses.replace(run, hard_negatives=False)
     validate = None
     if run.val_data is not None:
         val = open_images(run.val_data, run.model.image_size)
@@ -173,10 +180,7 @@ def train_clip(run: CLIPRun, *, resume: bool = False, overwrite: bool = False,
     model = CLIP(run.model)
     swaps = None
     if run.hard_negatives:
-        if not hasattr(dataset, "captions"):
-            raise DalleError(f"hard negatives learn word swaps from the captions of an image folder; "
-                             f"{run.data} is a stream of shards (pass --no-hard-negatives)")
-        swaps = WordSwaps(dataset.captions)
+        swaps = WordSwaps(dataset.captions)  # type: ignore[union-attr]
     loss = CLIPLoss(tokenizer, run.train.seed, run.max_crop, swaps)
     trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate,
                       resume=resume, overwrite=overwrite, show_progress=show_progress)

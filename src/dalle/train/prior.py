@@ -87,6 +87,7 @@ def train_prior(run: PriorRun, *, resume: bool = False, overwrite: bool = False,
     tokenizer = TextTokenizer.from_pretrained(run.tokenizer)
     dataset = CodesDataset(run.data)
     check_compatible(run.model, tokenizer, dataset)
+    run = run.sized_for(len(dataset))
     torch.manual_seed(run.train.seed)
     model = Prior(run.model)
     loss = PriorLoss(tokenizer, run.train.seed, run.caption_drop)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import warnings
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from dalle.config import (
     CLIP_TRAINING,
@@ -46,6 +48,9 @@ class RunConfig(JSONConfig):
 
     data: str
     out: str
+
+    if TYPE_CHECKING:  # each stage's run declares these as fields, with its own defaults
+        train: TrainConfig
 
     needs: ClassVar[tuple[str, ...]] = ("data", "out")
     derived: ClassVar[tuple[str, ...]] = ()
@@ -106,6 +111,21 @@ class RunConfig(JSONConfig):
     def fitted(self: R) -> R:
         """This run with the `derived` model fields read from its data (training calls it)."""
         return self
+
+    def sized_for(self: R, items: int | None) -> R:
+        """This run with its batch cut to a set of `items` pairs smaller than one batch (with a
+        warning naming --batch-size); a stream of unknown length is left as it is."""
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        if items is None or items >= self.train.batch_size:
+            return self
+        batch = items - items % processes
+        if batch < 1:
+            raise DalleError(f"{self.data} has {items} pairs, fewer than the {processes} processes "
+                             "that would share each batch")
+        warnings.warn(f"{self.data} has {items} pairs, fewer than one batch of "
+                      f"{self.train.batch_size}: training with batches of {batch} (--batch-size)",
+                      stacklevel=2)
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, batch_size=batch))
 
     @classmethod
     def load(cls: type[R], path: str | Path) -> R:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any, cast
 
 import torch
@@ -74,6 +75,7 @@ def train_vae(run: VAERun, *, resume: bool = False, overwrite: bool = False,
     """Train a dVAE as `run` says; the result lands in `<run.out>/model` and the run in
     `<run.out>/config.json`."""
     dataset = open_images(run.data, run.model.image_size, training=True)
+    run = run.sized_for(len(dataset) if isinstance(dataset, Sized) else None)
     torch.manual_seed(run.train.seed)
     model = DiscreteVAE(run.model)
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
