@@ -151,3 +151,15 @@ def test_a_set_smaller_than_a_batch_trains_with_a_smaller_batch_and_shards_witho
     assert r.returncode == 0, r.stderr
     assert "warning: " in r.stderr and "fewer than one batch of 64: training with batches of 40 (--batch-size)" in r.stderr
     assert json.loads((tmp_path / "clip2" / "config.json").read_text())["train"]["batch_size"] == 40
+
+
+def test_every_run_draws_its_curves(images, tmp_path):
+    from PIL import Image
+
+    from dalle.train.curves import plot_curves
+
+    train_vae(tiny_run(images, tmp_path / "run", steps=6), show_progress=False)
+    with Image.open(tmp_path / "run" / "curves.png") as picture:
+        assert picture.format == "PNG" and picture.width > 300
+    (tmp_path / "empty.csv").write_text("step,loss\n")
+    assert plot_curves(tmp_path / "empty.csv") is None

@@ -25,6 +25,7 @@ from dalle.pretrained import PretrainedModel
 from dalle.prior import estimate_mfu
 from dalle.train import distributed as D
 from dalle.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dalle.train.curves import plot_curves
 from dalle.train.ema import EMA
 from dalle.train.logger import MetricsLogger
 from dalle.train.run_folder import RunFolder
@@ -92,6 +93,7 @@ class Trainer:
 
     out_dir/checkpoint.pt  latest checkpoint (atomic), resumed with `resume=True`
     out_dir/metrics.csv    one row per `log_every` steps (or TensorBoard events)
+    out_dir/curves.png     metrics.csv drawn: losses, learning rate, throughput
     out_dir/samples/       a grid from `sample_fn` every `sample_every` steps
     `validate_fn(model, autocast) -> metrics` runs every `eval_every` steps and at the end on
     the export weights; its metrics join metrics.csv.
@@ -131,6 +133,7 @@ class Trainer:
         schedule = WarmupDecay(config.steps, config.warmup_steps, config.schedule, config.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step = 0
+        self._curves_drawn = -float("inf")
         streaming = isinstance(dataset, IterableDataset)
         if streaming and not hasattr(dataset, "set_position"):
             raise TypeError(f"{type(dataset).__name__} is an IterableDataset without set_position(); "
@@ -221,7 +224,17 @@ class Trainer:
                 "train_config": self.config.to_dict(),
                 "model_config": model_config.to_dict() if isinstance(model_config, JSONConfig) else None,
             })
+            self._draw_curves()
         D.barrier(self.ctx)
+
+    def _draw_curves(self, force: bool = False) -> None:
+        """curves.png from metrics.csv: at the end, on a stop, and at checkpoints at most once a
+        minute (a drawing costs about half a second)."""
+        metrics = self.out_dir / "metrics.csv"
+        now = time.monotonic()
+        if self.ctx.is_main and metrics.exists() and (force or now - self._curves_drawn >= 60):
+            plot_curves(metrics)
+            self._curves_drawn = now
 
     @property
     def eval_model(self) -> nn.Module:
@@ -319,6 +332,7 @@ class Trainer:
             state = D.full_model_state(self.eval_model)
             if self.ctx.is_main:
                 self.eval_model.save_pretrained(self.out_dir / "model", state)
+        self._draw_curves(force=True)
         return self.eval_model
 
     def _stop_signal(self, stop: StopRequest) -> int | None:
@@ -358,6 +372,7 @@ class Trainer:
                     or signum:
                 self._checkpoint()
             if signum and self.step < until:
+                self._draw_curves(force=True)
                 raise TrainingStopped(signum, self.step, c.steps, self.out_dir / CHECKPOINT_NAME)
             if self.step >= until:
                 break
