@@ -1,5 +1,6 @@
 """`dalle recipe`: every stage end to end at tiny sizes, the model card, and resuming."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from safetensors import safe_open
 from dalle.pipeline import DallePipeline
 from dalle.recipe import (
     RECIPE_FILE,
+    VERSIONS,
     Recipe,
     Step,
     _stage_time,
@@ -35,8 +37,9 @@ def test_quick_shapes_recipe_makes_a_pipeline_with_a_card(tmp_path):
         assert weight_dtypes(pipeline / part) == {"BF16"}
     card = (pipeline / "README.md").read_text()
     for needed in ("## Data", "| prior |", "PSNR", "bits per image token", "| test-zero-shot | first |",
-                   "dalle recipe shapes --budget quick --recipe-version 1", "guidance scale 2.0",
-                   "recipe `shapes` version 1", "dalle train-prior --config $RUN/prior/config.json"):
+                   f"dalle recipe shapes --budget quick --recipe-version {VERSIONS['shapes']}",
+                   "guidance scale 2.0", f"recipe `shapes` version {VERSIONS['shapes']}",
+                   "dalle train-prior --config $RUN/prior/config.json"):
         assert needed in card
     # recipe.json is the recipe that made it, portable ($RUN), and each training run recorded itself.
     recorded = json.loads((pipeline / RECIPE_FILE).read_text())
@@ -197,3 +200,13 @@ def test_versions_are_kept_and_named(tmp_path):
 def test_bad_options_are_one_line(tmp_path, args, message):
     r = dalle("recipe", "shapes", "--out", tmp_path, *args)
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_version_2_only_adds_the_priors_sample_grids(tmp_path):
+    """An improved recipe lands as a new version; version 1 still builds what it built."""
+    for name in ("shapes", "emoji", "fashion-mnist"):
+        old, new = (next(s.args["run"] for s in build_recipe(name, tmp_path, "cpu", version=v).steps
+                         if s.name == "train-prior") for v in (1, 2))
+        assert (old.vae, old.train.sample_every) == (None, 0)
+        assert (new.vae, new.train.sample_every) == (str(tmp_path / "vae/model"), 500)
+        assert dataclasses.replace(new, vae=None, train=dataclasses.replace(new.train, sample_every=0)) == old

@@ -132,3 +132,32 @@ def test_a_library_call_with_the_small_preset_trains_with_the_papers_adamw(data,
     assert "grad_norm" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
     recorded = PriorRun.load(tmp_path / "config.json")
     assert recorded.train.betas == (0.9, 0.96) and recorded.model == model.config
+
+
+def test_given_its_dvae_the_prior_draws_captioned_sample_grids_without_changing_its_weights(data, tmp_path):
+    from PIL import Image
+
+    from dalle.train.prior import SAMPLE_CAPTIONS, SAMPLES_PER_CAPTION
+
+    def train(out, **fields):
+        config = tiny_train_config(steps=4, sample_every=2)
+        return state(train_prior(PriorRun(data / "codes", out, tokenizer=data / "tokenizer",
+                                          model=tiny_prior_config(data), train=config, **fields),
+                                 show_progress=False))
+
+    with_samples = train(tmp_path / "samples", vae=str(data / "vae"))
+    grids = sorted(p.name for p in (tmp_path / "samples" / "samples").iterdir())
+    assert grids == ["step_0000000.png", "step_0000002.png", "step_0000004.png"]
+    with Image.open(tmp_path / "samples" / "samples" / grids[-1]) as grid:
+        # rows of (real + samples) 16-px images, each under a caption line
+        assert grid.height == SAMPLE_CAPTIONS * (14 + 16 + 2 * 2) and grid.width >= (1 + SAMPLES_PER_CAPTION) * 18
+    without = train(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "samples").exists()
+    assert all(torch.equal(with_samples[k], without[k]) for k in without)  # drawing does not touch training
+
+    from dalle.config import VAEConfig
+    from dalle.vae import DiscreteVAE
+
+    DiscreteVAE(VAEConfig(**{**VAEConfig.tiny().to_dict(), "hidden": 12})).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="did not make the codes"):
+        train(tmp_path / "wrong", vae=str(tmp_path / "other"))

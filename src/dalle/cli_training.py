@@ -98,7 +98,8 @@ FIELD_HELP = {
 STAGE_HELP = {
     "VAERun": {"data": "Image-caption folder or shard folder."},
     "PriorRun": {"data": "Codes directory from `dalle encode-dataset`.",
-                 "val_data": "Held-out codes directory for the validation loss."},
+                 "val_data": "Held-out codes directory for the validation loss.",
+                 "vae": "The dVAE that made the codes: with it the run draws sample grids every --sample-every steps."},
     "CLIPRun": {"data": "Image-caption folder or shard folder.",
                 "val_data": "Held-out image-caption folder for retrieval accuracy."},
 }

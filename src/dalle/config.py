@@ -349,7 +349,7 @@ VAE_TRAINING = TrainConfig(steps=10_000, batch_size=16, lr=2e-3, warmup_steps=10
 # norm 4; the paper's lr 4.5e-4 with 5,000 warm-up steps is for batch 1024 over 12B parameters.
 PRIOR_TRAINING = TrainConfig(steps=5_000, batch_size=64, lr=1e-3, warmup_steps=200,
                              betas=(0.9, 0.96), weight_decay=4.5e-2, grad_clip=4.0, log_every=100,
-                             sample_every=0, eval_every=500, checkpoint_every=500)
+                             sample_every=500, eval_every=500, checkpoint_every=500)
 # CLIP: Radford et al. 2021's betas for transformers (0.9 / 0.98) with decoupled weight decay (0.1
 # here, theirs 0.2), clipped at norm 1.
 CLIP_TRAINING = TrainConfig(steps=900, batch_size=64, lr=1e-3, warmup_steps=100,

@@ -46,7 +46,9 @@ from dalle.utils import atomic_write
 
 # The current version of each recipe. Change a recipe's settings only as a new version, keeping
 # the old one buildable: each bundled pipeline's card names the version that trained it.
-VERSIONS = {"shapes": 1, "emoji": 1, "fashion-mnist": 1}
+# Version 2: the prior draws sample grids while it trains (it is given the dVAE); the weights it
+# trains are those of version 1.
+VERSIONS = {"shapes": 2, "emoji": 2, "fashion-mnist": 2}
 RECIPE_FILE = "recipe.json"  # in the pipeline: the recipe's name, version, budget and steps
 
 
@@ -168,7 +170,7 @@ def _image_eval(quick: bool, prompts: int) -> dict[str, Any]:
     return {"fid": fid, "prompts": 4, "r": 2} if quick else {"fid": fid, "prompts": prompts}
 
 
-def _model_steps(run: Path, budget: str, bpe_vocab_size: int, val_split: str, *,
+def _model_steps(run: Path, budget: str, version: int, bpe_vocab_size: int, val_split: str, *,
                  vae_eval_split: str = "test-zero-shot", vae: dict[str, Any] | None = None,
                  prior: dict[str, Any] | None = None, clip: dict[str, Any] | None = None,
                  sampling: SamplingConfig | None = None) -> list[Step]:
@@ -177,6 +179,7 @@ def _model_steps(run: Path, budget: str, bpe_vocab_size: int, val_split: str, *,
     `vae`, `prior` and `clip` a recipe's own settings for a stage over the budget's (image size,
     grid factor, dropout), and `sampling` the pipeline's default sampling (its sampling.json)."""
     d, sizes = run / "data", _TRAINING[budget]
+    samples = {"vae": run / "vae/model"} if version >= 2 else {"sample_every": 0}
     return [
         Step("tokenizer", train_tokenizer, {"data": [d / "train"], "out": run / "tokenizer",
                                             "bpe_vocab_size": bpe_vocab_size, "text_length": 32}),
@@ -190,7 +193,7 @@ def _model_steps(run: Path, budget: str, bpe_vocab_size: int, val_split: str, *,
                resume_if=f"codes/{split}/progress.json") for split in ("train", val_split)),
         Step("train-prior", train_prior, {"run": PriorRun.create(
             data=run / "codes/train", tokenizer=run / "tokenizer", out=run / "prior",
-            val_data=run / "codes" / val_split, bf16=True, **{**sizes["prior"], **(prior or {})})},
+            val_data=run / "codes" / val_split, bf16=True, **samples, **{**sizes["prior"], **(prior or {})})},
             resume_if="prior/checkpoint.pt", restart={"overwrite": True}),
         Step("train-clip", train_clip, {"run": CLIPRun.create(
             data=d / "train", tokenizer=run / "tokenizer", out=run / "clip",
@@ -203,8 +206,9 @@ def _model_steps(run: Path, budget: str, bpe_vocab_size: int, val_split: str, *,
     ]
 
 
-def shapes_recipe(run: Path, budget: str = "cpu", version: int = 1) -> Recipe:
+def shapes_recipe(run: Path, budget: str = "cpu", version: int | None = None) -> Recipe:
     """The shapes benchmark (docs/shapes.md): the measured configuration in docs/results.md."""
+    version = version or VERSIONS["shapes"]
     d, quick, cpu = run / "data", budget == "quick", budget == "cpu"
     # 100,000 training scenes, not 20,000: on 20,000 the prior overfits within its 5,000 steps
     # (docs/history.md, "What took shapes from 51% to 88.5%"); scenes cost nothing to make.
@@ -219,7 +223,7 @@ def shapes_recipe(run: Path, budget: str = "cpu", version: int = 1) -> Recipe:
         # one-hot, so no gradient reaches it) for its first 1,500 steps in a run on 100,000
         # scenes (same section). The cpu budget's 1,500 prior steps and 900 CLIP steps are too
         # few here: shapes trains the prior 5,000 and CLIP 2,700.
-        *_model_steps(run, budget, bpe_vocab_size=1000, val_split="test-seen",
+        *_model_steps(run, budget, version, bpe_vocab_size=1000, val_split="test-seen",
                       vae={"likelihood": "gaussian", "lr": 1e-3},
                       prior={"steps": 5000} if cpu else {},
                       clip={"steps": 2700} if cpu else {},
@@ -236,10 +240,11 @@ def shapes_recipe(run: Path, budget: str = "cpu", version: int = 1) -> Recipe:
         "licence restrictions."))
 
 
-def emoji_recipe(run: Path, budget: str = "cpu", version: int = 1, source: Path | None = None,
-                 cache: Path | None = None) -> Recipe:
+def emoji_recipe(run: Path, budget: str = "cpu", version: int | None = None,
+                 source: Path | None = None, cache: Path | None = None) -> Recipe:
     """Emoji in the Google and Twitter styles (docs/design.md "Data"); captions `{label}, {style} style`."""
     d, quick, cpu = run / "data", budget == "quick", budget == "cpu"
+    version = version or VERSIONS["emoji"]
     return Recipe("emoji", version, budget, [
         # Without the skin-tone variants (half of all pairs, five near-copies of each person or
         # hand) every other emoji is seen twice as often. On the cpu budget the prior's 9,000
@@ -255,7 +260,7 @@ def emoji_recipe(run: Path, budget: str = "cpu", version: int = 1, source: Path 
         # On the cpu budget the dVAE trains in bf16 (1.6x the steps per second of fp32 here);
         # guidance 2 with 5,000 prior steps gave FID 188.1 against 197.1 for 1,500 steps and no
         # guidance (docs/history.md, "emoji on the cpu budget").
-        *_model_steps(run, budget, bpe_vocab_size=2000, val_split="test-zero-shot",
+        *_model_steps(run, budget, version, bpe_vocab_size=2000, val_split="test-zero-shot",
                       vae={"likelihood": "gaussian", "lr": 1e-3, **({"bf16": True} if cpu else {})},
                       prior={} if quick else {"dropout": 0.1, **({"steps": 9000} if cpu else {})},
                       sampling=SamplingConfig(guidance_scale=2.0)),
@@ -271,16 +276,17 @@ def emoji_recipe(run: Path, budget: str = "cpu", version: int = 1, source: Path 
         "See ATTRIBUTION.md and licenses/ in this directory."))
 
 
-def fashion_mnist_recipe(run: Path, budget: str = "cpu", version: int = 1,
+def fashion_mnist_recipe(run: Path, budget: str = "cpu", version: int | None = None,
                          source: Path | None = None) -> Recipe:
     """Fashion-MNIST at 32 px (8x8 codes at f = 4), from the Debian package or the IDX files in
     `source`; evaluated by FID/KID, CLIP score and R-precision, and by the label accuracy of a
     classifier trained on the real training split."""
     d, quick = run / "data", budget == "quick"
+    version = version or VERSIONS["fashion-mnist"]
     root = source or DEFAULT_ROOT
     return Recipe("fashion-mnist", version, budget, [
         Step("data", write_fashion_mnist, {"out": d, "root": root, "image_size": 32}, rebuild="data"),
-        *_model_steps(run, budget, bpe_vocab_size=1000, val_split="test", vae_eval_split="test",
+        *_model_steps(run, budget, version, bpe_vocab_size=1000, val_split="test", vae_eval_split="test",
                       vae={"image_size": 32, "downsample": 4},
                       clip={"image_size": 32, "patch_size": 4}),
         Step("classifier", train_fashion_mnist_classifier, {

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, cast
 
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
 
-from dalle.config import PriorConfig
+from dalle.config import PriorConfig, VAEConfig
 from dalle.data.augment import sample_rng
 from dalle.data.codes import CodesDataset
 from dalle.errors import DalleError
 from dalle.prior import Prior
+from dalle.sampling import sample_codes
 from dalle.text import TextTokenizer
 from dalle.train.loop import Trainer
 from dalle.train.runs import PriorRun
 from dalle.train.vae import unwrap
+from dalle.utils import image_grid
+from dalle.vae import DiscreteVAE
 
 
 class PriorLoss:
@@ -66,6 +71,50 @@ def validation_loss(model: Prior, tokenizer: TextTokenizer, dataset: CodesDatase
             "val_image_bits": image / math.log(2)}
 
 
+SAMPLE_CAPTIONS = 4  # captions in a sample grid, spread over the training set
+SAMPLES_PER_CAPTION = 3
+
+
+def sample_batch(tokenizer: TextTokenizer, codes: CodesDataset) -> dict[str, Any]:
+    """The fixed captions a run's sample grids show, with their text ids and real codes."""
+    picks = [round(i * (len(codes) - 1) / max(1, SAMPLE_CAPTIONS - 1))
+             for i in range(min(SAMPLE_CAPTIONS, len(codes)))]
+    items = [codes[i] for i in dict.fromkeys(picks)]
+    captions = [item["caption"] for item in items]
+    return {"caption": captions, "text": tokenizer.encode_batch(captions),
+            "codes": torch.stack([item["codes"] for item in items])}
+
+
+@torch.no_grad()
+def sample_grid(prior: Prior, vae: DiscreteVAE, batch: dict[str, Any], seed: int = 0) -> Image.Image:
+    """One row per caption, the caption above it: its real image (its codes through the dVAE),
+    then SAMPLES_PER_CAPTION images the prior draws for it (same seed at every step, so rows of
+    successive grids differ by training only)."""
+    generator = torch.Generator(prior.device).manual_seed(seed)
+    vae.to(prior.device)
+    text = batch["text"].repeat_interleave(SAMPLES_PER_CAPTION, 0)
+    drawn = sample_codes(prior, text, generator=generator).view(len(batch["caption"]), SAMPLES_PER_CAPTION, -1)
+    grid = prior.config.grid_size
+    codes = torch.cat([batch["codes"].view(-1, 1, grid * grid), drawn], 1).view(-1, grid, grid)
+    images = vae.decode(codes.to(vae.device)).float()
+    rows = [image_grid(images[i : i + 1 + SAMPLES_PER_CAPTION], columns=1 + SAMPLES_PER_CAPTION)
+            for i in range(0, len(images), 1 + SAMPLES_PER_CAPTION)]
+    return captioned(rows, batch["caption"])
+
+
+def captioned(rows: list[Image.Image], captions: list[str]) -> Image.Image:
+    """Stack image rows, each under a line of its caption."""
+    line = 14
+    width = max(max(r.width for r in rows), 6 * max(len(c) for c in captions) + 8)
+    canvas = Image.new("RGB", (width, sum(r.height + line for r in rows)), "white")
+    draw, y = ImageDraw.Draw(canvas), 0
+    for row, caption in zip(rows, captions):
+        draw.text((4, y + 1), caption, fill="black")
+        canvas.paste(row, (0, y + line))
+        y += row.height + line
+    return canvas
+
+
 def check_compatible(config: PriorConfig, tokenizer: TextTokenizer, codes: CodesDataset) -> None:
     """Name any mismatch between the prior's config and its tokenizer or codes up front."""
     problems = tokenizer.mismatches(config.text_vocab_size, config.text_length, "the prior")
@@ -96,7 +145,19 @@ def train_prior(run: PriorRun, *, resume: bool = False, overwrite: bool = False,
         val = CodesDataset(run.val_data)
         check_compatible(run.model, tokenizer, val)
         validate = lambda m, autocast: validation_loss(cast(Prior, unwrap(m)), tokenizer, val, autocast=autocast)  # noqa: E731
-    trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate,
+    samples: dict[str, Any] = {}
+    if run.vae is not None and run.train.sample_every:
+        if run.train.fsdp:
+            warnings.warn("no sample grids under FSDP: sampling a sharded prior is not supported",
+                          stacklevel=2)
+        else:
+            vae = DiscreteVAE.from_pretrained(run.vae).eval()
+            if VAEConfig.from_dict(dataset.index["vae"]) != vae.config:
+                raise DalleError(f"the dVAE in {run.vae} did not make the codes in {run.data}; "
+                                 "give --vae the one that encoded them")
+            samples = {"sample_fn": lambda m, batch: sample_grid(cast(Prior, unwrap(m)), vae, batch),
+                       "sample_batch": sample_batch(tokenizer, dataset)}
+    trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate, **samples,
                       resume=resume, overwrite=overwrite, show_progress=show_progress)
     try:
         if trainer.ctx.is_main:

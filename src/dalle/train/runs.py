@@ -181,10 +181,13 @@ class PriorRun(RunConfig):
 
     `data` and `val_data` are codes directories; `tokenizer` the BPE tokenizer's directory. With
     probability `caption_drop` a caption is replaced by pads, which classifier-free guidance needs.
+    `vae`, the dVAE that made the codes, lets the run draw sample grids every `sample_every` steps
+    (a few training captions: the real image, then the prior's samples).
     """
 
     tokenizer: str = ""
     val_data: str | None = None
+    vae: str | None = None
     model: PriorConfig = dataclasses.field(default_factory=PriorConfig.small)
     train: TrainConfig = PRIOR_TRAINING
     caption_drop: float = 0.1
