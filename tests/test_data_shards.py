@@ -37,8 +37,8 @@ def test_pack_keeps_bytes_in_order_and_is_deterministic(tmp_path):
     source = image_folder(tmp_path / "src", n=5, size=8)
     Image.new("RGB", (6, 6), (1, 2, 3)).save(source / "100.JPEG")
     (source / "100.txt").write_text("  a jpeg \n")
-    report = pack_shards(source, tmp_path / "a", max_samples=2)
-    pack_shards(source, tmp_path / "b", max_samples=2)
+    report = pack_shards(source, tmp_path / "a", max_samples=2, min_shards=1)
+    pack_shards(source, tmp_path / "b", max_samples=2, min_shards=1)
     assert report.kept == 6 and not report.skipped
     assert [p.name for p in report.shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [p.name for p in report.shards]
@@ -208,3 +208,22 @@ def test_unreadable_stream_raises_instead_of_spinning(tmp_path):
     (tmp_path / "a.tar").write_bytes(b"not a tar")
     with pytest.raises(ValueError, match="no samples"):
         ShardDataset(tmp_path, 8)
+
+
+def test_a_small_folder_is_spread_over_enough_shards_for_eight_processes(tmp_path):
+    source = image_folder(tmp_path / "src", n=20, size=8)
+    report = pack_shards(source, tmp_path / "out")  # 20 pairs, 2 a shard: at least 8 shards
+    assert len(report.shards) == 10 and report.kept == 20
+    assert len(pack_shards(source, tmp_path / "few", min_shards=2).shards) == 2
+    assert len(pack_shards(source, tmp_path / "cap", max_samples=2, min_shards=2).shards) == 10
+
+
+def test_the_tokenizer_reads_captions_from_shards(tmp_path):
+    from dalle.data.folder import read_captions
+
+    source = image_folder(tmp_path / "src", n=6, size=8)
+    pack_shards(source, tmp_path / "shards", min_shards=3)
+    assert list(read_captions(tmp_path / "shards")) == list(read_captions(source))
+    (tmp_path / "shards" / "shard-000001.tar").write_bytes(b"not a tar")
+    with pytest.raises(ValueError, match="shard-000001.tar is not a readable tar shard"):
+        list(read_captions(tmp_path / "shards"))

@@ -86,12 +86,13 @@ def data_fashion_mnist(
 def data_pack(
     data: Annotated[Path, typer.Option(help="Image-caption folder to pack.")],
     out: Annotated[Path, typer.Option(help="Output folder for shard-NNNNNN.tar files.")],
-    max_samples: Annotated[int, typer.Option(help="Samples per shard.")] = 1000,
+    max_samples: Annotated[int, typer.Option(help="Samples per shard, at most.")] = 1000,
+    min_shards: Annotated[int, typer.Option(help="Shards to spread a small folder over (processes and loader workers read whole shards).")] = 8,
 ) -> None:
     """Write WebDataset tar shards (image + .txt per sample) from an image-caption folder."""
     from dalle.data.shards import pack_shards
 
-    report = pack_shards(data, out, max_samples=max_samples, show_progress=True)
+    report = pack_shards(data, out, max_samples=max_samples, min_shards=min_shards, show_progress=True)
     typer.echo(f"{report} -> {out}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import tarfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -174,8 +175,23 @@ class ImageCaptionFolder(Dataset):
                 "index": index}
 
 
+def _shard_captions(folder: Path) -> Iterator[bytes]:
+    """The bytes of every `.txt` member of the `*.tar` shards in `folder`, in order."""
+    for shard in sorted(folder.glob("*.tar")):
+        try:
+            with tarfile.open(shard) as archive:
+                for member in archive:
+                    if member.isfile() and member.name.endswith(".txt"):
+                        handle = archive.extractfile(member)
+                        if handle is not None:
+                            yield handle.read()
+        except tarfile.TarError as e:
+            raise DalleError(f"{shard} is not a readable tar shard ({e})") from None
+
+
 def read_captions(path: str | Path) -> Iterator[str]:
-    """Captions for tokenizer training: each `.txt` file under a folder, or each line of one file.
+    """Captions for tokenizer training: each `.txt` file under a folder, each `.txt` member of a
+    folder of WebDataset shards (`*.tar`; the images are not read), or each line of one file.
 
     Captions that are not UTF-8 or are empty are skipped and counted in a warning at the end.
     """
@@ -194,9 +210,11 @@ def read_captions(path: str | Path) -> Iterator[str]:
                 if caption:
                     yield caption
     else:
-        for file in sorted(path.rglob("*.txt")):
+        files = sorted(path.rglob("*.txt"))
+        raw = (file.read_bytes() for file in files) if files else _shard_captions(path)
+        for data in raw:
             try:
-                caption = file.read_text(encoding="utf-8").strip()
+                caption = data.decode("utf-8").strip()
             except UnicodeDecodeError:
                 skipped["caption not UTF-8"] += 1
                 continue

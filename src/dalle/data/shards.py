@@ -106,20 +106,23 @@ def write_shards(samples: Iterable[tuple[str, bytes, str]], out_dir: str | Path,
 
 
 def pack_shards(source: str | Path, out_dir: str | Path, max_samples: int = 1000,
-                show_progress: bool = False) -> PackReport:
+                min_shards: int = 8, show_progress: bool = False) -> PackReport:
     """Pack an image folder with same-named `.txt` captions into shards in `out_dir`.
 
     The folder is streamed in sorted order (only its file list is held in memory). Pairs that
     ImageCaptionFolder would skip are skipped and counted; the others keep their original image
-    bytes (`.jpeg` as `jpg`).
+    bytes (`.jpeg` as `jpg`). A shard holds at most `max_samples` pairs, and a small folder is
+    spread over `min_shards` shards where it has the pairs, since processes and loader workers
+    read whole shards: one shard cannot feed eight processes under torchrun.
     """
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"data folder {source} does not exist")
     report = PackReport()
+    pairs = list(find_pairs(source, report))
+    per_shard = max(1, min(max_samples, len(pairs) // max(1, min_shards)))
 
     def readable_pairs() -> Iterator[tuple[str, bytes, str]]:
-        pairs = find_pairs(source, report)
         for image_path, caption_path in tqdm(pairs, disable=not show_progress, desc="pack", unit=" pairs"):
             image = image_path.read_bytes()
             try:
@@ -131,7 +134,7 @@ def pack_shards(source: str | Path, out_dir: str | Path, max_samples: int = 1000
             extension = image_path.suffix.lower().lstrip(".")
             yield ("jpg" if extension == "jpeg" else extension), image, caption
 
-    report.shards = write_shards(readable_pairs(), out_dir, max_samples)
+    report.shards = write_shards(readable_pairs(), out_dir, per_shard)
     if not report.kept:
         raise DalleError(f"no readable image-caption pairs in {source} ({report})")
     if report.skipped:
