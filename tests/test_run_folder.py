@@ -163,3 +163,16 @@ def test_every_run_draws_its_curves(images, tmp_path):
         assert picture.format == "PNG" and picture.width > 300
     (tmp_path / "empty.csv").write_text("step,loss\n")
     assert plot_curves(tmp_path / "empty.csv") is None
+
+
+def test_a_checkpoint_holding_code_is_refused_without_torchs_advice(images, tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.remove, (str(tmp_path / "victim"),))
+
+    (tmp_path / "victim").write_text("still here")
+    (tmp_path / "run").mkdir()
+    torch.save({"step": Payload()}, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(DalleError, match="refused and nothing in it ran") as refused:
+        train_vae(tiny_run(images, tmp_path / "run"), resume=True, show_progress=False)
+    assert "weights_only" not in str(refused.value) and (tmp_path / "victim").exists()

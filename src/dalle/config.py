@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -21,6 +22,31 @@ from typing import Any, ClassVar, TypeVar
 from dalle.errors import DalleError
 
 T = TypeVar("T", bound="JSONConfig")
+
+
+def _checked(name: str, hint: Any, value: Any) -> Any:
+    """`value` read from JSON as the field type `hint` says, or a DalleError naming the field."""
+    if isinstance(hint, type) and issubclass(hint, JSONConfig):  # a nested config
+        return hint.from_dict(value)
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)):
+            items = typing.get_args(option)
+            if len(value) == len(items):  # JSON has no tuples: a list comes back as one
+                return tuple(_checked(f"{name}[{i}]", item, v) for i, (item, v) in enumerate(zip(items, value)))
+    wanted = " or ".join("null" if o is type(None) else f"a list of {len(typing.get_args(o))} numbers"
+                         if typing.get_origin(o) is tuple else o.__name__ for o in options)
+    raise DalleError(f"{name} must be {wanted}, got {json.dumps(value)[:60]}")
 
 
 class JSONConfig:
@@ -45,14 +71,7 @@ class JSONConfig:
         if unknown:
             raise DalleError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
         hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for key, value in data.items():
-            hint = hints[key]
-            if isinstance(hint, type) and issubclass(hint, JSONConfig):  # a nested config
-                value = hint.from_dict(value)
-            elif isinstance(value, list) and typing.get_origin(hint) is tuple:
-                value = tuple(value)  # JSON has no tuples; restore them so a round trip compares equal
-            kwargs[key] = value
+        kwargs = {key: _checked(f"{cls.__name__}.{key}", hints[key], value) for key, value in data.items()}
         missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
                    if f.name not in kwargs and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]
@@ -136,8 +155,13 @@ class VAEConfig(JSONConfig):
             raise DalleError(
                 f"image_size {self.image_size} is not divisible by downsample {self.downsample}"
             )
+        if min(self.image_size, self.channels, self.hidden, self.blocks_per_group) < 1:
+            raise DalleError("image_size, channels, hidden and blocks_per_group must be positive")
         if self.hidden % 4 or self.decoder_init < 1 or self.codebook_size < 2:
             raise DalleError("hidden must be a multiple of 4, decoder_init positive and codebook_size at least 2")
+        if self.blocks_per_group > MAX_LAYERS or self.downsample > 2**16:
+            raise DalleError(f"blocks_per_group must be at most {MAX_LAYERS} and downsample at most "
+                             f"65536, got {self.blocks_per_group} and {self.downsample}")
         if not 0 < self.logit_laplace_eps < 0.5:
             raise DalleError("logit_laplace_eps must be in (0, 0.5)")
         if self.likelihood not in ("logit-laplace", "gaussian"):
@@ -225,6 +249,9 @@ class TokenizerConfig(JSONConfig):
 
 
 LAYOUTS = ("sparse", "dense", "row", "column", "conv")
+# Layers a config may ask for: far beyond any model here (the paper's prior has 64), but a bound,
+# so that a damaged or hostile config.json cannot build modules until memory runs out.
+MAX_LAYERS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +290,8 @@ class PriorConfig(JSONConfig):
             raise DalleError("vocabulary sizes, lengths and widths must be positive")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise DalleError(f"conv_kernel must be odd, got {self.conv_kernel}")
+        if self.depth > MAX_LAYERS:
+            raise DalleError(f"depth must be at most {MAX_LAYERS} (the paper's is 64), got {self.depth}")
 
     @property
     def image_tokens(self) -> int:
@@ -394,6 +423,8 @@ class CLIPConfig(JSONConfig):
                self.text_width, self.text_depth, self.text_heads, self.mlp_ratio,
                self.embed_dim) < 1:
             raise DalleError("widths, depths, heads and lengths must be positive")
+        if max(self.image_depth, self.text_depth) > MAX_LAYERS:
+            raise DalleError(f"image_depth and text_depth must be at most {MAX_LAYERS}")
         if self.image_width % self.image_heads or self.text_width % self.text_heads:
             raise DalleError("image_width and text_width must be multiples of their heads")
         if self.bpe_vocab_size < 1:

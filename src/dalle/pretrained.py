@@ -6,10 +6,15 @@ read with safetensors, so loading never unpickles anything.
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dalle.config import JSONConfig
@@ -46,8 +51,16 @@ class PretrainedModel(torch.nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls: type[M], directory: str | Path, device: str | torch.device = "cpu") -> M:
-        """Build the model from `directory/config.json` and load `model.safetensors` into it."""
+    def from_pretrained(cls: type[M], directory: str | Path, device: str | torch.device = "cpu",
+                        max_parameters: int | None = None) -> M:
+        """Build the model from `directory/config.json` and load `model.safetensors` into it.
+
+        Nothing is allocated before the files agree: the config is checked field by field, the
+        model is first built on the meta device (no memory) and its tensors' names and shapes are
+        compared with the safetensors header, and a model of more than `max_parameters`
+        (default: DALLE_MAX_PARAMETERS, else 2e10, above the paper's 12B prior) is refused.
+        A damaged or mismatched file is one line naming it.
+        """
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"no model directory at {directory}")
@@ -55,12 +68,16 @@ class PretrainedModel(torch.nn.Module):
         if not weights.is_file():
             raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
         config = cls.config_class.load(directory / CONFIG_NAME)
-        model = cls(config)
-        state = load_file(str(weights))
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+        stored = read_header(weights)
+        try:
+            with torch.device("meta"):
+                expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+        except (RuntimeError, OverflowError) as e:  # sizes beyond what a tensor can hold
+            raise DalleError(f"{directory / CONFIG_NAME} describes a model that cannot be built "
+                             f"({str(e).splitlines()[0]})") from None
+        missing = sorted(set(expected) - set(stored))
+        unexpected = sorted(set(stored) - set(expected))
+        mismatched = [k for k in expected if k in stored and stored[k] != expected[k]]
         if missing or unexpected or mismatched:
             detail = missing[:1] or unexpected[:1] or mismatched[:1]
             raise DalleError(
@@ -68,6 +85,14 @@ class PretrainedModel(torch.nn.Module):
                 f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped tensors "
                 f"(first: {detail[0]})"
             )
+        limit = max_parameters or int(float(os.environ.get("DALLE_MAX_PARAMETERS", "2e10")))
+        count = sum(math.prod(shape) for shape in expected.values())
+        if count > limit:
+            raise DalleError(f"{directory / CONFIG_NAME} describes a model of {count:,} parameters, "
+                             f"more than the {limit:,} allowed (DALLE_MAX_PARAMETERS)")
+        model = cls(config)
+        with _readable(weights):
+            state = load_file(str(weights))
         model.load_state_dict(state)
         return model.to(device)
 
@@ -83,6 +108,22 @@ class PretrainedModel(torch.nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@contextmanager
+def _readable(weights: Path) -> Iterator[None]:
+    """Turn whatever a damaged safetensors file raises into one line naming the file."""
+    try:
+        yield
+    except Exception as e:  # safetensors raises its own error types, and OSError, for damaged files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DalleError(f"{weights} is not a readable safetensors file ({reason})") from None
+
+
+def read_header(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a safetensors file, from its header alone (no tensor is read)."""
+    with _readable(weights), safe_open(str(weights), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def init_transformer_weights(module: torch.nn.Module) -> None:

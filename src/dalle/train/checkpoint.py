@@ -6,6 +6,7 @@ scheduler, every rank's RNG states, step), so it loads with `weights_only=True`.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint to resume from at {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message suggests weights_only=False, which would run whatever the file holds.
+        raise DalleError(f"checkpoint {path} holds objects other than tensors and plain values, "
+                         "which dalle never writes; it was refused and nothing in it ran") from None
     except Exception as e:  # torch raises several types for damaged files
         raise DalleError(f"checkpoint {path} cannot be read ({type(e).__name__}): "
                          f"{str(e).splitlines()[0] if str(e) else 'damaged file'}") from None
