@@ -173,6 +173,6 @@ def test_a_checkpoint_holding_code_is_refused_without_torchs_advice(images, tmp_
     (tmp_path / "victim").write_text("still here")
     (tmp_path / "run").mkdir()
     torch.save({"step": Payload()}, tmp_path / "run" / "checkpoint.pt")
-    with pytest.raises(DalleError, match="refused and nothing in it ran") as refused:
+    with pytest.raises(DalleError, match="nothing in it ran") as refused:
         train_vae(tiny_run(images, tmp_path / "run"), resume=True, show_progress=False)
     assert "weights_only" not in str(refused.value) and (tmp_path / "victim").exists()

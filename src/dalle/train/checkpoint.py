@@ -45,9 +45,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        # torch's message suggests weights_only=False, which would run whatever the file holds.
-        raise DalleError(f"checkpoint {path} holds objects other than tensors and plain values, "
-                         "which dalle never writes; it was refused and nothing in it ran") from None
+        # Not torch's message: it suggests weights_only=False, which would run what the file holds.
+        raise DalleError(f"checkpoint {path} cannot be read: it is damaged, or holds objects other "
+                         "than tensors and plain values (dalle writes none); nothing in it ran") from None
     except Exception as e:  # torch raises several types for damaged files
         raise DalleError(f"checkpoint {path} cannot be read ({type(e).__name__}): "
                          f"{str(e).splitlines()[0] if str(e) else 'damaged file'}") from None
