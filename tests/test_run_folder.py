@@ -176,3 +176,10 @@ def test_a_checkpoint_holding_code_is_refused_without_torchs_advice(images, tmp_
     with pytest.raises(DalleError, match="nothing in it ran") as refused:
         train_vae(tiny_run(images, tmp_path / "run"), resume=True, show_progress=False)
     assert "weights_only" not in str(refused.value) and (tmp_path / "victim").exists()
+
+
+def test_resuming_nothing_or_a_missing_config_is_one_line(tmp_path):
+    one_line_error(dalle("train-prior", "--out", tmp_path / "empty", "--resume"),
+                   f"nothing to resume in {tmp_path / 'empty'}: it has no checkpoint.pt")
+    one_line_error(dalle("train-vae", "--config", tmp_path / "nope.json", "--out", tmp_path / "x"),
+                   f"no run config at {tmp_path / 'nope.json'}")

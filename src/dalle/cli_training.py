@@ -21,6 +21,8 @@ from typing import Annotated, Any, Optional, cast
 import typer
 
 from dalle.config import TrainConfig
+from dalle.errors import DalleError
+from dalle.train.checkpoint import CHECKPOINT_NAME
 from dalle.train.runs import RUN_FILE, RunConfig
 
 # Options shared by the three commands (data paths, the run's own settings, model and training
@@ -154,6 +156,8 @@ def training_command(run_class: type[RunConfig], train: Callable[..., Any],
                 **given: Any) -> None:
         overrides = {name: value for name, value in given.items() if value is not None}
         out = overrides.get("out")
+        if resume and out is not None and not (Path(out) / CHECKPOINT_NAME).exists():
+            raise DalleError(f"nothing to resume in {out}: it has no {CHECKPOINT_NAME}")
         recorded = Path(out) / RUN_FILE if out is not None else None
         if config is None and resume and preset is None and recorded is not None and recorded.exists():
             config = recorded  # --resume alone continues the run as it was recorded

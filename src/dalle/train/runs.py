@@ -133,6 +133,8 @@ class RunConfig(JSONConfig):
         path = Path(path)
         if path.is_dir():
             path = path / RUN_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no run config at {path}")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
