@@ -202,3 +202,20 @@ def test_encoder_and_decoder_must_agree(reference: dict, tmp_path: Path) -> None
     path.write_bytes(buffer.getvalue())
     with pytest.raises(ValueError, match=r"disagree on vocab_size \(512 vs 1024\)"):
         load_openai_vae(reference["enc_path"], path)
+
+
+def test_a_zip_bomb_is_refused_before_it_is_inflated(tmp_path):
+    """A 0.2 MB file whose pickle would inflate to 256 MB: refused from its declared size."""
+    import time
+    import zipfile
+
+    bomb = tmp_path / "bomb.pkl"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("archive/data.pkl", "w", force_zip64=True) as member:
+        for _ in range(16):
+            member.write(b"\0" * 2**24)
+    assert bomb.stat().st_size < 2**20
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="would inflate .* to 268,435,456; refused as a zip bomb"):
+        load_openai_vae(bomb, bomb)
+    assert time.perf_counter() - start < 1

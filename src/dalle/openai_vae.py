@@ -250,6 +250,20 @@ def _flat_storage(raw: bytes, ref: _StorageRef, byteorder: str, label: str) -> t
     return data.view(ref.dtype)
 
 
+# A zip member's declared size is checked before it is inflated: the pickle of a checkpoint is a
+# few kilobytes, and torch.save stores tensors uncompressed, so a member inflating to more than a
+# hundred times its compressed size (plus a megabyte) is a zip bomb, not a checkpoint.
+MAX_PICKLE_BYTES = 64 * 2**20
+MAX_INFLATION = 100
+
+
+def _check_member(info: zipfile.ZipInfo, label: str, limit: int | None = None) -> None:
+    if (limit is not None and info.file_size > limit) \
+            or info.file_size > MAX_INFLATION * info.compress_size + 2**20:
+        raise DalleError(f"{label}: {info.filename} would inflate {info.compress_size:,} bytes to "
+                         f"{info.file_size:,}; refused as a zip bomb")
+
+
 def _read_zip(path: Path, label: str) -> tuple[Any, dict[str, torch.Tensor]]:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
@@ -259,9 +273,11 @@ def _read_zip(path: Path, label: str) -> tuple[Any, dict[str, torch.Tensor]]:
         prefix = pickles[0][: -len("data.pkl")]
         byteorder = "little"  # torch's default for files written before the byteorder record
         if prefix + "byteorder" in names:
+            _check_member(archive.getinfo(prefix + "byteorder"), label, 16)
             byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace")
             if byteorder not in ("little", "big"):
                 raise DalleError(f"{label} has an unknown byteorder record {byteorder!r}")
+        _check_member(archive.getinfo(pickles[0]), label, MAX_PICKLE_BYTES)
         unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), label)
         root = _unpickle(unpickler)
         storages = {}
@@ -270,6 +286,7 @@ def _read_zip(path: Path, label: str) -> tuple[Any, dict[str, torch.Tensor]]:
             if member not in names:
                 raise DalleError(f"{label} lacks the storage record {member}")
             _check_nbytes(archive.getinfo(member).file_size, ref, label)
+            _check_member(archive.getinfo(member), label)
             storages[key] = _flat_storage(archive.read(member), ref, byteorder, label)
     return root, storages
 
