@@ -8,7 +8,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dalle.data.folder import ImageCaptionFolder
-from dalle.data.shards import ShardDataset, epoch_shards, list_shards, pack_shards, write_shards
+from dalle.data.shards import (
+    ShardDataset,
+    count_samples,
+    epoch_shards,
+    list_shards,
+    pack_shards,
+    write_shards,
+)
 from helpers import image_folder
 
 
@@ -227,3 +234,19 @@ def test_the_tokenizer_reads_captions_from_shards(tmp_path):
     (tmp_path / "shards" / "shard-000001.tar").write_bytes(b"not a tar")
     with pytest.raises(ValueError, match="shard-000001.tar is not a readable tar shard"):
         list(read_captions(tmp_path / "shards"))
+
+
+def test_a_shard_cut_short_is_reported_and_counted(tmp_path, caplog):
+    source = image_folder(tmp_path / "src", n=20, size=8)
+    whole = pack_shards(source, tmp_path / "whole", min_shards=1).shards[0]
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "a.tar").write_bytes(whole.read_bytes())
+    (tmp_path / "mixed" / "b.tar").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert count_samples(whole) == (20, True)
+    kept, complete = count_samples(tmp_path / "mixed" / "b.tar")
+    assert 0 < kept < 20 and not complete
+    with caplog.at_level("WARNING"):
+        dataset = ShardDataset(tmp_path / "mixed", 8)
+    assert dataset.num_samples == 20 + kept and dataset.report.skipped == Counter({"damaged tar": 1})
+    assert f"b.tar is cut short or damaged after {kept} samples" in caplog.text
+    ShardDataset(tmp_path / "whole", 8)  # a whole shard says nothing

@@ -161,21 +161,24 @@ def list_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
     return [p.absolute() for p in paths]
 
 
-def count_samples(path: Path) -> int:
-    """Samples in a shard (runs of members sharing a key), from the tar headers alone.
-
-    A damaged tar counts the samples before the damage; it never raises.
-    """
-    count, last = 0, None
+def count_samples(path: Path) -> tuple[int, bool]:
+    """Samples in a shard (runs of members sharing a key), from the tar headers alone, and whether
+    the shard is whole: it must end with tar's end-of-archive marker (two zero blocks). A shard cut
+    short counts the samples before the cut; this never raises."""
+    count, last, end = 0, None, -1
     try:
         with tarfile.open(path) as tar:
             for member in tar:
                 key, _ = base_plus_ext(member.name)
                 if member.isreg() and key not in (None, last) and not META_MEMBER.match(member.name):
                     count, last = count + 1, key
+            end = tar.offset
+        with open(path, "rb") as f:
+            f.seek(end)
+            marker = f.read(2 * tarfile.BLOCKSIZE)
     except (tarfile.TarError, OSError, EOFError):
-        pass
-    return count
+        return count, False
+    return count, len(marker) == 2 * tarfile.BLOCKSIZE and not any(marker)
 
 
 def epoch_shards(num_shards: int, seed: int, epoch: int, slot: int, num_slots: int) -> list[int]:
@@ -200,17 +203,23 @@ class ShardDataset(IterableDataset):
         if shuffle_buffer < 1:
             raise DalleError(f"shuffle_buffer must be positive, got {shuffle_buffer}")
         self.paths = list_shards(shards)
-        counts = [count_samples(path) for path in self.paths]
+        scans = [count_samples(path) for path in self.paths]
+        counts = [count for count, _ in scans]
         self.offsets = [0, *itertools.accumulate(counts)][:-1]
         self.num_samples = sum(counts)
         if not self.num_samples:
             raise DalleError(f"no samples in the {len(self.paths)} shards from {shards}")
+        self.cut = {i for i, (_, whole) in enumerate(scans) if not whole}
         self.image_size, self.epochs, self.background = image_size, epochs, background
         self.shuffle_buffer = shuffle_buffer
         self.seed, self.step, self.local_batch, self.rank, self.world_size = 0, 0, 0, 0, 1
         # Shared with the loader workers, so that the counts cover what every worker read.
         self._counts = multiprocessing.RawArray("q", MAX_READERS * len(REASONS))
         self._failures = 0
+        for shard in sorted(self.cut):  # counted once here, like other damaged data, and said once
+            self._counts[REASONS.index(DAMAGED_TAR)] += 1
+            log.warning("%s is cut short or damaged after %d samples: those are used, what followed "
+                        "is lost (repack it)", self.paths[shard], counts[shard])
 
     def set_position(self, *, seed: int, step: int, global_batch: int, rank: int, world_size: int,
                      num_workers: int) -> None:
@@ -254,7 +263,9 @@ class ShardDataset(IterableDataset):
         return True  # webdataset: go on with the next member or shard
 
     def _read_shard(self, shard: int) -> Iterator[tuple[int, dict]]:
-        samples = webdataset.tarfile_samples([{"url": str(self.paths[shard])}], handler=self._tar_error)
+        # The damage of a shard found cut short when it was opened is counted already.
+        handler = self._tar_error if shard not in self.cut else (lambda error: True)
+        samples = webdataset.tarfile_samples([{"url": str(self.paths[shard])}], handler=handler)
         for position, sample in enumerate(samples):
             yield self.offsets[shard] + position, sample
 
