@@ -147,13 +147,6 @@ def _add_training_commands() -> None:
 _add_training_commands()
 
 
-def _load_vae(path: Path, device: str):
-    from dalle.utils import resolve_device
-    from dalle.vae import DiscreteVAE
-
-    return DiscreteVAE.from_pretrained(path, device=resolve_device(device)).eval()
-
-
 @app.command("reconstruct")
 def reconstruct_command(
     vae: Annotated[Path, typer.Option(help="dVAE model directory (config.json + model.safetensors).")],
@@ -167,8 +160,9 @@ def reconstruct_command(
     from dalle.data.sources import first_images, is_shards, open_images
     from dalle.train.vae import reconstruction_grid
     from dalle.utils import ensure_writable_dir, from_pil
+    from dalle.vae import DiscreteVAE
 
-    model = _load_vae(vae, device)
+    model = DiscreteVAE.from_pretrained(vae, device=device).eval()
     size = model.config.image_size
     if data.is_file() and not is_shards(data):
         images = from_pil([center_square(to_rgb(load_image_file(data, "--data")), size)])

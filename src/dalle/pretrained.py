@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from dalle.config import JSONConfig
 from dalle.errors import DalleError
-from dalle.utils import atomic_write, ensure_writable_dir
+from dalle.utils import atomic_write, ensure_writable_dir, resolve_device
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -53,7 +53,8 @@ class PretrainedModel(torch.nn.Module):
     @classmethod
     def from_pretrained(cls: type[M], directory: str | Path, device: str | torch.device = "cpu",
                         max_parameters: int | None = None) -> M:
-        """Build the model from `directory/config.json` and load `model.safetensors` into it.
+        """Build the model from `directory/config.json` and load `model.safetensors` into it, on
+        `device` ("auto": CUDA when there is one).
 
         Nothing is allocated before the files agree: the config is checked field by field, the
         model is first built on the meta device (no memory) and its tensors' names and shapes are
@@ -94,7 +95,7 @@ class PretrainedModel(torch.nn.Module):
         with _readable(weights):
             state = load_file(str(weights))
         model.load_state_dict(state)
-        return model.to(device)
+        return model.to(resolve_device(device))
 
     @property
     def device(self) -> torch.device:

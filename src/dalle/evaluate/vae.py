@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dalle.errors import DalleError
-from dalle.utils import atomic_write, resolve_device, to_pil
+from dalle.utils import atomic_write, to_pil
 from dalle.vae import DiscreteVAE
 
 
@@ -58,7 +58,7 @@ def evaluate_vae_folder(vae: str | Path, data: str | Path, *, json_out: str | Pa
     from dalle.data.folder import ImageCaptionFolder
     from dalle.evaluate.shapes import parse_caption
 
-    model = DiscreteVAE.from_pretrained(vae, device=resolve_device(device)).eval()
+    model = DiscreteVAE.from_pretrained(vae, device=device).eval()
     dataset = ImageCaptionFolder(data, model.config.image_size)
     if shapes is None:
         try:

@@ -23,7 +23,7 @@ from dalle.data.codes import CAPTIONS_NAME, CODES_NAME, INDEX_NAME, PROGRESS_NAM
 from dalle.data.shards import ShardDataset
 from dalle.data.sources import open_images
 from dalle.errors import DalleError
-from dalle.utils import atomic_write, ensure_writable_dir, resolve_device
+from dalle.utils import atomic_write, ensure_writable_dir
 from dalle.vae import DiscreteVAE
 
 
@@ -99,7 +99,7 @@ def encode_codes(vae: str | Path, data: str | Path, out: str | Path, *, batch_si
     """Encode the image-caption folder or shards `data` with the dVAE saved in `vae` into the
     codes directory `out` (see `dalle.data.codes`); `resume` continues an interrupted run.
     `batch_size` is part of what makes the output reproducible. Returns the codes' index."""
-    model = DiscreteVAE.from_pretrained(vae, device=resolve_device(device)).eval()
+    model = DiscreteVAE.from_pretrained(vae, device=device).eval()
     dataset = open_images(data, model.config.image_size)
     if isinstance(dataset, ShardDataset):  # a stream: its length is known only at the end
         return encode_dataset(model, dataset, out, batch_size=batch_size, resume=resume)
