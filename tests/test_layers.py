@@ -29,7 +29,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # A name covers the module and, when it is a package, everything inside it; the root `dalle`
 # covers only its own `__init__`, so a new module must be placed here explicitly.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("dalle.errors", "dalle.config", "dalle.utils")),
+    ("base", ("dalle.errors", "dalle.config", "dalle.utils", "dalle.threads")),
     ("data and text", ("dalle.data", "dalle.text")),
     ("models", ("dalle.attention", "dalle.pretrained", "dalle.vae", "dalle.prior", "dalle.clip",
                 "dalle.openai_vae")),
@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pipeline", ("dalle.pipeline",)),
     ("train and evaluate", ("dalle.train", "dalle.evaluate")),
     ("package facade", ("dalle",)),
-    ("recipes", ("dalle.recipe", "dalle.recipes")),
+    ("recipes", ("dalle.card", "dalle.recipe", "dalle.recipes", "dalle.folder_recipe")),
     ("cli and server", ("dalle.cli", "dalle.cli_training", "dalle.__main__", "dalle.serve")),
 ]
 

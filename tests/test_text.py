@@ -131,3 +131,22 @@ def test_unknown_characters_are_reported(tokenizer):
     assert "😀" not in tokenizer.unknown_characters("😀")  # the emoji was in the corpus
     assert TextTokenizer(tokenizer.tokenizer, TokenizerConfig(
         bpe_vocab_size=tokenizer.config.bpe_vocab_size, text_length=24)).unknown_characters("∑") == []
+
+
+def test_dropout_never_pushes_a_caption_past_the_text_length():
+    """A caption that fits without dropout is never cut by it: a draw too long falls back to the
+    plain encoding, silently."""
+    captions = ["a small green triangle above a large red circle", "a blue square"]
+    plain = TextTokenizer.train(captions, bpe_vocab_size=400, text_length=64)
+    fitted = max(len(plain.tokenize(c)) for c in captions)
+    tokenizer = TextTokenizer(plain.tokenizer, TokenizerConfig(
+        bpe_vocab_size=plain.config.bpe_vocab_size, text_length=fitted, bpe_dropout=0.5))
+    longer = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for seed in range(50):
+            rng = random.Random(seed)
+            longer += len(tokenizer.tokenize(captions[0], random.Random(seed))) > fitted
+            ids = tokenizer.encode(captions[0], rng)
+            assert tokenizer.decode(ids) == captions[0]
+    assert longer > 0  # dropout did make longer encodings, which fell back

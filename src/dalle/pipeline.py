@@ -26,7 +26,7 @@ from typing import overload
 import torch
 from PIL import Image
 
-from dalle.config import SamplingConfig
+from dalle.config import MAX_CANDIDATES, SamplingConfig
 from dalle.errors import DalleError
 from dalle.prior import Prior
 from dalle.sampling import completion_mask, sample_codes
@@ -36,10 +36,9 @@ from dalle.vae import DiscreteVAE
 
 PARTS = ("tokenizer", "vae", "prior", "clip")
 SAMPLING_FILE = "sampling.json"
-# What a pipeline directory says about itself: the model card, the recipe that made it, and the
-# attribution and licences its data requires (CC-BY art must keep its credit). Saving a loaded
-# pipeline copies them along.
-DOCUMENTS = ("README.md", "recipe.json", "ATTRIBUTION.md", "licenses")
+# A pipeline directory holds these model folders and sampling.json; everything else in it is what
+# it says about itself (the model card, the recipe that made it, the attribution and licences its
+# data requires: CC-BY art must keep its credit), and saving a loaded pipeline copies it along.
 BUNDLED_DIR = Path(__file__).parent / "bundled"  # the pipelines that ship with the package
 
 
@@ -93,7 +92,7 @@ class DallePipeline:
         check_parts(tokenizer, vae, prior, clip)
         self.tokenizer, self.vae, self.prior, self.clip = tokenizer, vae.eval(), prior.eval(), clip
         self.sampling = sampling or SamplingConfig()
-        self.source: Path | None = None  # the directory it was loaded from, whose DOCUMENTS it keeps
+        self.source: Path | None = None  # the directory it was loaded from, whose documents it keeps
         if clip is not None:
             clip.eval()
 
@@ -135,8 +134,10 @@ class DallePipeline:
         the directory it was loaded from; `dtype` (e.g. torch.bfloat16) stores weights in it."""
         directory = ensure_writable_dir(directory)
         if self.source is not None and self.source.resolve() != directory.resolve():
-            for name in DOCUMENTS:
-                path = self.source / name
+            for path in sorted(self.source.iterdir()):
+                name = path.name
+                if name in PARTS or name == SAMPLING_FILE or name.startswith("."):
+                    continue
                 if path.is_dir():
                     shutil.copytree(path, directory / name, dirs_exist_ok=True)
                 elif path.is_file():
@@ -221,7 +222,7 @@ class DallePipeline:
         progress(done, total) is called with image positions sampled so far, all prompts together.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        candidates = candidates or images
+        candidates = images if candidates is None else candidates
         if not prompts:
             raise DalleError("no prompts given")
         if images < 1:
@@ -229,6 +230,8 @@ class DallePipeline:
         if candidates < images:
             raise DalleError(f"candidates ({candidates}) must be at least the number of images "
                              f"kept ({images})")
+        if candidates > MAX_CANDIDATES:
+            raise DalleError(f"candidates ({candidates}) must be at most {MAX_CANDIDATES} per prompt")
         if candidates > images and self.clip is None:
             raise DalleError("this pipeline has no CLIP model to rerank with; ask for as many "
                              "candidates as images")

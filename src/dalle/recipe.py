@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from dalle.card import CARD_NAME, assembly_card, copy_notices, data_folders, describe_parts, find_notices
 from dalle.config import JSONConfig, SamplingConfig
 from dalle.data.emoji import write_emoji
 from dalle.data.fashion_mnist import DEFAULT_ROOT, write_fashion_mnist
@@ -94,11 +95,13 @@ def _portable(value: Any, run: str) -> Any:
 class Recipe:
     name: str
     version: int
-    budget: str  # a key of _TRAINING: cpu, gpu or quick
+    budget: str  # a key of TRAINING: cpu, gpu or quick
     steps: list[Step]
     evaluation: str  # the file in <run>/eval/ the model card quotes
     data_note: str
     extra_files: list[str] = field(default_factory=list)  # copied from <run>/data into the pipeline
+    reproduce: str | None = None  # the command that reruns it [default: dalle recipe NAME ...]
+    estimates: dict[str, float] = field(default_factory=dict)  # a plan's seconds per step name
 
     def describe(self, run: Path) -> dict[str, Any]:
         """recipe.json: what trained a pipeline, with the run folder written as $RUN."""
@@ -110,7 +113,7 @@ class Recipe:
 # (shapes) on 2 CPU cores, `gpu` about 5 min of one H100 (launch-bound at these model sizes, so it
 # trains on bigger batches), `quick` only checks that every stage runs. The model sizes are the
 # `small` presets for cpu and gpu alike: the bundled pipelines must stay under 40 MB together.
-_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
+TRAINING: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {"vae": {"steps": 20, "batch_size": 8, "sample_every": 0},
               "prior": {"steps": 10, "batch_size": 8, "dim": 32, "depth": 2, "heads": 2, "head_dim": 16},
               "clip": {"steps": 10, "batch_size": 8, "image_width": 32, "text_width": 32,
@@ -133,7 +136,8 @@ def assemble_pipeline(tokenizer: str | Path, vae: str | Path, prior: str | Path,
                       clip: str | Path | None = None, sampling: SamplingConfig | None = None,
                       bf16_weights: bool = False) -> Path:
     """Put trained parts together as one pipeline directory (their vocabularies are checked) with
-    the default sampling settings `sampling`; `bf16_weights` stores the weights in bf16."""
+    the default sampling settings `sampling`, a model card, and the licence and attribution files
+    found beside the parts' training data; `bf16_weights` stores the weights in bf16."""
     from dalle.clip import CLIP
     from dalle.prior import Prior
     from dalle.text import TextTokenizer
@@ -142,7 +146,13 @@ def assemble_pipeline(tokenizer: str | Path, vae: str | Path, prior: str | Path,
     pipeline = DallePipeline(TextTokenizer.from_pretrained(tokenizer), DiscreteVAE.from_pretrained(vae),
                              Prior.from_pretrained(prior), CLIP.from_pretrained(clip) if clip else None,
                              sampling)
-    return pipeline.save_pretrained(out, dtype=torch.bfloat16 if bf16_weights else None)
+    out = pipeline.save_pretrained(out, dtype=torch.bfloat16 if bf16_weights else None)
+    notices = [n for folder in data_folders(Path(vae), Path(clip) if clip else None)
+               for n in find_notices(folder)]
+    copy_notices(notices, out)
+    atomic_write(out / CARD_NAME, assembly_card(pipeline, Path(vae), Path(prior),
+                                                Path(clip) if clip else None, notices).encode())
+    return out
 
 
 def evaluate_shapes_pipeline(pipeline: str | Path, data: str | Path, out: str | Path, *,
@@ -170,19 +180,21 @@ def _image_eval(quick: bool, prompts: int) -> dict[str, Any]:
     return {"fid": fid, "prompts": 4, "r": 2} if quick else {"fid": fid, "prompts": prompts}
 
 
-def _model_steps(run: Path, budget: str, version: int, bpe_vocab_size: int, val_split: str, *,
-                 vae_eval_split: str = "test-zero-shot", vae: dict[str, Any] | None = None,
-                 prior: dict[str, Any] | None = None, clip: dict[str, Any] | None = None,
-                 sampling: SamplingConfig | None = None) -> list[Step]:
-    """Tokenizer to assembled pipeline, the same for every recipe: `val_split` is the held-out
-    split that validates the prior and CLIP, `vae_eval_split` the one the dVAE is measured on,
-    `vae`, `prior` and `clip` a recipe's own settings for a stage over the budget's (image size,
-    grid factor, dropout), and `sampling` the pipeline's default sampling (its sampling.json)."""
-    d, sizes = run / "data", _TRAINING[budget]
+def model_steps(run: Path, sizes: dict[str, dict[str, Any]], version: int, bpe_vocab_size: int,
+                val_split: str, *, text_length: int = 32, vae_eval_split: str = "test-zero-shot",
+                vae: dict[str, Any] | None = None, prior: dict[str, Any] | None = None,
+                clip: dict[str, Any] | None = None,
+                sampling: SamplingConfig | None = None) -> list[Step]:
+    """Tokenizer to assembled pipeline, the same for every recipe: `sizes` the run-config
+    overrides of each stage ("vae", "prior", "clip": a budget's), `val_split` the held-out split
+    that validates the prior and CLIP, `vae_eval_split` the one the dVAE is measured on, `vae`,
+    `prior` and `clip` a recipe's own settings for a stage over the budget's (image size, grid
+    factor, dropout), and `sampling` the pipeline's default sampling (its sampling.json)."""
+    d = run / "data"
     samples = {"vae": run / "vae/model"} if version >= 2 else {"sample_every": 0}
     return [
         Step("tokenizer", train_tokenizer, {"data": [d / "train"], "out": run / "tokenizer",
-                                            "bpe_vocab_size": bpe_vocab_size, "text_length": 32}),
+                                            "bpe_vocab_size": bpe_vocab_size, "text_length": text_length}),
         Step("train-vae", train_vae, {"run": VAERun.create(
             data=d / "train", out=run / "vae", **{**sizes["vae"], **(vae or {})})},
             resume_if="vae/checkpoint.pt", restart={"overwrite": True}),
@@ -223,13 +235,13 @@ def shapes_recipe(run: Path, budget: str = "cpu", version: int | None = None) ->
         # one-hot, so no gradient reaches it) for its first 1,500 steps in a run on 100,000
         # scenes (same section). The cpu budget's 1,500 prior steps and 900 CLIP steps are too
         # few here: shapes trains the prior 5,000 and CLIP 2,700.
-        *_model_steps(run, budget, version, bpe_vocab_size=1000, val_split="test-seen",
-                      vae={"likelihood": "gaussian", "lr": 1e-3},
-                      prior={"steps": 5000} if cpu else {},
-                      clip={"steps": 2700} if cpu else {},
-                      # Guidance 2 against 1 on the earlier CPU pipeline, 300 prompts per split:
-                      # first-sample full match 30% -> 40% zero-shot, 36% -> 39% seen.
-                      sampling=SamplingConfig(guidance_scale=2.0)),
+        *model_steps(run, TRAINING[budget], version, bpe_vocab_size=1000, val_split="test-seen",
+                     vae={"likelihood": "gaussian", "lr": 1e-3},
+                     prior={"steps": 5000} if cpu else {},
+                     clip={"steps": 2700} if cpu else {},
+                     # Guidance 2 against 1 on the earlier CPU pipeline, 300 prompts per split:
+                     # first-sample full match 30% -> 40% zero-shot, 36% -> 39% seen.
+                     sampling=SamplingConfig(guidance_scale=2.0)),
         Step("eval", evaluate_shapes_pipeline, {
             "pipeline": run / "pipeline", "data": d, "out": run / "eval", "bf16": True,
             "prompts": 4 if quick else 200, "candidates": 2 if quick else 16}),
@@ -260,10 +272,10 @@ def emoji_recipe(run: Path, budget: str = "cpu", version: int | None = None,
         # On the cpu budget the dVAE trains in bf16 (1.6x the steps per second of fp32 here);
         # guidance 2 with 5,000 prior steps gave FID 188.1 against 197.1 for 1,500 steps and no
         # guidance (docs/history.md, "emoji on the cpu budget").
-        *_model_steps(run, budget, version, bpe_vocab_size=2000, val_split="test-zero-shot",
-                      vae={"likelihood": "gaussian", "lr": 1e-3, **({"bf16": True} if cpu else {})},
-                      prior={} if quick else {"dropout": 0.1, **({"steps": 9000} if cpu else {})},
-                      sampling=SamplingConfig(guidance_scale=2.0)),
+        *model_steps(run, TRAINING[budget], version, bpe_vocab_size=2000, val_split="test-zero-shot",
+                     vae={"likelihood": "gaussian", "lr": 1e-3, **({"bf16": True} if cpu else {})},
+                     prior={} if quick else {"dropout": 0.1, **({"steps": 9000} if cpu else {})},
+                     sampling=SamplingConfig(guidance_scale=2.0)),
         Step("eval", evaluate_images_pipeline, {
             "pipeline": run / "pipeline", "data": d / "test-zero-shot", "out": run / "eval",
             "bf16": True, **_image_eval(quick, prompts=200)}),
@@ -286,9 +298,9 @@ def fashion_mnist_recipe(run: Path, budget: str = "cpu", version: int | None = N
     root = source or DEFAULT_ROOT
     return Recipe("fashion-mnist", version, budget, [
         Step("data", write_fashion_mnist, {"out": d, "root": root, "image_size": 32}, rebuild="data"),
-        *_model_steps(run, budget, version, bpe_vocab_size=1000, val_split="test", vae_eval_split="test",
-                      vae={"image_size": 32, "downsample": 4},
-                      clip={"image_size": 32, "patch_size": 4}),
+        *model_steps(run, TRAINING[budget], version, bpe_vocab_size=1000, val_split="test", vae_eval_split="test",
+                     vae={"image_size": 32, "downsample": 4},
+                     clip={"image_size": 32, "patch_size": 4}),
         Step("classifier", train_fashion_mnist_classifier, {
             "out": run / "classifier", "root": root, "image_size": 32, "epochs": 1 if quick else 2}),
         Step("eval", evaluate_images_pipeline, {
@@ -357,7 +369,7 @@ def run_recipe(recipe: Recipe, run: Path, echo: Callable[[str], None] = print) -
         elif source.exists():
             shutil.copy2(source, target)
     atomic_write(run / "pipeline" / RECIPE_FILE, (json.dumps(recipe.describe(run), indent=2) + "\n").encode())
-    card = run / "pipeline" / "README.md"
+    card = run / "pipeline" / CARD_NAME
     atomic_write(card, model_card(recipe, run).encode())
     echo(f"[card] wrote {card}")
     return run / "pipeline"
@@ -384,11 +396,12 @@ def _resumed(stage: dict) -> bool:
     return bool(stage.get("resumed"))
 
 
-def _stage_time(stage: dict | None) -> str:
-    """A stage's training time for the model card, with its thread count on a CPU."""
+def _stage_time(stage: dict | None, planned: float | None = None) -> str:
+    """A stage's training time for the model card, with its thread count on a CPU and the time a
+    plan estimated for it."""
     if stage is None:
         return "-"
-    notes = []
+    notes = [] if planned is None else [f"planned {planned / 60:.1f} min"]
     if not stage["gpu"]:
         notes.append(f"{stage['threads']} thread" + ("s" if stage["threads"] > 1 else ""))
     if _resumed(stage):
@@ -403,15 +416,7 @@ def model_card(recipe: Recipe, run: Path) -> str:
     pipe = DallePipeline.from_pretrained(run / "pipeline")
     stages = {s.name: json.loads((run / "stages" / f"{s.name}.json").read_text())
               for s in recipe.steps if (run / "stages" / f"{s.name}.json").exists()}
-    v, p = pipe.vae.config, pipe.prior.config
-    parts = [("tokenizer", f"byte-level BPE, {pipe.tokenizer.config.bpe_vocab_size} tokens, "
-                           f"{pipe.tokenizer.config.text_length} text positions", "tokenizer"),
-             ("dVAE", f"{pipe.vae.num_parameters() / 1e6:.2f}M parameters, {v.image_size}px -> "
-                      f"{v.grid_size}x{v.grid_size} codes of {v.codebook_size}", "train-vae"),
-             ("prior", f"{pipe.prior.num_parameters() / 1e6:.2f}M parameters, dim {p.dim}, depth "
-                       f"{p.depth}, {p.heads} heads of {p.head_dim}, layout {p.layout}", "train-prior"),
-             ("CLIP", f"{pipe.clip.num_parameters() / 1e6:.2f}M parameters" if pipe.clip else "none",
-              "train-clip")]
+    stage_of = {"tokenizer": "tokenizer", "dVAE": "train-vae", "prior": "train-prior", "CLIP": "train-clip"}
     lines = [f"# dalle `{recipe.name}` pipeline", "",
              f"A small DALL-E (Ramesh et al. 2021) trained end to end by `dalle recipe {recipe.name}`: "
              f"recipe `{recipe.name}` version {recipe.version}, budget `{recipe.budget}`.",
@@ -420,8 +425,9 @@ def model_card(recipe: Recipe, run: Path) -> str:
                                               for split in sorted((run / "data").iterdir()) if split.is_dir()
                                               and split.name != "licenses") + ".", "",
              "## Parts", "", "| part | configuration | training time |", "|---|---|---|"]
-    for part, text, stage in parts:
-        lines.append(f"| {part} | {text} | {_stage_time(stages.get(stage))} |")
+    for part, text in describe_parts(pipe):
+        stage = stage_of[part]
+        lines.append(f"| {part} | {text} | {_stage_time(stages.get(stage), recipe.estimates.get(stage))} |")
     total = sum(s["seconds"] for s in stages.values())
     resumed = any(_resumed(s) for s in stages.values())
     where = stages.get("train-prior", {})
@@ -456,8 +462,8 @@ def model_card(recipe: Recipe, run: Path) -> str:
         lines += [f"| {k} | {v:.4g} |" for k, v in json.loads(evaluation.read_text()).items()
                   if isinstance(v, (int, float))]
     lines += ["", "## Reproduce", "", "```bash",
-              f"dalle recipe {recipe.name} --budget {recipe.budget} --recipe-version {recipe.version}"
-              "   # resumable",
+              (recipe.reproduce or f"dalle recipe {recipe.name} --budget {recipe.budget} "
+                                    f"--recipe-version {recipe.version}") + "   # resumable",
               "```", "", f"Every step's function and arguments are in `{RECIPE_FILE}`; a training "
               "stage reruns alone from its run folder's config.json, e.g. "
               "`dalle train-prior --config $RUN/prior/config.json`.", ""]

@@ -163,10 +163,15 @@ class TextTokenizer:
         """`text_length` ids (BPE, then each position's own pad) plus start-of-image.
 
         A caption longer than the text length is truncated with a warning saying by how much.
-        Pass `rng` only when encoding for training: it turns on BPE dropout.
+        Pass `rng` only when encoding for training: it turns on BPE dropout (except for a caption
+        that dropout would make too long).
         """
         ids = self.tokenize(caption, rng)
         length = self.config.text_length
+        if rng is not None and len(ids) > length:
+            # BPE dropout is an augmentation: where it would push a caption past the text length,
+            # the caption is encoded without it rather than lose its last words.
+            ids = self.tokenize(caption)
         if len(ids) > length:
             warnings.warn(f"caption of {len(ids)} tokens truncated to the text length {length} "
                           f"({len(ids) - length} tokens dropped): {str(caption)[:60]!r}",

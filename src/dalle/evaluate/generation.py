@@ -134,12 +134,15 @@ def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | 
         distinct = len(set(captions))
         if distinct < r:
             if distinct < 2:
-                raise DalleError(f"CLIP R-precision needs at least 2 different captions; the first "
-                                 f"{n} of {data} have {distinct}: pass more --prompts")
-            warnings.warn(f"R-precision ranks among {distinct} captions, not {r}: the first {n} "
-                          f"captions hold only {distinct} different ones", stacklevel=2)
+                warnings.warn(f"CLIP R-precision skipped: it needs at least 2 different captions, "
+                              f"and the first {n} of {data} have {distinct} (pass more --prompts)",
+                              stacklevel=2)
+            else:
+                warnings.warn(f"R-precision ranks among {distinct} captions, not {r}: the first {n} "
+                              f"captions hold only {distinct} different ones", stacklevel=2)
             r = distinct
-        metrics[f"r_precision_{r}"] = r_precision(pipeline.clip, generated, text, r=r)
+        if r >= 2:
+            metrics[f"r_precision_{r}"] = r_precision(pipeline.clip, generated, text, r=r)
     if classifier is not None:
         from dalle.evaluate.classifier import LabelClassifier, label_accuracy
 

@@ -1,9 +1,12 @@
-"""Metrics to a CSV file (always readable, no dependency) or to TensorBoard."""
+"""Metrics to a CSV file (always readable, no dependency) or to TensorBoard, with sample grids."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from dalle.errors import DalleError
 
@@ -53,6 +56,12 @@ class MetricsLogger:
         if self.tensorboard is not None:
             for k, v in metrics.items():
                 self.tensorboard.add_scalar(k, v, step)
+
+    def image(self, step: int, tag: str, image: Image.Image) -> None:
+        """A sample grid to TensorBoard (the run folder's samples/ holds it as a PNG anyway)."""
+        if self.tensorboard is not None:
+            array = np.asarray(image.convert("RGB"))
+            self.tensorboard.add_image(tag, array, step, dataformats="HWC")
 
     def close(self) -> None:
         if self.tensorboard is not None:

@@ -273,6 +273,8 @@ class Trainer:
         if grid is not None:
             (self.out_dir / "samples").mkdir(exist_ok=True)
             grid.save(self.out_dir / "samples" / f"step_{self.step:07d}.png")
+            if self.logger is not None:
+                self.logger.image(self.step, "samples", grid)
 
     def _validate(self) -> None:
         if self.validate_fn is None:
