@@ -63,7 +63,11 @@ def test_train_resume_reconstruct_eval(shapes, tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["train-vae", "--data", "d", "--out", "o", "--steps", "many"], "Invalid value for '--steps'"),
     (["nosuch"], "No such command 'nosuch'"),
-    (["generate", "a red circle", "--bogus"], "No such option: --bogus")])
+    (["generate", "a red circle", "--bogus"], "No such option: --bogus"),
+    # The pipeline's limits (1 to 1024 per prompt), checked before anything is loaded.
+    (["generate", "a red circle", "--images", "1000000000", "--candidates", "1000000000"],
+     "'--images': Input should be less than or equal to 1024"),
+    (["generate", "a red circle", "--candidates", "0"], "'--candidates': Input should be greater than or equal to 1")])
 def test_usage_errors_are_one_line(args, needle):
     r = dalle(*args)
     one_line_error(r, needle)
@@ -100,7 +104,7 @@ def test_training_options_are_the_run_config_fields():
         fields = ({f.name for f in dataclasses.fields(run_class)} - {"model", "train"}
                   | {f.name for f in dataclasses.fields(run_class.model_class)} - set(run_class.derived)
                   | {f.name for f in dataclasses.fields(TrainConfig)})
-        assert options == fields | {"preset", "config", "resume", "overwrite"}, name
+        assert options == fields | {"preset", "config", "resume", "overwrite", "threads"}, name
 
 
 def test_cli_names_a_missing_gpu(tmp_path):

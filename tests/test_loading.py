@@ -7,6 +7,7 @@ import struct
 import time
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -106,3 +107,68 @@ def test_any_json_in_a_config_is_a_config_or_one_line(config_class, data):
         return
     assert isinstance(config, config_class)
     assert config_class.from_dict(json.loads(config.to_json())) == config
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from dalle.text import TextTokenizer
+
+    captions = ["a small green triangle above a large red circle", "grinning face, twitter style",
+                "flag: japan", "a café in the rain"]
+    return TextTokenizer.train(captions, bpe_vocab_size=300, text_length=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=200) | st.binary(max_size=200))
+def test_any_string_encodes_to_ids_in_range_or_is_one_line(tokenizer, text):
+    """Any Unicode string (or bytes, as a caption file holds them) gives text_length + 1 ids the
+    prior can read, with one warning line at most; or it is refused in one line."""
+    import warnings
+
+    config = tokenizer.config
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ids = tokenizer.encode(text)
+    except DalleError as e:
+        assert "\n" not in str(e)
+        return
+    assert ids.shape == (config.text_length + 1,) and ids.dtype == torch.long
+    assert 0 <= int(ids.min()) and int(ids.max()) < config.text_vocab_size
+    assert all("\n" not in str(w.message) for w in caught)
+
+
+IMAGE_HEADS = st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"RIFF\0\0\0\0WEBP",
+                               b"BM", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\x01\0\0\0\x01\0\0\x08\x02"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(head=IMAGE_HEADS, body=st.binary(max_size=512), caption=st.binary(max_size=64))
+def test_any_bytes_as_an_image_caption_pair_are_a_pair_or_a_counted_skip(head, body, caption):
+    """What a folder or shard reader does with a pair's bytes: an RGB image and a caption, or
+    SkippedPair with its reason (counted), never another exception."""
+    from PIL import Image
+
+    from dalle.data.folder import SkippedPair, decode_pair
+
+    try:
+        image, text = decode_pair(head + body, caption)
+    except SkippedPair as e:
+        assert str(e) in {"empty image file", "unreadable image", "image over the decompression-bomb limit",
+                          "caption not UTF-8"}
+        return
+    assert isinstance(image, Image.Image) and image.mode == "RGB" and isinstance(text, str)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=IMAGE_HEADS, body=st.binary(max_size=512))
+def test_any_file_given_as_an_image_is_an_image_or_one_line(head, body, tmp_path):
+    """`--init-image` and `reconstruct --data FILE`: an image, or one line naming the flag."""
+    from dalle.data.folder import load_image_file
+
+    path = tmp_path / "given.png"
+    path.write_bytes(head + body)
+    try:
+        load_image_file(path, "--init-image")
+    except DalleError as e:
+        assert str(e).startswith(f"--init-image {path} ") and "\n" not in str(e)

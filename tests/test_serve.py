@@ -215,3 +215,35 @@ def test_openapi_schema_lists_the_endpoints(client):
     assert all(field.get("description") for field in fields.values())
     errors = schema["paths"]["/api/generate"]["post"]["responses"]
     assert {"202", "413", "422", "429"} <= errors.keys()
+
+
+def test_with_an_api_key_every_route_needs_it(pipeline):
+    import base64
+
+    with TestClient(create_app(pipeline, api_key="s3cret")) as client:
+        for path in ("/", "/api/health", "/openapi.json", "/api/jobs/x"):
+            r = client.get(path)
+            assert r.status_code == 401, path
+            assert r.json()["error"].startswith("this server needs its API key")
+            assert r.headers["www-authenticate"].startswith("Basic")
+        assert client.post("/api/generate", json={"prompt": "a red circle"}).status_code == 401
+        for wrong in ("Bearer s3cre", "Bearer ", "Basic !!!", "Token s3cret",
+                      "Basic " + base64.b64encode(b"user:nope").decode()):
+            assert client.get("/api/health", headers={"Authorization": wrong}).status_code == 401, wrong
+        assert client.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        # What a browser sends after its login prompt: any user name, the key as password.
+        basic = "Basic " + base64.b64encode(b"anyone:s3cret").decode()
+        assert client.get("/", headers={"Authorization": basic}).status_code == 200
+        r = client.post("/api/generate", json={"prompt": "a red circle", "images": 1},
+                        headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 202
+
+
+def test_serving_beyond_loopback_without_a_key_warns():
+    from test_cli import dalle
+
+    r = dalle("serve", "--host", "0.0.0.0", "--pipeline", "no-such-pipeline")
+    assert "warning: serving on 0.0.0.0 without an API key" in r.stderr
+    assert r.returncode == 1  # then the unknown pipeline stops it
+    r = dalle("serve", "--host", "0.0.0.0", "--pipeline", "no-such-pipeline", env={"DALLE_API_KEY": "k"})
+    assert "without an API key" not in r.stderr

@@ -125,7 +125,7 @@ def test_checkpoint_failure_keeps_previous(tmp_path, monkeypatch):
     save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
 
     def crash(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"half a checkpoint")
+        f.write(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
@@ -295,3 +295,41 @@ def test_models_name_their_parallel_units_and_others_are_refused():
     assert all(type(unit).__name__ == "CheckpointWrapper" for unit in clip.parallel_units())
     with pytest.raises(DalleError, match="Linear names no units"):
         apply_activation_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_tensorboard_gets_the_scalars_and_the_sample_grids(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dalle.train import VAERun, train_vae
+    from helpers import image_folder
+
+    run = VAERun.create(data=image_folder(tmp_path / "images"), out=tmp_path / "run", preset="tiny",
+                        steps=4, batch_size=8, device="cpu", log_every=2, sample_every=2,
+                        log_format="tensorboard")
+    train_vae(run, show_progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert "loss" in events.Tags()["scalars"]
+    grids = events.Images("samples")
+    assert [g.step for g in grids] == sorted(int(p.stem.split("_")[1])
+                                             for p in (tmp_path / "run" / "samples").glob("*.png"))
+    assert grids and grids[-1].width > 0
+
+
+def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    import dalle.train.checkpoint as checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+    # /dev/full answers every write with ENOSPC, as a full disk does.
+    monkeypatch.setattr(checkpoint, "open", lambda _, mode: builtins.open("/dev/full", mode), raising=False)
+    with pytest.raises(OSError) as caught:
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(100_000)})
+    assert caught.value.errno == errno.ENOSPC
+    assert str(caught.value).startswith(f"no space left on device for the checkpoint {path}")
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left

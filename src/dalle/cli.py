@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 
+from dalle.config import MAX_CANDIDATES
 from dalle.errors import DalleError
+from dalle.threads import SAMPLING_HELP, TRAINING_HELP
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="DALL-E (Ramesh et al. 2021): train, evaluate and sample text-to-image models. "
@@ -239,24 +241,43 @@ def train_tokenizer_command(
 
 @app.command("recipe")
 def recipe_command(
-    name: Annotated[str, typer.Argument(help="shapes, emoji or fashion-mnist.")],
-    out: Annotated[Path | None, typer.Option(help="Run folder \\[default: runs/recipe-NAME].")] = None,
+    name: Annotated[str, typer.Argument(help="shapes, emoji, fashion-mnist, or folder (your own pictures: give DATA).")],
+    data: Annotated[Path | None, typer.Argument(help="folder: an image folder (cat.png + cat.txt), one with train/ and val/ folders, or shards.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder \\[default: runs/recipe-NAME, or runs/recipe-DATA for a folder].")] = None,
     quick: Annotated[bool, typer.Option(help="Tiny data and models: checks the whole recipe in about a minute.")] = False,
-    budget: Annotated[str | None, typer.Option(help="Training sizes: cpu (1.5 h for emoji to 2.5 h for shapes on 2 CPU cores) or gpu (about 5 min of one H100) \\[default: gpu when CUDA is available, else cpu].")] = None,
+    budget: Annotated[str | None, typer.Option(help="Training sizes: cpu (1.5 h for emoji to 2.5 h for shapes on 2 CPU cores; 90 min for a folder) or gpu (about 5 min of one H100; 15 min for a folder); for a folder also minutes (10) or a number of minutes \\[default: gpu when CUDA is available, else cpu].")] = None,
     recipe_version: Annotated[int | None, typer.Option(help="Run this version of the recipe (a model card names the one that trained it) \\[default: the current one].")] = None,
     source: Annotated[Path | None, typer.Option("--from", help="emoji: folder holding the npm packages instead of fetching them; fashion-mnist: folder of the IDX files \\[default: the Debian package's].")] = None,
     cache: Annotated[Path | None, typer.Option(help="emoji: keep the fetched npm tarballs here.")] = None,
+    threads: Annotated[int | None, typer.Option(help=TRAINING_HELP, min=1, show_default=False)] = None,
 ) -> None:
     """Everything from data to a pipeline with its model card: data, tokenizer, dVAE, codes,
     prior, CLIP, evaluation. Run it again after an interruption: finished stages are skipped and
-    the interrupted one resumes from its checkpoint."""
+    the interrupted one resumes from its checkpoint. `dalle recipe folder DATA` sizes every
+    stage to your pictures and the budget, and prints its plan before it starts."""
     from dalle.recipe import build_recipe, default_budget, run_recipe
+    from dalle.threads import use_threads
+
+    use_threads(threads, adapt=False)
 
     if budget == "quick" or (quick and budget):
         raise DalleError("--quick is its own budget; leave out --budget")
     budget = "quick" if quick else budget or default_budget()
-    run = out or Path(f"runs/recipe-{name}")
-    recipe = build_recipe(name, run, budget, version=recipe_version, source=source, cache=cache)
+    if name == "folder":
+        from dalle.folder_recipe import folder_recipe
+
+        if data is None:
+            raise DalleError("dalle recipe folder needs the data: dalle recipe folder DATA --out RUN")
+        if recipe_version is not None or source is not None or cache is not None:
+            raise DalleError("--recipe-version, --from and --cache are for the bundled recipes; "
+                             "dalle recipe folder takes DATA, --out and --budget")
+        run = out or Path(f"runs/recipe-{data.absolute().name}")
+        recipe = folder_recipe(data, run, budget, typer.echo)
+    else:
+        if data is not None:
+            raise DalleError(f"the {name} recipe makes its own data; DATA is for `dalle recipe folder`")
+        run = out or Path(f"runs/recipe-{name}")
+        recipe = build_recipe(name, run, budget, version=recipe_version, source=source, cache=cache)
     pipeline = run_recipe(recipe, run, typer.echo)
     typer.echo(f"pipeline ready in {pipeline}; try: dalle generate --pipeline {pipeline} \"a ...\"")
 
@@ -298,8 +319,8 @@ def generate_command(
     prompt: Annotated[str, typer.Argument(help="What to draw, e.g. 'a small green triangle above a large red circle'.")],
     pipeline: Annotated[str, typer.Option(help="A bundled pipeline (shapes, emoji) or a pipeline directory.")] = "shapes",
     out: Annotated[Path, typer.Option(help="Output folder for the images and grid.png.")] = Path("outputs"),
-    images: Annotated[int, typer.Option(help="Images to keep.")] = 4,
-    candidates: Annotated[int | None, typer.Option(help="Images to sample; CLIP keeps the best --images \\[default: --images].")] = None,
+    images: Annotated[int, typer.Option(help="Images to keep.", min=1, max=MAX_CANDIDATES)] = 4,
+    candidates: Annotated[int | None, typer.Option(help="Images to sample; CLIP keeps the best --images \\[default: --images].", min=1, max=MAX_CANDIDATES)] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature" + PIPELINE_DEFAULT.format(1), show_default=False)] = None,
     top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely codes" + PIPELINE_DEFAULT.format("all"), show_default=False)] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling: the smallest set with this probability" + PIPELINE_DEFAULT.format("off"), show_default=False)] = None,
@@ -310,9 +331,14 @@ def generate_command(
     overwrite: Annotated[bool, typer.Option(help="Replace existing files in --out.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights (faster on recent CPUs and GPUs).")] = False,
+    threads: Annotated[int | None, typer.Option(help=SAMPLING_HELP, min=1, show_default=False)] = None,
 ) -> None:
     """Generate images from a prompt; prints the paths it writes."""
     from tqdm import tqdm
+
+    from dalle.threads import use_threads
+
+    use_threads(threads, adapt=True)
 
     from dalle.data.folder import center_square, load_image_file, to_rgb
     from dalle.utils import ensure_writable_dir, from_pil, image_grid
@@ -439,15 +465,28 @@ def serve_command(
     time_limit: Annotated[float, typer.Option(min=0.1, help="Seconds a request may run before it is stopped.")] = 120.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights.")] = False,
+    api_key: Annotated[str | None, typer.Option(envvar="DALLE_API_KEY", show_default=False, help="Answer 401 to every request that does not send this key (`Authorization: Bearer KEY`; a browser asks for it as a password). The environment variable keeps it out of the process list.")] = None,
+    threads: Annotated[int | None, typer.Option(help=SAMPLING_HELP, min=1, show_default=False)] = None,
 ) -> None:
     """Serve a web page and a JSON API (schema at /openapi.json) that generate images."""
+    import warnings
+
     import uvicorn
 
     from dalle.serve import create_app
+    from dalle.serve.auth import is_loopback
+    from dalle.threads import use_threads
 
+    if not api_key and not is_loopback(host):
+        warnings.warn(f"serving on {host} without an API key: anyone who can reach this port can "
+                      "queue jobs and see every job's images; set DALLE_API_KEY (or --api-key)",
+                      stacklevel=1)
+    use_threads(threads, adapt=True)
     pipe = _load_pipeline(pipeline, device, bf16)
-    typer.echo(f"open http://{host}:{port}/ (API schema at /openapi.json)")
-    uvicorn.run(create_app(pipe, max_queue=max_queue, time_limit_s=time_limit), host=host, port=port)
+    typer.echo(f"open http://{host}:{port}/ (API schema at /openapi.json)"
+               + ("; requests need the API key" if api_key else ""))
+    uvicorn.run(create_app(pipe, max_queue=max_queue, time_limit_s=time_limit, api_key=api_key),
+                host=host, port=port)
 
 
 def _click_exception() -> type[Exception]:

@@ -22,6 +22,7 @@ import typer
 
 from dalle.config import TrainConfig
 from dalle.errors import DalleError
+from dalle.threads import TRAINING_HELP, use_threads
 from dalle.train.checkpoint import CHECKPOINT_NAME
 from dalle.train.runs import RUN_FILE, RunConfig
 
@@ -153,7 +154,8 @@ def training_command(run_class: type[RunConfig], train: Callable[..., Any],
     fields = run_fields(run_class)
 
     def command(preset: str | None, config: Path | None, resume: bool, overwrite: bool,
-                **given: Any) -> None:
+                threads: int | None, **given: Any) -> None:
+        use_threads(threads, adapt=False)
         overrides = {name: value for name, value in given.items() if value is not None}
         out = overrides.get("out")
         if resume and out is not None and not (Path(out) / CHECKPOINT_NAME).exists():
@@ -175,6 +177,8 @@ def training_command(run_class: type[RunConfig], train: Callable[..., Any],
             bool, typer.Option(help="Continue the run in --out exactly where it stopped (its config.json unless --config).")]),
         inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
             bool, typer.Option(help="Start again in an --out that holds a run, replacing its files.")]),
+        inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[int], typer.Option(help=TRAINING_HELP, min=1, show_default=False)]),  # noqa: UP045
     ]
     for name, (hint, default) in fields.items():
         option = typer.Option(help=_help(run_class, name, default), show_default=False)

@@ -466,6 +466,12 @@ class CLIPConfig(JSONConfig):
         return {"tiny": cls.tiny(), "small": cls.small(), "base": cls.base()}
 
 
+# Candidates per prompt, and so images: twice the 512 per caption the paper reranks (§2.6), and a
+# bound on the memory one prompt's images take. `dalle serve` caps each request lower
+# (dalle.serve.schemas), since its users share one machine.
+MAX_CANDIDATES = 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig(JSONConfig):
     """A pipeline's default sampling settings (`sampling.json`), the ones its model card reports.

@@ -4,6 +4,8 @@
     GET  /api/jobs/{id}                its status, progress and, once done, image URLs
     GET  /api/jobs/{id}/images/{i}.png an image, best first
     GET  /api/health                   the model, the queue and the limits
+
+With an API key (`dalle serve --api-key`), every route answers 401 to a request without it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from dalle import __version__
 from dalle.errors import DalleError
 from dalle.pipeline import DallePipeline
+from dalle.serve.auth import RequireKey
 from dalle.serve.errors import BodySizeLimit, install_error_handlers
 from dalle.serve.jobs import Job, JobQueue, QueueFull
 from dalle.serve.schemas import (
@@ -58,9 +61,11 @@ def check_against_pipeline(pipeline: DallePipeline, request: GenerateRequest) ->
 
 
 def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: float = 120.0,
-               max_body_bytes: int = 16 * 1024, keep_finished: int = 64) -> FastAPI:
+               max_body_bytes: int = 16 * 1024, keep_finished: int = 64,
+               api_key: str | None = None) -> FastAPI:
     """An app serving `pipeline`: jobs run one at a time; `max_queue` more may wait, each is
-    stopped after `time_limit_s` seconds running, and request bodies over `max_body_bytes` get 413."""
+    stopped after `time_limit_s` seconds running, and request bodies over `max_body_bytes` get 413.
+    With `api_key`, every request without it gets 401 (`dalle.serve.auth`)."""
     jobs = JobQueue(pipeline, max_queue=max_queue, time_limit_s=time_limit_s, keep_finished=keep_finished)
 
     @asynccontextmanager
@@ -73,6 +78,8 @@ def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: flo
                   description="Generate images from text with a DALL-E pipeline. Submit a job, "
                               "poll it, then fetch its PNGs. Every error body is `{\"error\": \"...\"}`.")
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if api_key:  # added last, so it runs first: a request without the key is not even read
+        app.add_middleware(RequireKey, key=api_key)
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
+BODY_NOT_PARSED = "There was an error parsing the body"  # FastAPI's HTTPException(400) detail
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -45,6 +46,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)  # registered for this class only
     message = exc.detail
+    if exc.status_code == 400 and message == BODY_NOT_PARSED:
+        # FastAPI's answer to a body it cannot decode (not UTF-8): a malformed body like any other.
+        return error_response(422, "the body is not valid JSON (it must be UTF-8 text)")
     if message == HTTPStatus(exc.status_code).phrase:  # Starlette's own, e.g. "Not Found"
         message = f"{message.lower()}: {request.method} {request.url.path}"
     return error_response(exc.status_code, message, exc.headers)

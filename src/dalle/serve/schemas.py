@@ -18,7 +18,9 @@ JobState = Literal["queued", "running", "done", "failed", "timed_out"]
 class GenerateRequest(BaseModel):
     """What to draw and how to sample it."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a field takes what its JSON schema says (no `true` for a number, no "4" or 4.0 for
+    # an integer), as API fuzzing from the schema expects.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS,
                         description="What to draw, e.g. 'a small green triangle above a large red circle'.")

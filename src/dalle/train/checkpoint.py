@@ -6,6 +6,7 @@ scheduler, every rank's RNG states, step), so it loads with `weights_only=True`.
 
 from __future__ import annotations
 
+import errno
 import pickle
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically: a kill at any moment leaves the previous file intact."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write `state` to `path` atomically: a kill at any moment leaves the previous file intact,
+    and a full disk is named as such (with the previous checkpoint still there)."""
+
+    def write(tmp: Path) -> None:
+        # Through a Python file object, a failed write raises OSError with its errno; given a path,
+        # torch's own writer reports a full disk as "unexpected pos".
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        full = OSError(f"no space left on device for the checkpoint {path}; the previous "
+                       "checkpoint is intact: free some space, then resume")
+        full.errno = errno.ENOSPC
+        raise full from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
