@@ -1,10 +1,10 @@
 """How many threads torch computes with on the CPU.
 
 torch starts one thread per core. When another process keeps some of those cores busy, its
-threads wait on each other at every parallel region and sampling runs many times slower (50 s
-against 2.6 s for `dalle generate` on 2 cores with one of them taken). So the commands that sample
-(`generate`, `serve`) use only the cores that are free, measured from /proc/stat over a moment,
-and say so; `--threads N` or OMP_NUM_THREADS chooses instead. The training commands keep torch's
+threads wait on each other at every parallel region and sampling slows down: up to 20 times
+when the issue that asked for this was filed (docs/generate.md has the figures). So the commands
+that sample (`generate`, `serve`) use only the cores that are free, measured from /proc/stat over
+a moment, and say so; `--threads N` or OMP_NUM_THREADS chooses instead. The training commands keep torch's
 count, since a run's arithmetic (and so its exact resume) depends on it, and only warn.
 """
 
