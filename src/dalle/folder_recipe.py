@@ -388,7 +388,8 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None]) -
              + eval_prompts * per_step["generate"] * 2)  # the 2s: data loading and decoding
     training = (total - fixed) / OVERHEAD
     if training <= 0:
-        raise DalleError(f"a budget of {minutes:g} minutes leaves no time to train after encoding "
+        raise DalleError(f"a budget of {minutes:g} minute{'' if minutes == 1 else 's'} leaves no time "
+                         "to train after encoding "
                          f"and evaluating {found.pairs} pairs; give at least "
                          f"{math.ceil(fixed / 60) + 2} minutes")
     steps = {stage: _rounded(SHARES[stage] * training / per_step[stage]) for stage in SHARES}
