@@ -522,7 +522,7 @@ def folder_recipe(data: Path, run: Path, budget: str = "minutes",
         Step("eval", evaluate_images_pipeline, {
             "pipeline": run / "pipeline", "data": run / "data/val", "out": run / "eval",
             "bf16": True, "prompts": plan["eval_prompts"], "fid": plan["fid"]}),
-    ], evaluation="results.json", extra_files=notices,
+    ], evaluation="results.json",
         data_note=(f"Captioned pictures from `{plan['data']}` ({found['kind']}); "
                    f"{VAL_PERCENT}% of the pairs (at most {MAX_VAL}; by a hash of each file's path) "
                    "are held out as `val` unless the data came split. "

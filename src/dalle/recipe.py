@@ -99,7 +99,6 @@ class Recipe:
     steps: list[Step]
     evaluation: str  # the file in <run>/eval/ the model card quotes
     data_note: str
-    extra_files: list[str] = field(default_factory=list)  # copied from <run>/data into the pipeline
     reproduce: str | None = None  # the command that reruns it [default: dalle recipe NAME ...]
     estimates: dict[str, float] = field(default_factory=dict)  # a plan's seconds per step name
 
@@ -279,7 +278,7 @@ def emoji_recipe(run: Path, budget: str = "cpu", version: int | None = None,
         Step("eval", evaluate_images_pipeline, {
             "pipeline": run / "pipeline", "data": d / "test-zero-shot", "out": run / "eval",
             "bf16": True, **_image_eval(quick, prompts=200)}),
-    ], evaluation="results.json", extra_files=["ATTRIBUTION.md", "licenses"], data_note=(
+    ], evaluation="results.json", data_note=(
         "Emoji art from the npm packages `emoji-datasource-google` (Apache-2.0) and "
         "`emoji-datasource-twitter` (Twemoji, CC-BY-4.0: Copyright 2020 Twitter, Inc and other "
         "contributors), captions from `emojibase-data` (MIT), built by `dalle data emoji "
@@ -362,12 +361,6 @@ def run_recipe(recipe: Recipe, run: Path, echo: Callable[[str], None] = print) -
         seconds = time.perf_counter() - start
         atomic_write(record, json.dumps({**step.describe(run), "run": str(run), "resumed": resume,
                                          "seconds": round(seconds, 1), **machine()}, indent=2).encode())
-    for name in recipe.extra_files:
-        source, target = run / "data" / name, run / "pipeline" / name
-        if source.is_dir():
-            shutil.copytree(source, target, dirs_exist_ok=True)
-        elif source.exists():
-            shutil.copy2(source, target)
     atomic_write(run / "pipeline" / RECIPE_FILE, (json.dumps(recipe.describe(run), indent=2) + "\n").encode())
     card = run / "pipeline" / CARD_NAME
     atomic_write(card, model_card(recipe, run).encode())
