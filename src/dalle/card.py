@@ -14,13 +14,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dalle.data.folder import IMAGE_SUFFIXES
+
 if TYPE_CHECKING:
     from dalle.pipeline import DallePipeline
 
 CARD_NAME = "README.md"
 # Files or folders beside the data that carry its terms: copied into a pipeline trained on it.
 NOTICE_PREFIXES = ("license", "licence", "copying", "attribution", "notice", "readme")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 def find_notices(folder: Path) -> list[Path]:
@@ -52,18 +53,23 @@ def describe_parts(pipe: DallePipeline) -> list[tuple[str, str]]:
             ("CLIP", f"{pipe.clip.num_parameters() / 1e6:.2f}M parameters" if pipe.clip else "none")]
 
 
+def last_row_with(path: Path, column: str) -> dict[str, str]:
+    """The last metrics.csv row that has `column` filled in ({} when none)."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get(column)]
+    return rows[-1] if rows else {}
+
+
 def _run_of(model_dir: Path | None) -> tuple[dict, dict]:
-    """The run config and last metrics row of the training run whose `model/` is `model_dir`
-    ({} for what is not there, e.g. a model directory copied out of its run)."""
+    """The run config and last training-loss row of the run whose `model/` is `model_dir` ({} for
+    what is not there, e.g. a model directory copied out of its run)."""
     if model_dir is None:
         return {}, {}
     run_dir = Path(model_dir).parent
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    rows: list[dict] = []
-    if (run_dir / "metrics.csv").is_file():
-        with open(run_dir / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-    return config, rows[-1] if rows else {}
+    return config, last_row_with(run_dir / "metrics.csv", "loss")
 
 
 SPLITS = ("train", "val", "validation", "test")

@@ -17,7 +17,6 @@ was trained with and `build_recipe(..., version=N)` rebuilds that version, so an
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -29,7 +28,15 @@ from typing import Any
 
 import torch
 
-from dalle.card import CARD_NAME, assembly_card, copy_notices, data_folders, describe_parts, find_notices
+from dalle.card import (
+    CARD_NAME,
+    assembly_card,
+    copy_notices,
+    data_folders,
+    describe_parts,
+    find_notices,
+    last_row_with,
+)
 from dalle.config import JSONConfig, SamplingConfig
 from dalle.data.emoji import write_emoji
 from dalle.data.fashion_mnist import DEFAULT_ROOT, write_fashion_mnist
@@ -375,15 +382,6 @@ def machine() -> dict:
             "gpu": gpu}
 
 
-def _last_row_with(path: Path, column: str) -> dict[str, str]:
-    """The last metrics.csv row that has `column` filled in ({} when none)."""
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row.get(column)]
-    return rows[-1] if rows else {}
-
-
 def _resumed(stage: dict) -> bool:
     """Whether a stage record is of a resumed run: its time is then the last attempt's only."""
     return bool(stage.get("resumed"))
@@ -436,11 +434,11 @@ def model_card(recipe: Recipe, run: Path) -> str:
         lines.append(f"- dVAE on held-out images: PSNR {m['psnr']:.2f} dB, codebook perplexity "
                      f"{m['perplexity']:.1f}" + (f", shapes parse {m['shapes_parse']:.1%}"
                                                   if "shapes_parse" in m else "") + ".")
-    prior_row = _last_row_with(run / "prior" / "metrics.csv", "val_image_bits")
+    prior_row = last_row_with(run / "prior" / "metrics.csv", "val_image_bits")
     if prior_row:
         lines.append(f"- Prior validation: {float(prior_row['val_text_loss']):.3f} nats per text "
                      f"token, {float(prior_row['val_image_bits']):.2f} bits per image token.")
-    clip_row = _last_row_with(run / "clip" / "metrics.csv", "val_image_to_text")
+    clip_row = last_row_with(run / "clip" / "metrics.csv", "val_image_to_text")
     if clip_row:
         lines.append(f"- CLIP validation: image-to-text top-1 {float(clip_row['val_image_to_text']):.1%} "
                      "within batches of 64.")
