@@ -161,7 +161,7 @@ def test_a_folder_with_other_files_but_no_plan_is_refused(glyphs, tmp_path):
 
 def test_sizes_follow_the_images_and_the_device():
     def found(pairs, side):
-        return Survey("folder", pairs, 0, side, 20, 10, [])
+        return Survey("folder", pairs, 0, side, 20, [])
 
     assert model_settings(found(5000, 28), gpu=False)["vae"]["image_size"] == 32
     assert model_settings(found(5000, 300), gpu=False)["vae"]["image_size"] == 64

@@ -77,7 +77,6 @@ class Survey:
     skipped: int
     image_side: int  # median shorter side of the images looked at
     distinct_words: int
-    max_words: int
     notices: list[str]  # licence / attribution / readme files at the top of the data folder
 
 
@@ -127,7 +126,7 @@ def survey(data: Path) -> Survey:
                          f"`dalle recipe folder` needs at least {MIN_PAIRS}")
     captions = [c.read_text(errors="replace").strip() for _, c in pairs]
     return Survey("splits" if splits else "folder", len(pairs), sum(report.skipped.values()),
-                  _image_sides([image for image, _ in pairs]), *_word_counts(captions),
+                  _image_sides([image for image, _ in pairs]), _distinct_words(captions),
                   _notice_names(data))
 
 
@@ -152,12 +151,11 @@ def _survey_shards(data: Path) -> Survey:
                 continue
     captions = list(itertools.islice(read_captions(data), 100_000))
     return Survey("shards", pairs, 0, int(statistics.median(sides)) if sides else 0,
-                  *_word_counts(captions), _notice_names(data if data.is_dir() else data.parent))
+                  _distinct_words(captions), _notice_names(data if data.is_dir() else data.parent))
 
 
-def _word_counts(captions: list[str]) -> tuple[int, int]:
-    words = [c.lower().split() for c in captions]
-    return len({w for ws in words for w in ws}), max((len(ws) for ws in words), default=0)
+def _distinct_words(captions: list[str]) -> int:
+    return len({word for caption in captions for word in caption.lower().split()})
 
 
 def is_validation(name: str) -> bool:
