@@ -6,6 +6,7 @@ import json
 import pytest
 from safetensors import safe_open
 
+from dalle.hub import read_front_matter
 from dalle.pipeline import DallePipeline
 from dalle.recipe import (
     RECIPE_FILE,
@@ -41,6 +42,7 @@ def test_quick_shapes_recipe_makes_a_pipeline_with_a_card(tmp_path):
                    "guidance scale 2.0", f"recipe `shapes` version {VERSIONS['shapes']}",
                    "dalle train-prior --config $RUN/prior/config.json"):
         assert needed in card
+    assert read_front_matter(card)["license"] == "mit"  # the Hub's front matter leads the card
     # recipe.json is the recipe that made it, portable ($RUN), and each training run recorded itself.
     recorded = json.loads((pipeline / RECIPE_FILE).read_text())
     assert recorded == build_recipe("shapes", run, "quick").describe(run)
@@ -63,6 +65,7 @@ def test_quick_emoji_recipe_ships_the_licences(tmp_path):
     assert (pipeline / "ATTRIBUTION.md").exists() and any((pipeline / "licenses").iterdir())
     card = (pipeline / "README.md").read_text()
     assert "CC-BY-4.0" in card and "r_precision_2" in card
+    assert read_front_matter(card)["license_name"] == "apache-2.0-and-cc-by-4.0-and-mit"
 
 
 def test_quick_fashion_mnist_recipe_reports_label_accuracy(tmp_path):
@@ -73,7 +76,8 @@ def test_quick_fashion_mnist_recipe_reports_label_accuracy(tmp_path):
     results = json.loads((run / "eval" / "results.json").read_text())
     assert 0 <= results["label_accuracy"] <= 1
     assert DallePipeline.from_pretrained(run / "pipeline").vae.config.image_size == 32
-    assert "Zalando" in (run / "pipeline" / "README.md").read_text()
+    card = (run / "pipeline" / "README.md").read_text()
+    assert "Zalando" in card and read_front_matter(card)["datasets"] == ["zalando-datasets/fashion_mnist"]
 
 
 def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch):

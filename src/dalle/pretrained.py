@@ -1,7 +1,9 @@
 """Save and load a model as a directory: `config.json` + `model.safetensors`.
 
-The convention users know from Hugging Face transformers/diffusers, fully offline. Weights are
-read with safetensors, so loading never unpickles anything.
+The convention users know from Hugging Face transformers/diffusers: `from_pretrained` takes the
+directory, or a Hub id (`owner/name`, with a `subfolder` for one part of a pipeline) fetched into
+the local cache by `dalle.hub`. Weights are read with safetensors, so loading never unpickles
+anything.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from dalle.config import JSONConfig
 from dalle.errors import DalleError
+from dalle.hub import resolve
 from dalle.utils import atomic_write, ensure_writable_dir, resolve_device
 
 CONFIG_NAME = "config.json"
@@ -52,9 +55,11 @@ class PretrainedModel(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls: type[M], directory: str | Path, device: str | torch.device = "cpu",
-                        max_parameters: int | None = None) -> M:
+                        max_parameters: int | None = None, *, subfolder: str | None = None) -> M:
         """Build the model from `directory/config.json` and load `model.safetensors` into it, on
-        `device` ("auto": CUDA when there is one).
+        `device` ("auto": CUDA when there is one). `directory` may be a Hub id, `owner/name` or
+        `owner/name@revision` (a folder of that name wins); `subfolder` picks a part of a
+        pipeline, e.g. `Prior.from_pretrained("owner/name", subfolder="prior")`.
 
         Nothing is allocated before the files agree: the config is checked field by field, the
         model is first built on the meta device (no memory) and its tensors' names and shapes are
@@ -62,7 +67,7 @@ class PretrainedModel(torch.nn.Module):
         (default: DALLE_MAX_PARAMETERS, else 2e10, above the paper's 12B prior) is refused.
         A damaged or mismatched file is one line naming it.
         """
-        directory = Path(directory)
+        directory = resolve(directory, subfolder)
         if not directory.is_dir():
             raise FileNotFoundError(f"no model directory at {directory}")
         weights = directory / WEIGHTS_NAME

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from dalle.config import TokenizerConfig
 from dalle.errors import DalleError
+from dalle.hub import resolve
 from dalle.utils import atomic_write, ensure_writable_dir
 
 TOKENIZER_NAME = "tokenizer.json"
@@ -106,8 +107,10 @@ class TextTokenizer:
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> TextTokenizer:
-        directory = Path(directory)
+    def from_pretrained(cls, directory: str | Path, *, subfolder: str | None = None) -> TextTokenizer:
+        """Load from `directory`, or a Hub id (`owner/name[@revision]`, with `subfolder`, e.g.
+        "tokenizer" of a pipeline) as the models do."""
+        directory = resolve(directory, subfolder)
         path = directory / TOKENIZER_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{directory} has no {TOKENIZER_NAME}; train one with "
