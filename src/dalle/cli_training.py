@@ -93,7 +93,7 @@ FIELD_HELP = {
     "seed": "Seed for weights, data order and noise.",
     "num_workers": "Data loader worker processes.",
     "log_every": "Steps between metrics rows.",
-    "log_format": "csv or tensorboard.",
+    "log_format": "Also log to tensorboard (RUN/tensorboard) or wandb (RUN/wandb; offline without a W&B login); metrics.csv is always written: csv, tensorboard or wandb.",
     "sample_every": "Steps between sample grids; 0 never.",
     "eval_every": "Steps between validation passes (with --val-data).",
     "checkpoint_every": "Steps between checkpoints.",

@@ -350,7 +350,7 @@ class TrainConfig(JSONConfig):
     seed: int = 0
     num_workers: int = 0
     log_every: int = 50
-    log_format: str = "csv"  # csv | tensorboard
+    log_format: str = "csv"  # csv | tensorboard | wandb (metrics.csv is always written)
     sample_every: int = 500
     eval_every: int = 500  # steps between validation passes, when the stage has one
     checkpoint_every: int = 500
@@ -360,8 +360,8 @@ class TrainConfig(JSONConfig):
             raise DalleError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.export not in ("ema", "raw"):
             raise DalleError(f"export must be ema or raw, got {self.export!r}")
-        if self.log_format not in ("csv", "tensorboard"):
-            raise DalleError(f"log_format must be csv or tensorboard, got {self.log_format!r}")
+        if self.log_format not in ("csv", "tensorboard", "wandb"):
+            raise DalleError(f"log_format must be csv, tensorboard or wandb, got {self.log_format!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise DalleError("steps and batch_size must be positive")
         if not 0 <= self.ema_decay < 1:

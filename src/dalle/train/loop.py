@@ -8,6 +8,7 @@ exact-resume checkpoints.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,7 +93,8 @@ class Trainer:
     num_workers)` and then yield exactly the batches of an uninterrupted run from `step` on.
 
     out_dir/checkpoint.pt  latest checkpoint (atomic), resumed with `resume=True`
-    out_dir/metrics.csv    one row per `log_every` steps (or TensorBoard events)
+    out_dir/metrics.csv    one row per `log_every` steps (also to TensorBoard or W&B, as
+                           `log_format` says: out_dir/tensorboard, out_dir/wandb)
     out_dir/curves.png     metrics.csv drawn: losses, learning rate, throughput
     out_dir/samples/       a grid from `sample_fn` every `sample_every` steps
     `validate_fn(model, autocast) -> metrics` runs every `eval_every` steps and at the end on
@@ -161,8 +163,13 @@ class Trainer:
                                  pin_memory=self.ctx.device.type == "cuda",
                                  persistent_workers=config.num_workers > 0)
         self.show_progress = show_progress and self.ctx.is_main
-        self.logger = MetricsLogger(self.out_dir, config.log_format,
-                                    self.step if resume else None) if self.ctx.is_main else None
+        self.logger = None
+        if self.ctx.is_main:
+            model_config = getattr(model, "config", None)
+            settings = {"train": config.to_dict(), "model_class": type(model).__name__,
+                        "model": model_config.to_dict() if isinstance(model_config, JSONConfig) else {}}
+            self.logger = MetricsLogger(self.out_dir, config.log_format, self.step if resume else None,
+                                        config=settings)
 
     @property
     def autocast(self) -> torch.autocast:
@@ -317,6 +324,9 @@ class Trainer:
         """Train up to step `until` (default: `config.steps`); returns the export weights."""
         c = self.config
         until = min(until or c.steps, c.steps)
+        recorded = self.out_dir / "config.json"  # the run's whole config (data paths too), if recorded
+        if self.logger is not None and recorded.is_file():
+            self.logger.update_config(json.loads(recorded.read_text()))
         progress = tqdm(total=until, initial=self.step, disable=not self.show_progress,
                         dynamic_ncols=True, desc="train")
         if self.step == 0:

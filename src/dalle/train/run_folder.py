@@ -20,7 +20,7 @@ from dalle.utils import ensure_writable_dir
 LOCK_NAME = ".lock"
 # What a run writes into its folder; a fresh run with overwrite=True removes these and only these.
 RUN_FILES = ("checkpoint.pt", "metrics.csv", "config.json", "curves.png", "samples", "model",
-             "tensorboard")
+             "tensorboard", "wandb")
 
 
 def _alive(pid: int) -> bool:
