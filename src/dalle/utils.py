@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, device selection, image grids."""
+"""Small shared helpers: atomic file writes, device selection, image grids and captions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from dalle.errors import DalleError
 
@@ -107,8 +107,16 @@ def from_pil(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255
 
 
-def image_grid(images: torch.Tensor, columns: int, padding: int = 2) -> Image.Image:
-    """Tile (B, 3, H, W) images in [0, 1] into one RGB image with `columns` per row."""
+def image_grid(images: torch.Tensor, columns: int, padding: int = 2, scale: int = 1,
+               caption: str | None = None) -> Image.Image:
+    """Tile (B, 3, H, W) images in [0, 1] into one RGB image with `columns` per row.
+
+    `scale` enlarges each image by nearest neighbour first (a 64-px image is a thumbnail on a
+    screen; repeated pixels keep it exactly what the model drew, where smoothing would invent
+    detail), and `caption` is written above the grid, wrapped to its width.
+    """
+    if scale > 1:
+        images = images.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
     b, _, h, w = images.shape
     rows = -(-b // columns)
     canvas = torch.ones(3, rows * (h + padding) + padding, columns * (w + padding) + padding)
@@ -116,7 +124,50 @@ def image_grid(images: torch.Tensor, columns: int, padding: int = 2) -> Image.Im
         r, c = divmod(i, columns)
         y, x = padding + r * (h + padding), padding + c * (w + padding)
         canvas[:, y : y + h, x : x + w] = image
-    return to_pil(canvas[None])[0]
+    grid = to_pil(canvas[None])[0]
+    return grid if caption is None else captioned([grid], [caption], font_size=CAPTION_FONT_SIZE)
+
+
+CAPTION_FONT_SIZE = 20  # px: readable above a grid of 256-px tiles
+
+
+def captioned(rows: list[Image.Image], captions: list[str], font_size: int | None = None) -> Image.Image:
+    """Stack image rows, each under its caption.
+
+    By default a caption is one line of Pillow's small default font on a 14-px band, and a long
+    one widens the picture (training grids: short captions, nothing to rewrap). With `font_size`
+    the font is that size and each caption wraps at word boundaries to the widest row.
+    """
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max(r.width for r in rows)
+    font = None
+    if font_size is None:
+        line, lines = 14, [[c] for c in captions]
+    else:
+        font = ImageFont.load_default(size=font_size)  # Pillow's own scalable font: nothing to ship
+        line = int(font.getbbox("Ag")[3]) + font_size // 3
+        lines = [_wrap(c, width - 8, lambda t: probe.textlength(t, font=font)) for c in captions]
+    width = max([width, *(int(probe.textlength(t, font=font)) + 8 for group in lines for t in group)])
+    canvas = Image.new("RGB", (width, sum(r.height + line * len(g) for r, g in zip(rows, lines))), "white")
+    draw, y = ImageDraw.Draw(canvas), 0
+    for row, group in zip(rows, lines):
+        for text in group:
+            draw.text((4, y + 1), text, fill="black", font=font)
+            y += line
+        canvas.paste(row, (0, y))
+        y += row.height
+    return canvas
+
+
+def _wrap(text: str, width: float, measure: Callable[[str], float]) -> list[str]:
+    """`text` in lines of whole words no wider than `width` (a longer word keeps its own line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and measure(f"{lines[-1]} {word}") <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def check_unit_images(images: torch.Tensor) -> None:

@@ -7,7 +7,7 @@ import warnings
 from typing import Any, cast
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 
 from dalle.config import PriorConfig, VAEConfig
@@ -20,7 +20,7 @@ from dalle.text import TextTokenizer
 from dalle.train.loop import Trainer
 from dalle.train.runs import PriorRun
 from dalle.train.vae import unwrap
-from dalle.utils import image_grid
+from dalle.utils import captioned, image_grid
 from dalle.vae import DiscreteVAE
 
 
@@ -100,19 +100,6 @@ def sample_grid(prior: Prior, vae: DiscreteVAE, batch: dict[str, Any], seed: int
     rows = [image_grid(images[i : i + 1 + SAMPLES_PER_CAPTION], columns=1 + SAMPLES_PER_CAPTION)
             for i in range(0, len(images), 1 + SAMPLES_PER_CAPTION)]
     return captioned(rows, batch["caption"])
-
-
-def captioned(rows: list[Image.Image], captions: list[str]) -> Image.Image:
-    """Stack image rows, each under a line of its caption."""
-    line = 14
-    width = max(max(r.width for r in rows), 6 * max(len(c) for c in captions) + 8)
-    canvas = Image.new("RGB", (width, sum(r.height + line for r in rows)), "white")
-    draw, y = ImageDraw.Draw(canvas), 0
-    for row, caption in zip(rows, captions):
-        draw.text((4, y + 1), caption, fill="black")
-        canvas.paste(row, (0, y + line))
-        y += row.height + line
-    return canvas
 
 
 def check_compatible(config: PriorConfig, tokenizer: TextTokenizer, codes: CodesDataset) -> None:
