@@ -236,11 +236,36 @@ def test_generate_writes_images_and_never_overwrites(tmp_path):
             "--images", 2, "--candidates", 4, "--device", "cpu"]
     r = dalle(*args)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [str(tmp_path / "out" / n) for n in ("00.png", "01.png", "grid.png")]
+    assert r.stdout.split() == [str(tmp_path / "out")] + [
+        str(tmp_path / "out" / n) for n in ("00.png", "01.png", "grid.png", "generation.json")]
     one_line_error(dalle(*args), "exists; pass --overwrite")
     assert dalle(*args, "--overwrite").returncode == 0
     one_line_error(dalle("generate", "  ", "--pipeline", tmp_path / "pipe", "--out", tmp_path / "o2"),
                    "the prompt is empty")
+
+
+def test_generate_without_out_writes_each_run_into_a_new_folder(tmp_path):
+    from PIL import Image
+
+    from test_pipeline import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    args = ["generate", "A large red circle!", "--pipeline", tmp_path / "pipe", "--images", 1,
+            "--candidates", 2, "--seed", 5, "--device", "cpu"]
+    runs = [dalle(*args, cwd=tmp_path) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    folders = sorted((tmp_path / "outputs").iterdir())
+    assert [r.stdout.split()[0] for r in runs] == [str(f.relative_to(tmp_path)) for f in folders]
+    assert len(folders) == 2 and folders[0].name.endswith("_a-large-red-circle")
+    assert folders[1].name.endswith(("_a-large-red-circle", "_a-large-red-circle-2"))
+    for folder in folders:
+        assert sorted(p.name for p in folder.iterdir()) == ["00.png", "generation.json", "grid.png"]
+        record = json.loads((folder / "generation.json").read_text())
+        assert (record["prompt"], record["seed"], record["candidates"]) == ("A large red circle!", 5, 2)
+        assert record["pipeline"] == str(tmp_path / "pipe")
+        with Image.open(folder / "00.png") as image:
+            assert image.text["prompt"] == "A large red circle!" and image.text["seed"] == "5"
+            assert json.loads(image.text["clip_score"]) == record["images"][0]["clip_score"]
 
 
 def test_generate_completes_an_image_and_names_a_bad_one(tmp_path):
@@ -257,6 +282,8 @@ def test_generate_completes_an_image_and_names_a_bad_one(tmp_path):
     r = dalle(*args, tmp_path / "start.png", "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "00.png").exists()
+    record = json.loads((tmp_path / "out" / "generation.json").read_text())
+    assert (record["init_image"], record["keep_rows"]) == (str(tmp_path / "start.png"), 1)
     one_line_error(dalle(*args, tmp_path / "missing.png", "--out", tmp_path / "o2"),
                    "--init-image " + str(tmp_path / "missing.png") + " is not a file")
     one_line_error(dalle(*args, tmp_path / "notes.png", "--out", tmp_path / "o3"),

@@ -32,7 +32,8 @@ def test_the_own_data_commands_run_as_written(tmp_path):
         r = dalle(*args, *(SHORT if args[0].startswith("train-") and args[0] != "train-tokenizer" else []),
                   cwd=tmp_path)
         assert r.returncode == 0, (args, r.stderr)
-    images = sorted(p.name for p in (tmp_path / "outputs").glob("*.png"))
+    [run] = (tmp_path / "outputs").iterdir()  # generate's own folder, named from the time and prompt
+    images = sorted(p.name for p in run.glob("*.png"))
     assert images == ["00.png", "01.png", "02.png", "03.png", "grid.png"]
 
 
@@ -48,4 +49,4 @@ def test_the_own_data_recipe_runs_as_written(tmp_path):
     assert r.stdout.index("plan (quick") < r.stdout.index("[train-vae]")
     r = dalle(*commands[1], "--images", "1", "--candidates", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "outputs" / "00.png").exists()
+    assert len(list((tmp_path / "outputs").glob("*_a-caption-in-the-style-of-yours/00.png"))) == 1
