@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from dalle.card import example_prompts
 from dalle.pipeline import BUNDLED_DIR, DallePipeline, bundled_pipelines, resolve_pipeline
 from dalle.recipe import RECIPE_FILE, build_recipe
 from test_cli import dalle
@@ -49,6 +50,13 @@ def test_bundled_pipelines_record_the_recipe_version_that_trained_them(name):
 
     rebuilt = build_recipe(name, Path("$RUN"), budget, version=version).describe(Path("$RUN"))
     assert comparable(recorded) == comparable(rebuilt)
+
+
+@pytest.mark.parametrize("name", ["shapes", "emoji"])
+def test_bundled_cards_list_their_recipes_example_prompts(name):
+    """What `dalle serve` offers in its prompt box; a rerun of the recipe writes the same list."""
+    examples = build_recipe(name, Path("$RUN"), "cpu").examples
+    assert len(examples) >= 4 and example_prompts(BUNDLED_DIR / name) == list(examples)
 
 
 def test_names_resolve_to_bundled_and_paths_stay_paths(tmp_path):

@@ -77,6 +77,24 @@ def test_a_one_prompt_list_gives_what_the_str_gives(pipeline, batch_size):
     assert not torch.equal(behind.codes, one.codes)
 
 
+def test_preview_sees_every_finished_row_of_the_codes_it_returns(pipeline):
+    """preview(first, rows) after each row of each batch: a growing prefix of the codes each
+    candidate ends with, while progress goes on counting every position."""
+    previews, progress = [], []
+    out = pipeline(["a large red circle", "a small blue square"], images=3, candidates=3, batch_size=4,
+                   seed=5, preview=lambda first, rows: previews.append((first, rows.clone())),
+                   progress=lambda done, total: progress.append((done, total)))
+    grid = 4
+    assert [(first, tuple(rows.shape)) for first, rows in previews] == (
+        [(0, (4, r, grid)) for r in range(1, grid + 1)] + [(4, (2, r, grid)) for r in range(1, grid + 1)])
+    final = torch.zeros(6, grid, grid, dtype=torch.long)  # every candidate, in sampling order
+    for i, generation in enumerate(out):
+        final[i * 3 + generation.indices] = generation.codes
+    for first, rows in previews:
+        assert torch.equal(rows, final[first : first + len(rows), : rows.shape[1]])
+    assert len(progress) == 2 * grid**2 and progress[-1] == (6 * grid**2, 6 * grid**2)
+
+
 def test_generations_convert_to_pil_images(pipeline):
     out = pipeline("a large red circle", images=2, candidates=4, seed=2)
     pictures = out.pil()

@@ -6,6 +6,7 @@ import json
 import pytest
 from safetensors import safe_open
 
+from dalle.card import example_prompts
 from dalle.hub import read_front_matter
 from dalle.pipeline import DallePipeline
 from dalle.recipe import (
@@ -43,6 +44,7 @@ def test_quick_shapes_recipe_makes_a_pipeline_with_a_card(tmp_path):
                    "dalle train-prior --config $RUN/prior/config.json"):
         assert needed in card
     assert read_front_matter(card)["license"] == "mit"  # the Hub's front matter leads the card
+    assert example_prompts(pipeline) == list(shapes_recipe(run, "quick").examples)  # `dalle serve` offers them
     # recipe.json is the recipe that made it, portable ($RUN), and each training run recorded itself.
     recorded = json.loads((pipeline / RECIPE_FILE).read_text())
     assert recorded == build_recipe("shapes", run, "quick").describe(run)

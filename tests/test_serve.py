@@ -1,15 +1,21 @@
 """`dalle serve`'s API through FastAPI's TestClient, with the tiny random pipeline."""
 
 import io
+import re
 import threading
 import time
 
+import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from dalle.errors import DalleError
-from dalle.serve import create_app
+from dalle.pipeline import DallePipeline
+from dalle.serve import create_app, jobs
+from dalle.serve.jobs import PREVIEW_GREY, Job, Previewer, partial_images
+from dalle.utils import to_pil
 from test_pipeline import tiny_pipeline
 
 
@@ -28,6 +34,26 @@ class Gated:
         assert self.release.wait(10)
         time.sleep(self.delay)
         return self.pipeline(prompt, **options)
+
+
+class PausesHalfway:
+    """A pipeline that stops sampling when its first batch has half its rows, until `resume`."""
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline = pipeline
+        self.halfway, self.resume = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.pipeline, name)
+
+    def __call__(self, prompt, *, preview, **options):
+        def held(first, rows):
+            preview(first, rows)
+            if first == 0 and rows.shape[1] == rows.shape[2] // 2:
+                self.halfway.set()
+                assert self.resume.wait(60)
+
+        return self.pipeline(prompt, preview=held, **options)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +89,60 @@ def test_generation_returns_pngs_best_first(client):
         assert Image.open(io.BytesIO(png.content)).size == (64, 64)
 
 
+def png_array(content: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(content)).convert("RGB"))
+
+
+def test_a_running_job_shows_its_candidates_as_they_are_sampled(pipeline, monkeypatch):
+    monkeypatch.setattr(jobs, "PREVIEW_INTERVAL_S", 0.0)  # every row, so the halfway one is shown
+    monkeypatch.setattr(jobs, "PREVIEW_COST_RATIO", 0.0)
+    paused = PausesHalfway(pipeline)
+    with TestClient(create_app(paused)) as client:
+        job_id = client.post("/api/generate", json={"prompt": "a red circle", "images": 2, "candidates": 3}).json()["id"]
+        assert paused.halfway.wait(10)
+        job = client.get(f"/api/jobs/{job_id}").json()
+        assert job["status"] == "running" and job["images"] == [] and len(job["previews"]) == 3
+        for url in job["previews"]:
+            assert url.startswith(f"/api/jobs/{job_id}/previews/") and "?v=" in url
+            picture = png_array(client.get(url).content)
+            assert picture.shape == (64, 64, 3)
+            grey = round(PREVIEW_GREY * 255)
+            assert (picture[32:] == grey).all() and not (picture[:32] == grey).all()  # 2 rows of 4
+        paused.resume.set()
+        job = wait_for(client, job_id)
+        assert job["status"] == "done" and job["previews"] == [] and len(job["images"]) == 2
+        r = client.get(f"/api/jobs/{job_id}/previews/0.png")
+        assert r.status_code == 409 and r.json()["error"].startswith(f"job {job_id} has no previews (status: done)")
+
+
+def test_a_complete_preview_is_the_decoded_image_and_a_partial_one_is_grey_below(pipeline):
+    codes = torch.randint(0, 32, (3, 4, 4), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(partial_images(pipeline.vae, codes), pipeline.vae.decode(codes))
+    top = partial_images(pipeline.vae, codes[:, :1])
+    assert (top[:, :, 16:] == PREVIEW_GREY).all() and not (top[:, :, :16] == PREVIEW_GREY).all()
+
+
+def test_previews_wait_their_turn_but_a_finished_batch_is_always_shown(pipeline, monkeypatch):
+    """Within the interval after a preview, rows are skipped, except the batch's last."""
+    monkeypatch.setattr(jobs, "PREVIEW_INTERVAL_S", 60.0)
+    job = Job("a red circle", {})
+    preview = Previewer(pipeline.vae, job)
+    codes = torch.randint(0, 32, (4, 4, 4), generator=torch.Generator().manual_seed(1))
+    decoded = []
+    for first in (0, 2):  # two batches of two candidates
+        for r in range(1, 5):
+            preview(first, codes[first : first + 2, :r])
+            decoded.append(preview.version)
+    assert decoded == [1, 1, 1, 2, 2, 2, 2, 3]
+    assert [version for version, _ in job.previews] == [2, 2, 3, 3]
+    final = [png_array(png) for _, png in job.previews]
+    assert all((a == b).all() for a, b in zip(final, to_arrays(pipeline.vae.decode(codes))))
+
+
+def to_arrays(images: torch.Tensor) -> list[np.ndarray]:
+    return [np.asarray(p) for p in to_pil(images)]
+
+
 def test_truncated_prompt_is_reported_in_the_job(client):
     r = client.post("/api/generate", json={"prompt": "a small blue square above a large red circle and more"})
     assert r.status_code == 202 and "truncated" in r.json()["warnings"][0]
@@ -74,10 +154,40 @@ def test_truncated_prompt_is_reported_in_the_job(client):
 
 def test_health_describes_the_model(client):
     health = client.get("/api/health").json()
+    assert health["pipeline"] == "unsaved pipeline" and health["examples"] == []
     assert health["image_size"] == 64 and health["grid_size"] == 4 and health["clip"] is True
     assert health["limits"]["max_images"] == 16 and health["queue"]["max_queue"] == 4
     assert health["sampling"] == {"temperature": 1.0, "top_k": None, "top_p": None,
                                   "guidance_scale": 1.0}
+
+
+@pytest.mark.parametrize("name, shown, not_shown", [
+    ("emoji", "red apple, twitter style", "a small green triangle above a large red circle"),
+    ("shapes", "a small green triangle above a large red circle", "red apple, twitter style"),
+])
+def test_a_bundled_pipeline_is_named_with_its_own_example_prompts(name, shown, not_shown):
+    with TestClient(create_app(DallePipeline.from_pretrained(name))) as client:
+        health = client.get("/api/health").json()
+    assert health["pipeline"] == name and health["image_size"] == 64
+    assert shown in health["examples"] and not_shown not in health["examples"]
+
+
+def test_the_name_and_examples_can_be_given(pipeline):
+    with TestClient(create_app(pipeline, name="user/pipe", examples=["a red circle", "x" * 501])) as client:
+        health = client.get("/api/health").json()
+    assert health["pipeline"] == "user/pipe" and health["examples"] == ["a red circle"]
+
+
+def test_the_api_docs_load_nothing_from_elsewhere(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(assets) >= 3  # Swagger UI's script, its stylesheet and the favicon
+    for url in assets:
+        assert url.startswith("/") and not url.startswith("//"), url
+        r = client.get(url)
+        assert r.status_code == 200 and len(r.content) > 1000, url
+    assert "url: '/openapi.json'" in page.text
 
 
 def test_page_and_its_assets_are_served(client):
@@ -215,13 +325,16 @@ def test_openapi_schema_lists_the_endpoints(client):
     assert all(field.get("description") for field in fields.values())
     errors = schema["paths"]["/api/generate"]["post"]["responses"]
     assert {"202", "413", "422", "429"} <= errors.keys()
+    assert "/api/jobs/{job_id}/previews/{index}.png" in schema["paths"]
+    assert "previews" in schema["components"]["schemas"]["JobStatus"]["required"]
 
 
 def test_with_an_api_key_every_route_needs_it(pipeline):
     import base64
 
     with TestClient(create_app(pipeline, api_key="s3cret")) as client:
-        for path in ("/", "/api/health", "/openapi.json", "/api/jobs/x"):
+        for path in ("/", "/api/health", "/openapi.json", "/api/jobs/x", "/docs",
+                     "/static-offline-docs/swagger-ui.css"):
             r = client.get(path)
             assert r.status_code == 401, path
             assert r.json()["error"].startswith("this server needs its API key")

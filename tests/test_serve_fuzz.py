@@ -71,4 +71,4 @@ def test_every_request_the_schema_allows_gets_a_documented_answer(api_schema):
     # values either.
     assert sent.pop("positive GET /api/health") >= 1
     assert all(n >= EXAMPLES // 2 for n in sent.values()), sent
-    assert sum(k.startswith("positive") for k in sent) == 3 and "negative POST /api/generate" in sent, sent
+    assert sum(k.startswith("positive") for k in sent) == 4 and "negative POST /api/generate" in sent, sent

@@ -119,7 +119,7 @@ def sample_codes(prior: Prior, text: torch.Tensor, *, temperature: float = 1.0,
                  codes: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True,
                  cuda_graph: bool = True, autocast: bool = False,
-                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                 progress: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """(B, G, G) codes sampled for text ids (B, T + 1).
 
     guidance_scale: 1 is plain sampling; s > 1 samples from uncond + s * (cond - uncond) logits,
@@ -131,7 +131,9 @@ def sample_codes(prior: Prior, text: torch.Tensor, *, temperature: float = 1.0,
     cuda_graph: on CUDA, replay each cached step as one captured graph (`graphed_step`); the
         same tokens as without, several times faster for small priors.
     autocast: bf16 autocast on the prior's device.
-    progress: called with the number of image positions done after each step.
+    progress: called after each step with the number of image positions done and the (B, G, G)
+        codes so far (positions not drawn yet are 0; a view of the grid being filled, so copy
+        what you keep).
     """
     _check_inputs(prior, text, unconditional, guidance_scale, codes, mask)
     c = prior.config
@@ -181,7 +183,7 @@ def sample_codes(prior: Prior, text: torch.Tensor, *, temperature: float = 1.0,
                     logits = step(previous.repeat(2) if guided else previous, position)
                 out[:, position] = choose(logits, position)
                 if progress is not None:
-                    progress(position + 1)
+                    progress(position + 1, out.view(B, c.grid_size, c.grid_size))
     finally:
         prior.train(was_training)
     return out.view(B, c.grid_size, c.grid_size)

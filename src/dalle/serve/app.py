@@ -1,9 +1,12 @@
-"""The FastAPI app: the page at `/` and the JSON API under `/api` (schema at /openapi.json).
+"""The FastAPI app: the page at `/` and the JSON API under `/api` (schema at /openapi.json,
+browsable at /docs from the Swagger UI files that `fastapi-offline` packages, so nothing is
+loaded from a CDN).
 
-    POST /api/generate                 queue a job -> 202 JobStatus (429 when the queue is full)
-    GET  /api/jobs/{id}                its status, progress and, once done, image URLs
-    GET  /api/jobs/{id}/images/{i}.png an image, best first
-    GET  /api/health                   the model, the queue and the limits
+    POST /api/generate                   queue a job -> 202 JobStatus (429 when the queue is full)
+    GET  /api/jobs/{id}                  its status, progress, previews and, once done, image URLs
+    GET  /api/jobs/{id}/previews/{i}.png candidate i as sampled so far, while the job runs
+    GET  /api/jobs/{id}/images/{i}.png   an image, best first
+    GET  /api/health                     the pipeline, its example prompts, the queue and the limits
 
 With an API key (`dalle serve --api-key`), every route answers 401 to a request without it.
 """
@@ -15,18 +18,21 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from dalle import __version__
+from dalle.card import example_prompts
 from dalle.errors import DalleError
 from dalle.pipeline import DallePipeline
 from dalle.serve.auth import RequireKey
 from dalle.serve.errors import BodySizeLimit, install_error_handlers
 from dalle.serve.jobs import Job, JobQueue, QueueFull
 from dalle.serve.schemas import (
+    MAX_PROMPT_CHARS,
     ErrorResponse,
     GenerateRequest,
     Health,
@@ -38,6 +44,7 @@ from dalle.serve.schemas import (
 )
 
 STATIC = Path(__file__).parent / "static"
+MAX_EXAMPLES = 8  # example prompts offered on the page
 
 
 def errors(*codes: int) -> dict:
@@ -60,12 +67,20 @@ def check_against_pipeline(pipeline: DallePipeline, request: GenerateRequest) ->
     return [f"prompt: {w.message}" for w in caught]
 
 
-def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: float = 120.0,
-               max_body_bytes: int = 16 * 1024, keep_finished: int = 64,
-               api_key: str | None = None) -> FastAPI:
+def create_app(pipeline: DallePipeline, *, name: str | None = None, examples: list[str] | None = None,
+               max_queue: int = 4, time_limit_s: float = 120.0, max_body_bytes: int = 16 * 1024,
+               keep_finished: int = 64, api_key: str | None = None) -> FastAPI:
     """An app serving `pipeline`: jobs run one at a time; `max_queue` more may wait, each is
     stopped after `time_limit_s` seconds running, and request bodies over `max_body_bytes` get 413.
-    With `api_key`, every request without it gets 401 (`dalle.serve.auth`)."""
+    With `api_key`, every request without it gets 401 (`dalle.serve.auth`), /docs included.
+
+    `name` (what the page's header calls the pipeline) defaults to the name of the directory it
+    was loaded from, and `examples` (the prompts the page offers) to its model card's.
+    """
+    name = name or (pipeline.source.name if pipeline.source is not None else "unsaved pipeline")
+    if examples is None:
+        examples = example_prompts(pipeline.source)
+    examples = [e for e in examples if len(e) <= MAX_PROMPT_CHARS][:MAX_EXAMPLES]
     jobs = JobQueue(pipeline, max_queue=max_queue, time_limit_s=time_limit_s, keep_finished=keep_finished)
 
     @asynccontextmanager
@@ -73,10 +88,14 @@ def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: flo
         yield
         jobs.close()
 
-    # No /docs or /redoc: both load their assets from a CDN, and the server runs offline.
-    app = FastAPI(title="DALL-E", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Generate images from text with a DALL-E pipeline. Submit a job, "
-                              "poll it, then fetch its PNGs. Every error body is `{\"error\": \"...\"}`.")
+    # FastAPI's own /docs would load Swagger UI from a CDN; fastapi-offline serves the copy in
+    # its package instead (under /static-offline-docs), so the docs work offline.
+    app = FastAPIOffline(title="DALL-E", version=__version__, lifespan=lifespan, docs_url="/docs",
+                         redoc_url=None,
+                         description="Generate images from text with a DALL-E pipeline. Submit a "
+                                     "job, poll it (its previews show the candidates as they are "
+                                     "sampled), then fetch its PNGs. Every error body is "
+                                     "`{\"error\": \"...\"}`.")
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if api_key:  # added last, so it runs first: a request without the key is not even read
         app.add_middleware(RequireKey, key=api_key)
@@ -87,6 +106,8 @@ def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: flo
         return JobStatus(id=job.id, status=cast(JobState, job.status), queue_position=jobs.position(job),
                          progress=job.progress, elapsed_s=job.elapsed_s, error=job.error,
                          images=[f"/api/jobs/{job.id}/images/{i}.png" for i in range(len(job.pngs))],
+                         previews=[f"/api/jobs/{job.id}/previews/{i}.png?v={version}"
+                                   for i, (version, _) in enumerate(job.previews)],
                          scores=job.scores, warnings=job.warnings)
 
     def find(job_id: str) -> Job:
@@ -99,11 +120,11 @@ def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: flo
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/api/health", summary="The model, the queue and the limits")
+    @app.get("/api/health", summary="The pipeline, its example prompts, the queue and the limits")
     def health() -> Health:
         waiting, running = jobs.counts()
-        return Health(image_size=pipeline.vae.config.image_size, grid_size=pipeline.prior.config.grid_size,
-                      clip=pipeline.clip is not None, device=str(pipeline.device),
+        return Health(pipeline=name, examples=examples, image_size=pipeline.vae.config.image_size,
+                      grid_size=pipeline.prior.config.grid_size, clip=pipeline.clip is not None, device=str(pipeline.device),
                       sampling=SamplingDefaults(**pipeline.sampling.to_dict()),
                       queue=QueueInfo(waiting=waiting, running=running, max_queue=max_queue),
                       limits=Limits(time_limit_s=time_limit_s))
@@ -133,5 +154,23 @@ def create_app(pipeline: DallePipeline, *, max_queue: int = 4, time_limit_s: flo
             raise HTTPException(404, f"job {job_id} has {len(job.pngs)} images; no image {index}")
         return Response(job.pngs[index], media_type="image/png",
                         headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.get("/api/jobs/{job_id}/previews/{index}.png", response_class=Response,
+             summary="A candidate as sampled so far, as PNG",
+             responses={200: {"content": {"image/png": {}}}, **errors(404, 409, 422)})
+    def job_preview(job_id: str,
+                    index: int = PathParam(ge=0, description="The candidate, in sampling order."),
+                    v: int | None = Query(None, ge=0, description="The picture's version, as in the "
+                                                                  "URLs `previews` lists: a new one "
+                                                                  "makes a browser fetch it anew. "
+                                                                  "Any version gets the latest.")) -> Response:
+        job = find(job_id)
+        previews = job.previews
+        if job.status != "running":
+            raise HTTPException(409, f"job {job_id} has no previews (status: {job.status}); they "
+                                     f"exist only while it runs")
+        if index >= len(previews):
+            raise HTTPException(404, f"job {job_id} has {len(previews)} previews so far; no preview {index}")
+        return Response(previews[index][1], media_type="image/png", headers={"Cache-Control": "no-store"})
 
     return app

@@ -3,6 +3,10 @@
 A job is stopped from inside the pipeline's progress callback, which is called after every image
 position sampled: past the time limit it raises `JobStopped`, and so it does when the server shuts
 down. Finished jobs keep their PNGs until `keep_finished` newer ones have finished.
+
+While a job samples, the pipeline's preview callback hands over each batch's finished rows of
+codes; the dVAE decodes them (the rows not drawn yet grey) into the job's `previews`, which the
+page shows until the reranked images replace them.
 """
 
 from __future__ import annotations
@@ -16,9 +20,22 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from dalle.errors import DalleError
+from dalle.utils import to_pil
 
 log = logging.getLogger(__name__)
+
+# Decoding a preview stops sampling while it runs. Measured on the bundled emoji pipeline with 2
+# CPU threads: the dVAE decodes 4 candidates in 47 ms and 16 in 180 ms, while the prior samples a
+# row of 8 codes in 0.38 s (4 candidates) to 0.52 s (16), so a decode after every row would add
+# 12-35% to the job. A preview therefore waits PREVIEW_COST_RATIO times as long as the last one
+# took (capping previews at 1/5 of the time), and at least PREVIEW_INTERVAL_S: the page polls
+# every 0.3 s, so previews more frequent than that would never be seen.
+PREVIEW_COST_RATIO = 4.0
+PREVIEW_INTERVAL_S = 0.25
+PREVIEW_GREY = 0.85  # the rows not sampled yet
 
 
 class QueueFull(Exception):
@@ -47,6 +64,9 @@ class Job:
     warnings: list[str] = field(default_factory=list)
     pngs: list[bytes] = field(default_factory=list)
     scores: list[float] | None = None
+    # While running: (version, PNG) per candidate previewed so far, replaced whole at each update
+    # (so a reader never sees half of one); the version changes whenever its picture does.
+    previews: list[tuple[int, bytes]] = field(default_factory=list)
 
     @property
     def progress(self) -> float:
@@ -63,6 +83,45 @@ def png_bytes(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@torch.no_grad()
+def partial_images(vae, rows: torch.Tensor) -> torch.Tensor:
+    """Images (n, 3, H, W) of code grids of which only the first rows (n, r, G) are sampled.
+
+    The decoder's convolutions reach across rows, so the pixels of the last sampled rows depend
+    on the codes below them: these repeat the last sampled row, the closest guess of the three
+    tried on 16 emoji samples (the last sampled row's pixels differ from the finished image's by
+    0.032 on average, against 0.036 for code 0 and 0.054 for the most common code). The pixels
+    below the sampled rows are then painted grey.
+    """
+    n, r, grid = rows.shape
+    codes = torch.cat([rows, rows[:, -1:].expand(n, grid - r, grid)], dim=1)
+    images = vae.decode(codes)
+    images[:, :, r * images.shape[-2] // grid :] = PREVIEW_GREY
+    return images
+
+
+class Previewer:
+    """The pipeline's `preview` callback for one job: decodes finished rows into `job.previews`,
+    no more often than PREVIEW_COST_RATIO and PREVIEW_INTERVAL_S allow, except that a finished
+    batch is always shown whole."""
+
+    def __init__(self, vae, job: Job) -> None:
+        self.vae, self.job = vae, job
+        self.version, self.next_at = 0, 0.0
+
+    def __call__(self, first: int, rows: torch.Tensor) -> None:
+        complete = rows.shape[1] == rows.shape[2]
+        if not complete and time.monotonic() < self.next_at:
+            return
+        started = time.monotonic()
+        pngs = [png_bytes(image) for image in to_pil(partial_images(self.vae, rows))]
+        self.version += 1
+        # The batches before this one are complete, so their previews stay as they are.
+        self.job.previews = self.job.previews[:first] + [(self.version, png) for png in pngs]
+        spent = time.monotonic() - started
+        self.next_at = time.monotonic() + max(PREVIEW_INTERVAL_S, PREVIEW_COST_RATIO * spent)
 
 
 class JobQueue:
@@ -140,7 +199,8 @@ class JobQueue:
                                               f"candidates or images")
 
         try:
-            generation = self.pipeline(job.prompt, progress=progress, **job.options)
+            generation = self.pipeline(job.prompt, progress=progress,
+                                       preview=Previewer(self.pipeline.vae, job), **job.options)
             pngs = [png_bytes(image) for image in generation.pil()]
             scores = None if generation.scores is None else [float(s) for s in generation.scores]
         except JobStopped as e:
@@ -162,7 +222,7 @@ class JobQueue:
     def _finish(self, job: Job, status: str, error: str | None = None, pngs: Sequence[bytes] = (),
                 scores: list[float] | None = None) -> None:
         """Record the outcome (status last, so a reader that sees "done" sees the images)."""
-        job.error, job.pngs, job.scores = error, list(pngs), scores
+        job.error, job.pngs, job.scores, job.previews = error, list(pngs), scores, []
         job.finished = time.monotonic()
         job.status = status
         finished = [j for j in self._jobs.values() if j.finished is not None]

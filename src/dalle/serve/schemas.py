@@ -63,6 +63,10 @@ class JobStatus(BaseModel):
     elapsed_s: float | None = Field(description="Seconds running so far, or in all once finished.")
     error: str | None = Field(description="Why the job failed or was stopped.")
     images: list[str] = Field(description="URLs of the PNGs, best first (empty until done).")
+    previews: list[str] = Field(description="While running: URLs of PNGs of the candidates sampled "
+                                            "so far, in sampling order, each showing its finished "
+                                            "rows (the rest grey); a URL changes when its picture "
+                                            "does. Empty once the job ends.")
     scores: list[float] | None = Field(description="CLIP scores of the images; null without CLIP.")
     warnings: list[str] = Field(description="What the request was changed to run, e.g. a prompt "
                                             "truncated to the model's text length.")
@@ -94,6 +98,10 @@ class Health(BaseModel):
     """The loaded model, the queue and the request limits."""
 
     status: Literal["ok"] = "ok"
+    pipeline: str = Field(description="The served pipeline: a bundled name or the directory it "
+                                      "was loaded from.")
+    examples: list[str] = Field(description="Prompts the pipeline draws well, from its model "
+                                            "card's `## Example prompts`.")
     image_size: int = Field(description="Side of the generated images in pixels.")
     grid_size: int = Field(description="Side of the code grid the prior samples.")
     clip: bool = Field(description="Whether the pipeline has CLIP, so candidates > images works.")

@@ -1,11 +1,13 @@
 "use strict";
-// The page: submit a job to /api/generate, poll /api/jobs/{id} for its progress, then show its
-// PNGs. Every run of this session stays in the gallery (in the page only, newest first).
+// The page: submit a job to /api/generate, poll /api/jobs/{id} for its progress and previews
+// (each candidate's rows as they are sampled), then show its reranked PNGs in their place. Every
+// run of this session stays in the gallery (in the page only, newest first).
 
 const $ = (id) => document.getElementById(id);
 const FIELDS = ["images", "candidates", "top_k", "top_p", "temperature", "guidance_scale", "seed"];
 const SLIDER_DIGITS = { temperature: 2, guidance_scale: 1 };
 const POLL_MS = 300;
+const MANY_TILES = 8;  // more candidates than this are shown as small tiles while they are sampled
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -53,9 +55,13 @@ function addCard(settings) {
   card.querySelector(".prompt").textContent = settings.prompt;
   card.querySelector(".meta").textContent = describe(settings);
   card.querySelector(".reuse").addEventListener("click", () => fillSettings(settings));
+  // One tile per candidate: each shows its preview while it is sampled, until the best images
+  // replace them all.
   const images = card.querySelector(".images");
-  for (let i = 0; i < (settings.images ?? 4); i++) {
-    images.append(Object.assign(document.createElement("div"), { className: "placeholder" }));
+  const tiles = settings.candidates ?? settings.images ?? 4;
+  images.classList.toggle("many", tiles > MANY_TILES);
+  for (let i = 0; i < tiles; i++) {
+    images.append(Object.assign(document.createElement("div"), { className: "tile placeholder" }));
   }
   $("gallery").prepend(card);
   $("empty").hidden = true;
@@ -71,6 +77,7 @@ function render(card, job) {
     state.textContent = job.queue_position === 1 ? "Queued: next up" : `Queued: ${job.queue_position - 1} ahead`;
   } else if (job.status === "running") {
     state.textContent = percent < 100 ? `Sampling… ${percent}%` : "Decoding and ranking…";
+    showPreviews(card, job.previews);
   } else if (job.status === "done") {
     const ranked = job.scores ? " · best first by CLIP score" : "";
     const notes = job.warnings.length ? ` · ${job.warnings.join("; ")}` : "";
@@ -79,6 +86,26 @@ function render(card, job) {
   } else {
     fail(card, job.error);
   }
+}
+
+// A preview URL changes when its picture does. The new picture is loaded off-screen and swapped
+// in once it has arrived, so a tile never flickers or shows a broken image (a preview fetched as
+// the job ends is refused, and the final images take its place anyway).
+function showPreviews(card, urls) {
+  const tiles = card.querySelectorAll(".images .tile");
+  urls.forEach((url, i) => {
+    const tile = tiles[i];
+    if (!tile || tile.dataset.src === url) return;
+    tile.dataset.src = url;
+    const next = new Image();
+    next.addEventListener("load", () => {
+      if (tile.dataset.src !== url || card.classList.contains("finished")) return;
+      next.alt = `candidate ${i + 1}, sampled so far`;
+      tile.replaceChildren(next);
+      tile.classList.remove("placeholder");
+    });
+    next.src = url;
+  });
 }
 
 function showImages(card, job) {
@@ -90,7 +117,9 @@ function showImages(card, job) {
     link.append(img);
     return link;
   });
-  card.querySelector(".images").replaceChildren(...links);
+  const images = card.querySelector(".images");
+  images.classList.remove("many");
+  images.replaceChildren(...links);
   card.classList.add("finished");
 }
 
@@ -149,12 +178,33 @@ function useSamplingDefaults(sampling) {
   $("top_p").placeholder = sampling.top_p ?? "off";
 }
 
+// The pipeline's own example prompts (from its model card): the first is the prompt box's
+// placeholder, and each is a button that puts it in the box.
+function showExamples(examples) {
+  $("prompt").placeholder = examples[0] ?? "Describe a picture";
+  for (const example of examples) {
+    const button = Object.assign(document.createElement("button"), {
+      type: "button", className: "secondary small example", textContent: example,
+    });
+    button.addEventListener("click", () => {
+      $("prompt").value = example;
+      refreshLabels();
+      $("prompt").focus();
+    });
+    $("examples").append(button);
+  }
+  $("examples").hidden = examples.length === 0;
+}
+
 async function showModel() {
   try {
     const health = await (await fetch("/api/health")).json();
     const side = health.image_size, grid = health.grid_size;
-    $("model").textContent = `${side}×${side} px · ${grid}×${grid} codes · ` +
-      `${health.clip ? "CLIP reranking" : "no CLIP"} · ${health.device}`;
+    const name = Object.assign(document.createElement("strong"), { textContent: health.pipeline });
+    $("model").replaceChildren(name, ` · ${side}×${side} px · ${grid}×${grid} codes · ` +
+      `${health.clip ? "CLIP reranking" : "no CLIP"} · ${health.device}`);
+    document.title = `DALL·E · ${health.pipeline}`;
+    showExamples(health.examples);
     $("prompt").maxLength = health.limits.max_prompt_chars;
     $("images").max = health.limits.max_images;
     $("candidates").max = health.limits.max_candidates;
