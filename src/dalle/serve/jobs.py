@@ -28,11 +28,11 @@ from dalle.utils import to_pil
 log = logging.getLogger(__name__)
 
 # Decoding a preview stops sampling while it runs. Measured on the bundled emoji pipeline with 2
-# CPU threads: the dVAE decodes 4 candidates in 47 ms and 16 in 180 ms, while the prior samples a
-# row of 8 codes in 0.38 s (4 candidates) to 0.52 s (16), so a decode after every row would add
-# 12-35% to the job. A preview therefore waits PREVIEW_COST_RATIO times as long as the last one
-# took (capping previews at 1/5 of the time), and at least PREVIEW_INTERVAL_S: the page polls
-# every 0.3 s, so previews more frequent than that would never be seen.
+# CPU threads (medians): a preview (dVAE decode and PNGs) takes 37 ms for 4 candidates and 154 ms
+# for 16, while the prior samples a row of 8 codes in 0.27 s and 0.43 s, so a preview after every
+# row would add 14% and 36% to the job. A preview therefore waits PREVIEW_COST_RATIO times as long
+# as the last one took (previews take at most 1/5 of the time), and at least PREVIEW_INTERVAL_S:
+# the page polls every 0.3 s, so more frequent previews would never be seen.
 PREVIEW_COST_RATIO = 4.0
 PREVIEW_INTERVAL_S = 0.25
 PREVIEW_GREY = 0.85  # the rows not sampled yet
