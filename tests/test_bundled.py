@@ -75,8 +75,9 @@ def test_generate_uses_the_bundled_shapes_pipeline_by_default(tmp_path):
               "--images", "2", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     printed = r.stdout.split()
-    assert printed == [str(tmp_path / "00.png"), str(tmp_path / "01.png"), str(tmp_path / "grid.png")]
-    assert all(Path(p).stat().st_size > 0 for p in printed)
+    assert printed == [str(tmp_path)] + [str(tmp_path / name) for name in
+                                         ("00.png", "01.png", "grid.png", "generation.json")]
+    assert all(Path(p).stat().st_size > 0 for p in printed[1:])
     # Never overwritten without --overwrite.
     again = dalle("generate", "a red circle", "--out", tmp_path, "--images", "1")
     assert again.returncode == 1 and "--overwrite" in again.stderr

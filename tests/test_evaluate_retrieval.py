@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle.evaluate.retrieval import clip_score, r_precision
+from dalle.evaluate.retrieval import clip_score, picture_retrieval, r_precision
 
 E = 12  # embedding size of the fake scorer; captions are ids 0..E-1
 
@@ -88,3 +88,15 @@ def test_a_separate_distractor_pool_without_the_true_captions():
         r_precision(model, images(unit(0)), captions(0), r=10, distractor_text_ids=pool)
     with pytest.raises(ValueError, match="distractor_text_ids must be"):
         r_precision(model, images(unit(0)), captions(0), r=2, distractor_text_ids=torch.zeros(3, 5).long())
+
+
+def test_picture_retrieval_counts_generated_images_nearest_their_own_real_picture():
+    model = OneHotScorer()
+    real = images(unit(0), unit(1), unit(2), unit(3))
+    names = ["star", "moon", "sun", "moon"]
+    # Image 0 is nearest real 0 (right); 1 nearest real 3, the other moon (right); 2 nearest real 1
+    # (a moon, wrong); 3 half-way between reals 2 and 3 resolves to the first of the tie, 2 (wrong).
+    generated = images(unit(0) + 0.1 * unit(1), unit(3), unit(1), unit(2) + unit(3))
+    assert picture_retrieval(model, generated, real, names) == pytest.approx(2 / 4)
+    with pytest.raises(ValueError, match="must pair up"):
+        picture_retrieval(model, generated[:3], real, names)

@@ -29,15 +29,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # A name covers the module and, when it is a package, everything inside it; the root `dalle`
 # covers only its own `__init__`, so a new module must be placed here explicitly.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("dalle.errors", "dalle.config", "dalle.utils", "dalle.threads")),
+    ("base", ("dalle.errors", "dalle.config", "dalle.utils", "dalle.threads", "dalle.hub")),
     ("data and text", ("dalle.data", "dalle.text")),
     ("models", ("dalle.attention", "dalle.pretrained", "dalle.vae", "dalle.prior", "dalle.clip",
-                "dalle.openai_vae")),
+                "dalle.openai_vae", "dalle.adapter")),
     ("sampling", ("dalle.sampling",)),
-    ("pipeline", ("dalle.pipeline",)),
+    ("pipeline", ("dalle.pipeline", "dalle.outputs")),
     ("train and evaluate", ("dalle.train", "dalle.evaluate")),
     ("package facade", ("dalle",)),
-    ("recipes", ("dalle.card", "dalle.recipe", "dalle.recipes", "dalle.folder_recipe")),
+    ("recipes", ("dalle.card", "dalle.recipe", "dalle.recipes", "dalle.folder_recipe", "dalle.finetune")),
     ("cli and server", ("dalle.cli", "dalle.cli_training", "dalle.__main__", "dalle.serve")),
 ]
 

@@ -3,7 +3,8 @@
 `dalle assemble` writes one from the run folders of the parts it puts together (each model's
 `../config.json` names its data and training settings, `../metrics.csv` its last losses) and
 copies the licence and attribution files it finds beside the training data; a recipe replaces it
-with its own card, which adds the evaluation and every stage's time (`dalle.recipe`).
+with its own card, which adds the evaluation and every stage's time (`dalle.recipe`). Both lead
+with the Hub's YAML front matter (`dalle.hub.with_front_matter`): licence, tags, pipeline tag.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dalle.data.folder import IMAGE_SUFFIXES
+from dalle.hub import with_front_matter
 
 if TYPE_CHECKING:
     from dalle.pipeline import DallePipeline
@@ -116,4 +118,27 @@ def assembly_card(pipe: DallePipeline, vae: Path, prior: Path, clip: Path | None
     sampling = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in pipe.sampling.to_dict().items()
                          if v is not None)
     lines += ["", f"Sampling defaults (`sampling.json`): {sampling}.", ""]
-    return "\n".join(lines)
+    # The parts' data is the user's: what licence it carries is not known here ("unknown" is the
+    # Hub's word for that), and the card asks for the data's terms before sharing.
+    return with_front_matter("\n".join(lines), {"license": "unknown"})
+
+
+EXAMPLES_HEADING = "## Example prompts"
+
+
+def example_prompts(directory: Path | None) -> list[str]:
+    """The prompts the card in `directory` lists under `## Example prompts`, one `- ` item each
+    (backticks optional): captions the pipeline draws well, which `dalle serve` offers in its
+    prompt box. Empty without a card or without that section."""
+    card = directory / CARD_NAME if directory is not None else None
+    if card is None or not card.is_file():
+        return []
+    prompts, inside = [], False
+    for line in card.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("#"):
+            inside = line.strip().lower() == EXAMPLES_HEADING.lower()
+        elif inside and line.startswith(("- ", "* ")):
+            prompt = line[2:].strip().strip("`").strip()
+            if prompt:
+                prompts.append(prompt)
+    return prompts

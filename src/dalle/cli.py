@@ -306,6 +306,81 @@ def assemble_command(
     typer.echo(f"wrote {written}")
 
 
+@app.command("push")
+def push_command(
+    directory: Annotated[Path, typer.Argument(help="The pipeline directory to upload.")],
+    repo_id: Annotated[str, typer.Argument(help="The Hub repository, owner/name (created when missing).")],
+    private: Annotated[bool, typer.Option(help="Create the repository private (one that exists keeps its visibility).")] = False,
+    revision: Annotated[str | None, typer.Option("--revision", "--branch", help="Branch to commit to, created from main when missing \\[default: main].", show_default=False)] = None,
+    message: Annotated[str | None, typer.Option(help="Commit message \\[default: Upload dalle pipeline].", show_default=False)] = None,
+) -> None:
+    """Upload a pipeline directory to the Hugging Face Hub with its model card (given the Hub's
+    front matter where it has none): the parts' config.json, model.safetensors and tokenizer
+    files, sampling.json, the card, recipe, attribution and licences; never checkpoints or hidden
+    files. The token is huggingface_hub's: `hf auth login`, or HF_TOKEN."""
+    from dalle.pipeline import push_pipeline
+
+    url = push_pipeline(directory, repo_id, private=private or None, revision=revision,
+                        commit_message=message)
+    typer.echo(f"pushed {directory} to {url}" + (f" (branch {revision})" if revision else ""))
+    typer.echo(f"try: dalle generate --pipeline {repo_id}{'@' + revision if revision else ''} \"a ...\"")
+
+
+@app.command("finetune")
+def finetune_command(
+    data: Annotated[Path, typer.Option(help="Your captioned pictures: a folder (cat.png + cat.txt) or shards.")],
+    out: Annotated[Path, typer.Option(help="The adapter directory to write (small files beside the base).")],
+    pipeline: Annotated[str, typer.Option(help="The pipeline to adapt: a bundled one (shapes, emoji), a pipeline directory or a Hub id.")] = "emoji",
+    preset: Annotated[str, typer.Option(help="lora (minutes on a laptop CPU), full (every weight) or quick (a few steps, to check).")] = "lora",
+    steps: Annotated[int | None, typer.Option(help="Prior training steps \\[default: the preset's].", min=1, show_default=False)] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank \\[default: the preset's].", min=1, show_default=False)] = None,
+    replay: Annotated[int | None, typer.Option(help="Captions the base writes and draws, trained on beside yours so that it keeps drawing what it drew; 0 = none \\[default: the preset's].", min=0, show_default=False)] = None,
+    clip: Annotated[str, typer.Option(help="Adapt CLIP too: auto (when it ranks fewer than 90% of your pictures first by their captions), yes or no.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it holds another run.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help=TRAINING_HELP, min=1, show_default=False)] = None,
+) -> None:
+    """Adapt a pipeline's prior (and CLIP where needed) to your captioned pictures with LoRA
+    adapters; run it again after an interruption to continue. Load the result with
+    --pipeline OUT; `dalle merge` makes it a standalone pipeline."""
+    import dataclasses
+
+    from dalle.threads import use_threads
+
+    use_threads(threads, adapt=False)
+
+    from dalle.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig.preset(preset, clip=clip)
+    if rank is not None or replay is not None:
+        config = dataclasses.replace(config, rank=rank or config.rank,
+                                     replay=config.replay if replay is None else replay)
+    if steps is not None:
+        config = dataclasses.replace(config, prior_train=dataclasses.replace(config.prior_train, steps=steps))
+    written = finetune(pipeline, data, out, config, device=device, overwrite=overwrite, echo=typer.echo)
+    typer.echo(f"wrote {written}: try dalle generate \"...\" --pipeline {written}")
+
+
+@app.command("merge")
+def merge_command(
+    adapter: Annotated[Path, typer.Argument(help="An adapter directory written by dalle finetune.")],
+    out: Annotated[Path, typer.Option(help="The standalone pipeline directory to write.")],
+    bf16_weights: Annotated[bool, typer.Option(help="Store the weights in bf16 (half the size).")] = False,
+) -> None:
+    """Merge an adapter into its base pipeline: a standalone pipeline that loads without peft."""
+    import torch
+
+    from dalle.adapter import is_adapter
+    from dalle.pipeline import DallePipeline
+
+    if not is_adapter(adapter):
+        raise FileNotFoundError(f"{adapter} is not an adapter directory (no adapter.json)")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out")
+    pipe = DallePipeline.from_pretrained(adapter)
+    typer.echo(f"wrote {pipe.save_pretrained(out, dtype=torch.bfloat16 if bf16_weights else None)}")
+
+
 def _load_pipeline(path: str, device: str, bf16: bool):
     import torch
 
@@ -317,8 +392,8 @@ def _load_pipeline(path: str, device: str, bf16: bool):
 @app.command("generate")
 def generate_command(
     prompt: Annotated[str, typer.Argument(help="What to draw, e.g. 'a small green triangle above a large red circle'.")],
-    pipeline: Annotated[str, typer.Option(help="A bundled pipeline (shapes, emoji) or a pipeline directory.")] = "shapes",
-    out: Annotated[Path, typer.Option(help="Output folder for the images and grid.png.")] = Path("outputs"),
+    pipeline: Annotated[str, typer.Option(help="A bundled pipeline (shapes, emoji), a pipeline directory, or a Hub id owner/name[@revision].")] = "shapes",
+    out: Annotated[Path | None, typer.Option(help="Output folder for the images, grid.png and generation.json \\[default: a new folder under outputs/ named from the time and the prompt].", show_default=False)] = None,
     images: Annotated[int, typer.Option(help="Images to keep.", min=1, max=MAX_CANDIDATES)] = 4,
     candidates: Annotated[int | None, typer.Option(help="Images to sample; CLIP keeps the best --images \\[default: --images].", min=1, max=MAX_CANDIDATES)] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature" + PIPELINE_DEFAULT.format(1), show_default=False)] = None,
@@ -328,12 +403,13 @@ def generate_command(
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same images.")] = 0,
     init_image: Annotated[Path | None, typer.Option(help="Complete this image from its top rows.")] = None,
     keep_rows: Annotated[int | None, typer.Option(help="Code rows of --init-image to keep \\[default: half].")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing files in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the images of an earlier run in --out.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights (faster on recent CPUs and GPUs).")] = False,
     threads: Annotated[int | None, typer.Option(help=SAMPLING_HELP, min=1, show_default=False)] = None,
 ) -> None:
-    """Generate images from a prompt; prints the paths it writes."""
+    """Generate images from a prompt; prints the folder, then the paths it writes. Each PNG holds
+    the prompt, seed, sampling settings and pipeline in its text chunks, as generation.json does."""
     from tqdm import tqdm
 
     from dalle.threads import use_threads
@@ -341,18 +417,29 @@ def generate_command(
     use_threads(threads, adapt=True)
 
     from dalle.data.folder import center_square, load_image_file, to_rgb
-    from dalle.utils import ensure_writable_dir, from_pil, image_grid
+    from dalle.outputs import (
+        GRID_FILE,
+        OUTPUTS,
+        RECORD_FILE,
+        generation_record,
+        new_output_folder,
+        save_generation,
+    )
+    from dalle.utils import ensure_writable_dir, from_pil
 
     pipe = _load_pipeline(pipeline, device, bf16)
     start_image = None
     if init_image is not None:
         picture = load_image_file(init_image, "--init-image")
         start_image = from_pil([center_square(to_rgb(picture), pipe.vae.config.image_size)])[0]
-    names = [out / f"{i:02d}.png" for i in range(images)] + [out / "grid.png"]
-    existing = [str(p) for p in names if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
-    ensure_writable_dir(out)
+    if out is not None:
+        names = [out / f"{i:02d}.png" for i in range(images)] + [out / GRID_FILE, out / RECORD_FILE]
+        existing = [str(p) for p in names if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
+        ensure_writable_dir(out)
+    else:
+        ensure_writable_dir(OUTPUTS)  # its own folder is made once there are images to put in it
     bars: list[tqdm] = []  # opened at the first token, after the pipeline has checked its input
 
     def progress(done: int, total: int) -> None:
@@ -367,16 +454,18 @@ def generate_command(
     finally:
         for bar in bars:
             bar.close()
-    for path, picture in zip(names, result.pil()):
-        picture.save(path)
+    extra = {} if init_image is None else {
+        "init_image": str(init_image),
+        "keep_rows": pipe.prior.config.grid_size // 2 if keep_rows is None else keep_rows}
+    folder = out if out is not None else new_output_folder(OUTPUTS, prompt)
+    typer.echo(str(folder))
+    for path in save_generation(result, folder, generation_record(result, pipeline, **extra)):
         typer.echo(str(path))
-    image_grid(result.images, columns=min(4, images)).save(names[-1])
-    typer.echo(str(names[-1]))
 
 
 @eval_app.command("shapes")
 def eval_shapes_command(
-    pipeline: Annotated[str, typer.Option(help="A bundled pipeline's name or a pipeline directory.")],
+    pipeline: Annotated[str, typer.Option(help="A bundled pipeline's name, a pipeline directory, or a Hub id owner/name[@revision].")],
     data: Annotated[Path, typer.Option(help="The shapes data folder (with test-seen/, test-zero-shot/).")] = Path("data/shapes"),
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and grids.")] = Path("results/shapes"),
     prompts: Annotated[int, typer.Option(help="Prompts per split (the first in file order).")] = 200,
@@ -400,7 +489,7 @@ def eval_shapes_command(
 
 @eval_app.command("images")
 def eval_images_command(
-    pipeline: Annotated[str, typer.Option(help="A bundled pipeline's name or a pipeline directory.")],
+    pipeline: Annotated[str, typer.Option(help="A bundled pipeline's name, a pipeline directory, or a Hub id owner/name[@revision].")],
     data: Annotated[Path, typer.Option(help="Held-out image-caption folder (emoji test-zero-shot, Fashion-MNIST test, ...).")],
     out: Annotated[Path, typer.Option(help="Folder for results.json and a real | generated grid.")] = Path("results/images"),
     prompts: Annotated[int, typer.Option(help="Captions to generate for (the first in file order).")] = 500,
@@ -458,7 +547,7 @@ def import_openai_vae_command(
 
 @app.command("serve")
 def serve_command(
-    pipeline: Annotated[str, typer.Option(help="A bundled pipeline (shapes, emoji) or a pipeline directory.")] = "shapes",
+    pipeline: Annotated[str, typer.Option(help="A bundled pipeline (shapes, emoji), a pipeline directory, or a Hub id owner/name[@revision].")] = "shapes",
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_queue: Annotated[int, typer.Option(min=0, help="Requests that may wait behind the running one; more are answered 429.")] = 4,
@@ -468,7 +557,7 @@ def serve_command(
     api_key: Annotated[str | None, typer.Option(envvar="DALLE_API_KEY", show_default=False, help="Answer 401 to every request that does not send this key (`Authorization: Bearer KEY`; a browser asks for it as a password). The environment variable keeps it out of the process list.")] = None,
     threads: Annotated[int | None, typer.Option(help=SAMPLING_HELP, min=1, show_default=False)] = None,
 ) -> None:
-    """Serve a web page and a JSON API (schema at /openapi.json) that generate images."""
+    """Serve a web page and a JSON API (docs at /docs) that generate images, showing them as they are sampled."""
     import warnings
 
     import uvicorn
@@ -483,10 +572,10 @@ def serve_command(
                       stacklevel=1)
     use_threads(threads, adapt=True)
     pipe = _load_pipeline(pipeline, device, bf16)
-    typer.echo(f"open http://{host}:{port}/ (API schema at /openapi.json)"
+    typer.echo(f"open http://{host}:{port}/ (API docs at /docs)"
                + ("; requests need the API key" if api_key else ""))
-    uvicorn.run(create_app(pipe, max_queue=max_queue, time_limit_s=time_limit, api_key=api_key),
-                host=host, port=port)
+    uvicorn.run(create_app(pipe, name=pipeline, max_queue=max_queue, time_limit_s=time_limit,
+                           api_key=api_key), host=host, port=port)
 
 
 def _click_exception() -> type[Exception]:

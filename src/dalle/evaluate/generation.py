@@ -95,7 +95,8 @@ def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | 
     """Generate one image per caption of a held-out folder and compare with its real images.
 
     FID / KID (Inception-v3 pool features) against the real images of the same captions, CLIP
-    score and CLIP R-precision (with `r` captions per ranking) with the pipeline's CLIP, and with
+    score, CLIP R-precision (with `r` captions per ranking) and picture retrieval (is a generated
+    image's nearest real picture its own?) with the pipeline's CLIP, and with
     a `classifier` directory the Fashion-MNIST label accuracy of the generated images.
     `fid_features=None` computes FID / KID when the Inception-v3 wheel is installed and warns
     otherwise; True requires it. With fewer distinct captions than `r`, R-precision ranks among
@@ -105,7 +106,7 @@ def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | 
 
     from dalle.data.folder import ImageCaptionFolder
     from dalle.evaluate.fid import INSTALL_HINT, inception_available
-    from dalle.evaluate.retrieval import clip_score, r_precision
+    from dalle.evaluate.retrieval import clip_score, picture_retrieval, r_precision
 
     real = ImageCaptionFolder(data, pipeline.vae.config.image_size)
     n = min(prompts, len(real))
@@ -131,6 +132,7 @@ def evaluate_against_real(pipeline: DallePipeline, data: str | Path, out: str | 
     if pipeline.clip is not None:
         text = torch.stack([pipeline.tokenizer.encode(c) for c in captions])
         metrics["clip_score"] = clip_score(pipeline.clip, generated, text)
+        metrics["picture_retrieval"] = picture_retrieval(pipeline.clip, generated, real_images, captions)
         distinct = len(set(captions))
         if distinct < r:
             if distinct < 2:

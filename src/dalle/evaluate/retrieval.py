@@ -109,3 +109,21 @@ def r_precision(model: ImageTextScorer, images: torch.Tensor, text_ids: torch.Te
         own = cosine.gather(1, true_index[rows, None])
         retrieved += int((own > cosine.gather(1, distractors[rows])).all(1).sum())
     return retrieved / len(image_emb)
+
+
+def picture_retrieval(model: ImageTextScorer, generated: torch.Tensor, real: torch.Tensor,
+                      captions: list[str], batch_size: int = 64) -> float:
+    """How often a generated image's nearest real picture is one of its own caption's.
+
+    Image i was drawn for `captions[i]`, and real picture j shows `captions[j]`; nearness is the
+    cosine of the scorer's image embeddings. Where R-precision asks whether the image matches its
+    words, this asks whether it looks like the picture it was meant to be, among all the others
+    (chance: the share of pictures with that caption, 1 / N for distinct captions).
+    """
+    if not (len(generated) == len(real) == len(captions)) or not len(real):
+        raise DalleError(f"{len(generated)} generated images, {len(real)} real pictures and "
+                         f"{len(captions)} captions: they must pair up, and not be empty")
+    device = _device(model)
+    nearest = (_encode(model.encode_image, generated, batch_size, device)
+               @ _encode(model.encode_image, real, batch_size, device).T).argmax(1).tolist()
+    return sum(captions[j] == caption for j, caption in zip(nearest, captions)) / len(captions)

@@ -93,6 +93,20 @@ def encode_dataset(vae: DiscreteVAE, items: Iterable[dict], out: str | Path, *,
     return index
 
 
+def write_codes(codes: torch.Tensor, captions: list[str], vae: DiscreteVAE, out: str | Path) -> dict:
+    """Write code grids (N, grid, grid) drawn rather than encoded (e.g. a prior's samples) as a
+    codes directory, with `vae`'s config as the dVAE that decodes them. Returns the index."""
+    if len(codes) != len(captions) or not len(codes):
+        raise DalleError(f"{len(codes)} code grids for {len(captions)} captions")
+    out = ensure_writable_dir(out)
+    dtype = _code_dtype(vae.config.codebook_size)
+    atomic_write(out / CODES_NAME, codes.cpu().numpy().astype(dtype).tobytes())
+    atomic_write(out / CAPTIONS_NAME, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in captions).encode())
+    index = {"count": len(codes), "grid": vae.config.grid_size, "dtype": dtype.name,
+             "codebook_size": vae.config.codebook_size, "vae": vae.config.to_dict()}
+    atomic_write(out / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
+    return index
+
 
 def encode_codes(vae: str | Path, data: str | Path, out: str | Path, *, batch_size: int = 256,
                  resume: bool = False, device: str = "auto") -> dict[str, Any]:
