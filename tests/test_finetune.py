@@ -166,6 +166,7 @@ def test_captions_the_base_cannot_encode_and_empty_data_are_one_line(base, pictu
         finetune(str(base), pictures, tmp_path / "taken", QUICK, device="cpu")
 
 
+@pytest.mark.slow  # 13 s: two processes, each importing torch and peft
 def test_the_command_line_fine_tunes_and_generates_from_the_adapter(base, pictures, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-m", "dalle"]
