@@ -162,8 +162,10 @@ def test_captions_the_base_cannot_encode_and_empty_data_are_one_line(base, pictu
         finetune(str(base), tmp_path / "empty", tmp_path / "o2", QUICK, device="cpu", echo=lambda line: None)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    with pytest.raises(DalleError, match="not a fine-tuning run"):
-        finetune(str(base), pictures, tmp_path / "taken", QUICK, device="cpu")
+    for overwrite in (False, True):  # a folder that is not a fine-tuning run is never deleted
+        with pytest.raises(DalleError, match="not a fine-tuning run"):
+            finetune(str(base), pictures, tmp_path / "taken", QUICK, device="cpu", overwrite=overwrite)
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.slow  # 13 s: two processes, each importing torch and peft

@@ -228,15 +228,14 @@ class Finetuning:
         self.training = out / TRAINING_DIR
         plan = json.loads(json.dumps({"base": base, "data": str(data.resolve()), "config": config.to_dict()}))
         plan_path = self.training / PLAN_FILE
-        if out.exists() and overwrite:
+        if not plan_path.is_file() and out.is_dir() and any(out.iterdir()):
+            # Never replaced, even with --overwrite: it is not ours to delete.
+            raise DalleError(f"{out} exists and is not a fine-tuning run; choose another --out")
+        if plan_path.is_file() and overwrite:
             shutil.rmtree(out)
-        if plan_path.is_file():
-            if json.loads(plan_path.read_text()) != plan:
-                raise DalleError(f"{out} holds a fine-tuning of other data, base or settings; "
-                                 "choose another --out, or pass --overwrite to replace it")
-        elif (out / ADAPTER_FILE).exists() or (out.is_dir() and any(out.iterdir())):
-            raise DalleError(f"{out} exists and is not a fine-tuning run; choose another --out "
-                             "or pass --overwrite to replace it")
+        elif plan_path.is_file() and json.loads(plan_path.read_text()) != plan:
+            raise DalleError(f"{out} holds a fine-tuning of other data, base or settings; "
+                             "choose another --out, or pass --overwrite to replace it")
         ensure_writable_dir(self.training)
         atomic_write(plan_path, (json.dumps(plan, indent=2) + "\n").encode())
         self.pipe = DallePipeline.from_pretrained(base, device=device)
@@ -270,12 +269,6 @@ class Finetuning:
                       + "; ".join(repr(c) for c in captions[:3]))
         return CodesDataset(folder)
 
-    def _trainer_flags(self, run: Path) -> tuple[bool, bool]:
-        """(resume, overwrite): resume a run with a checkpoint; restart one interrupted before its
-        first."""
-        checkpoint = (run / CHECKPOINT_NAME).is_file()
-        return checkpoint, run.exists() and not checkpoint
-
     def _adapted_model(self, model: Any, method: str) -> Any:
         c = self.config
         torch.manual_seed(c.prior_train.seed)  # LoRA's A matrices start random
@@ -302,17 +295,25 @@ class Finetuning:
         if c.method == "full":
             reference = self._base_part("prior").eval().requires_grad_(False).to(self.pipe.device)
         vae = self.pipe.vae
-        resume, overwrite = self._trainer_flags(self.training / "prior")
-        trainer = Trainer(model, dataset, train, self.training / "prior",
-                          ReplayLoss(self.pipe.tokenizer, train.seed, c.caption_drop, reference),
-                          sample_fn=lambda m, batch: sample_grid(_inner(m), vae, batch),
-                          sample_batch=sample_batch(self.pipe.tokenizer, codes),
-                          resume=resume, overwrite=overwrite)
+        self._train("prior", c.method, model, dataset, train,
+                    ReplayLoss(self.pipe.tokenizer, train.seed, c.caption_drop, reference),
+                    sample_fn=lambda m, batch: sample_grid(_inner(m), vae, batch),
+                    sample_batch=sample_batch(self.pipe.tokenizer, codes))
+
+    def _train(self, part: str, method: str, model: Any, dataset: Dataset, train: TrainConfig,
+               loss: Any, **samples: Any) -> None:
+        """Train `model` in training/<part> (resuming a checkpoint there) and save it as the
+        adapter's <part>."""
+        run = self.training / part
+        checkpoint = (run / CHECKPOINT_NAME).is_file()
+        # A run interrupted before its first checkpoint starts over.
+        trainer = Trainer(model, dataset, train, run, loss, resume=checkpoint,
+                          overwrite=run.exists() and not checkpoint, **samples)
         try:
             trained = trainer.fit()
         finally:
             trainer.close()
-        self._save(trained, "prior", c.method)
+        self._save(trained, part, method)
 
     def clip(self, pictures: list[dict[str, Any]], replay: CodesDataset | None) -> str | None:
         """Adapt CLIP if asked, or if "auto" and it cannot tell the new pictures apart; returns
@@ -336,15 +337,8 @@ class Finetuning:
                       for i, image in enumerate(images)]
         train = self.train_config(c.clip_train, len(items))
         model = self._adapted_model(self._base_part("clip"), c.clip_method)
-        resume, overwrite = self._trainer_flags(self.training / "clip")
-        trainer = Trainer(model, _Items(items), train, self.training / "clip",
-                          CLIPLoss(self.pipe.tokenizer, train.seed, max_crop=0.1),
-                          resume=resume, overwrite=overwrite)
-        try:
-            trained = trainer.fit()
-        finally:
-            trainer.close()
-        self._save(trained, "clip", c.clip_method)
+        self._train("clip", c.clip_method, model, _Items(items), train,
+                    CLIPLoss(self.pipe.tokenizer, train.seed, max_crop=0.1))
         return c.clip_method
 
     def _base_part(self, part: str) -> Any:
