@@ -116,6 +116,7 @@ def test_a_budget_that_is_not_one_is_refused(budget):
         parse_budget(budget)
 
 
+@pytest.mark.slow  # 14 s: four CLI processes
 def test_too_few_pairs_and_a_missing_folder_are_one_line(tmp_path):
     glyph_module().write_glyph_folder(tmp_path / "few", pictures=5, held_out=0, size=16)
     one_line_error(dalle("recipe", "folder", tmp_path / "few", "--out", tmp_path / "a", "--quick"),

@@ -70,6 +70,7 @@ def test_quick_emoji_recipe_ships_the_licences(tmp_path):
     assert read_front_matter(card)["license_name"] == "apache-2.0-and-cc-by-4.0-and-mit"
 
 
+@pytest.mark.slow  # 8 s; the quick shapes and emoji recipes run by default
 def test_quick_fashion_mnist_recipe_reports_label_accuracy(tmp_path):
     fake_fashion_mnist(tmp_path / "idx", n_train=32, n_test=8)
     run = tmp_path / "run"

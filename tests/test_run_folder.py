@@ -100,6 +100,7 @@ def _train_until_signalled(args, out, signum, after_rows):
     return proc.returncode, stderr
 
 
+@pytest.mark.slow  # 31 s: three training processes; test_finetune interrupts one with SIGINT by default
 def test_sigint_then_sigterm_stop_with_a_checkpoint_and_the_run_continues_exactly(images, tmp_path):
     args = ["train-vae", "--data", images, "--preset", "tiny", "--steps", 600, "--batch-size", 8,
             "--device", "cpu", "--sample-every", 0, "--log-every", 1, "--checkpoint-every", 1000]

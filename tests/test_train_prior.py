@@ -102,7 +102,8 @@ def test_mismatched_tokenizer_or_codes_are_named(data):
         check_compatible(tiny_prior_config(data, codebook_size=64), tokenizer, codes)
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+# FSDP takes 12 s (two processes); DDP, run by default, checks the same equality.
+@pytest.mark.parametrize("mode", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_two_processes_match_one(data, tmp_path, mode):
     flags = ["--fsdp"] if mode == "fsdp" else []
     one_and_two_processes(HERE / "prior_train.py", [data, tmp_path / "one"],
