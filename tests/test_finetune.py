@@ -160,6 +160,12 @@ def test_captions_the_base_cannot_encode_and_empty_data_are_one_line(base, pictu
     (tmp_path / "empty").mkdir()
     with pytest.raises(DalleError, match="no readable image-caption pairs"):
         finetune(str(base), tmp_path / "empty", tmp_path / "o2", QUICK, device="cpu", echo=lambda line: None)
+    # A wrong base or data path is one line and leaves no run folder behind.
+    with pytest.raises(FileNotFoundError, match="no pictures at"):
+        finetune(str(base), tmp_path / "absent", tmp_path / "o3", QUICK, device="cpu")
+    with pytest.raises(FileNotFoundError):
+        finetune(str(tmp_path / "no-pipeline"), pictures, tmp_path / "o4", QUICK, device="cpu")
+    assert not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     for overwrite in (False, True):  # a folder that is not a fine-tuning run is never deleted

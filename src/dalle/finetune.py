@@ -236,10 +236,13 @@ class Finetuning:
         elif plan_path.is_file() and json.loads(plan_path.read_text()) != plan:
             raise DalleError(f"{out} holds a fine-tuning of other data, base or settings; "
                              "choose another --out, or pass --overwrite to replace it")
-        ensure_writable_dir(self.training)
-        atomic_write(plan_path, (json.dumps(plan, indent=2) + "\n").encode())
+        if not data.exists():
+            raise FileNotFoundError(f"no pictures at {data}: give --data a folder or shards")
+        # The base loads before anything is written, so a wrong name leaves no run behind.
         self.pipe = DallePipeline.from_pretrained(base, device=device)
         self.device = device
+        ensure_writable_dir(self.training)
+        atomic_write(plan_path, (json.dumps(plan, indent=2) + "\n").encode())
 
     def train_config(self, train: TrainConfig, items: int) -> TrainConfig:
         """The stage's settings on this device, its batch no larger than the data."""
