@@ -1,5 +1,9 @@
 """Small datasets and runs shared by the tests."""
 
+import socket
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from PIL import Image
@@ -111,3 +115,24 @@ def assert_same_weights(path_one, path_two) -> None:
     assert one.keys() == two.keys()
     for k in one:
         torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4, msg=k)
+
+
+@contextmanager
+def serving(app):
+    """Run an ASGI `app` with uvicorn on a free port of 127.0.0.1 in a thread; gives its URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started and thread.is_alive():
+            thread.join(0.05)
+        assert server.started, "the server did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -8,15 +8,13 @@ CI), where it fails.
 """
 
 import os
-import socket
-import threading
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from dalle.pipeline import DallePipeline
 from dalle.serve import create_app, jobs
+from helpers import serving
 from test_pipeline import tiny_pipeline
 from test_serve import PausesHalfway
 
@@ -32,25 +30,10 @@ else:
     pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
 
 
-def serve(app):
-    """Run `app` on a free port of 127.0.0.1 in a thread; yields its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started and thread.is_alive():
-        thread.join(0.05)
-    assert server.started, "the server did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
-
-
 @pytest.fixture(scope="module")
 def server_url():
-    yield from serve(create_app(tiny_pipeline()))
+    with serving(create_app(tiny_pipeline())) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +49,8 @@ def emoji():
 
 @pytest.fixture(scope="module")
 def emoji_url(emoji):
-    yield from serve(create_app(emoji, name="emoji"))
+    with serving(create_app(emoji, name="emoji")) as url:
+        yield url
 
 
 @pytest.fixture

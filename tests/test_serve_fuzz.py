@@ -3,15 +3,12 @@
 not, and must answer each without a server error and as its schema says (status codes, bodies,
 content types). Bounded: a few dozen requests per operation."""
 
-import socket
-import threading
-
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from dalle.serve import create_app
+from helpers import serving
 from test_pipeline import tiny_pipeline
 
 schemathesis = pytest.importorskip("schemathesis", reason="the schemathesis package is not installed")
@@ -24,19 +21,8 @@ EXAMPLES = 100  # per API operation
 
 @pytest.fixture(scope="module")
 def api_schema():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    app = create_app(tiny_pipeline(), max_queue=2, time_limit_s=10)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started and thread.is_alive():
-        thread.join(0.05)
-    assert server.started, "the server did not start"
-    yield schemathesis.openapi.from_url(f"http://127.0.0.1:{sock.getsockname()[1]}/openapi.json")
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serving(create_app(tiny_pipeline(), max_queue=2, time_limit_s=10)) as url:
+        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
 def fuzz(operation, mode, sent: dict) -> None:
