@@ -31,8 +31,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("dalle.errors", "dalle.config", "dalle.utils", "dalle.threads", "dalle.hub")),
     ("data and text", ("dalle.data", "dalle.text")),
-    ("models", ("dalle.attention", "dalle.pretrained", "dalle.vae", "dalle.prior", "dalle.clip",
-                "dalle.openai_vae", "dalle.adapter")),
+    ("models", ("dalle.attention", "dalle.flex_attention", "dalle.pretrained", "dalle.vae", "dalle.prior",
+                "dalle.clip", "dalle.openai_vae", "dalle.adapter")),
     ("sampling", ("dalle.sampling",)),
     ("pipeline", ("dalle.pipeline", "dalle.outputs")),
     ("train and evaluate", ("dalle.train", "dalle.evaluate")),

@@ -61,13 +61,13 @@ def test_text_is_causal():
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_sparse_model_equals_dense_mask_reference(layout):
     model = tiny(layout)
+    model.set_attention("blocks")
     text, codes = batch(model.config)
     out = model(text, codes)
     out.loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    for block in model.blocks:
-        block.attn.dense_reference = True
+    model.set_attention("reference")
     ref = model(text, codes)
     ref.loss.backward()
     assert torch.allclose(out.image_logits, ref.image_logits, atol=1e-5)

@@ -25,11 +25,21 @@ from torch import nn
 from dalle.attention import LayerCache, attention_pairs, layer_layouts, reference_attention, sparse_attention
 from dalle.config import PriorConfig
 from dalle.errors import DalleError
+from dalle.flex_attention import flex_attention_layout, flex_preferred
 from dalle.pretrained import PretrainedModel, init_transformer_weights
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the stream with one of the paper's layouts."""
+    """Multi-head self-attention over the stream with one of the paper's layouts.
+
+    `backend` says which function computes the whole stream's layout (the sampling cache is
+    the same for all): ``blocks`` is `sparse_attention`, ``flex`` is `flex_attention_layout`,
+    ``reference`` the dense mask of `reference_attention` (tests), and ``auto`` (the default) is
+    ``flex`` on CUDA (heads of 16 or more, `flex_preferred`) and ``blocks`` elsewhere: on CPU
+    FlexAttention has no backward.
+    """
+
+    BACKENDS = ("auto", "blocks", "flex", "reference")
 
     def __init__(self, config: PriorConfig, layout: str) -> None:
         super().__init__()
@@ -37,7 +47,7 @@ class Attention(nn.Module):
         inner = config.heads * config.head_dim
         self.qkv = nn.Linear(config.dim, 3 * inner)
         self.out = nn.Linear(inner, config.dim)
-        self.dense_reference = False  # tests switch this on to compare with the dense-mask path
+        self.backend = "auto"
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None,
                 position: int | torch.Tensor | None = None) -> torch.Tensor:
@@ -48,7 +58,11 @@ class Attention(nn.Module):
         if cache is not None:
             y = cache.prefill(q, k, v) if position is None else cache.step(q, k, v, position)
         else:
-            attend = reference_attention if self.dense_reference else sparse_attention
+            backend = self.backend
+            if backend == "auto":
+                backend = "flex" if flex_preferred(q.device, c.head_dim) else "blocks"
+            attend = {"blocks": sparse_attention, "flex": flex_attention_layout,
+                      "reference": reference_attention}[backend]
             y = attend(q, k, v, self.layout, c.text_length, c.grid_size,
                        row_window=c.row_window, conv_kernel=c.conv_kernel)
         return self.out(y.transpose(1, 2).flatten(2))
@@ -185,6 +199,14 @@ class Prior(PretrainedModel):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def set_attention(self, backend: str) -> None:
+        """Compute every layer's attention with `backend`, one of `Attention.BACKENDS`."""
+        if backend not in Attention.BACKENDS:
+            raise DalleError(f"unknown attention backend {backend!r}; "
+                             f"expected one of {', '.join(Attention.BACKENDS)}")
+        for block in self.blocks:
+            cast(Block, block).attn.backend = backend
 
     def new_cache(self) -> list[LayerCache]:
         """Empty per-layer caches for `prefill` and `step` (sampling, paper §2.6)."""
