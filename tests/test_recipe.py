@@ -160,7 +160,7 @@ def test_every_step_calls_its_function_with_arguments_it_takes(tmp_path):
 
 def test_unknown_recipe_is_one_line():
     r = dalle("recipe", "faces")
-    assert r.returncode == 1 and r.stderr.strip() == "error: unknown recipe 'faces'; choose from shapes, emoji, fashion-mnist"
+    assert r.returncode == 1 and r.stderr.strip() == "error: unknown recipe 'faces'; choose from shapes, shapes-256, emoji, fashion-mnist"
 
 
 def test_budgets_change_training_lengths_not_model_sizes(tmp_path):

@@ -241,11 +241,11 @@ def train_tokenizer_command(
 
 @app.command("recipe")
 def recipe_command(
-    name: Annotated[str, typer.Argument(help="shapes, emoji, fashion-mnist, or folder (your own pictures: give DATA).")],
+    name: Annotated[str, typer.Argument(help="shapes, shapes-256 (the paper's 32x32 grid at 256 px; gpu or --quick), emoji, fashion-mnist, or folder (your own pictures: give DATA).")],
     data: Annotated[Path | None, typer.Argument(help="folder: an image folder (cat.png + cat.txt), one with train/ and val/ folders, or shards.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder \\[default: runs/recipe-NAME, or runs/recipe-DATA for a folder].")] = None,
     quick: Annotated[bool, typer.Option(help="Tiny data and models: checks the whole recipe in about a minute.")] = False,
-    budget: Annotated[str | None, typer.Option(help="Training sizes: cpu (1.5 h for emoji to 2.5 h for shapes on 2 CPU cores; 90 min for a folder) or gpu (about 5 min of one H100; 15 min for a folder); for a folder also minutes (10) or a number of minutes \\[default: gpu when CUDA is available, else cpu].")] = None,
+    budget: Annotated[str | None, typer.Option(help="Training sizes: cpu (1.5 h for emoji to 2.5 h for shapes on 2 CPU cores; 90 min for a folder) or gpu (about 5 min of one H100; an hour for shapes-256; 15 min for a folder); for a folder also minutes (10) or a number of minutes \\[default: gpu when CUDA is available, else cpu].")] = None,
     recipe_version: Annotated[int | None, typer.Option(help="Run this version of the recipe (a model card names the one that trained it) \\[default: the current one].")] = None,
     source: Annotated[Path | None, typer.Option("--from", help="emoji: folder holding the npm packages instead of fetching them; fashion-mnist: folder of the IDX files \\[default: the Debian package's].")] = None,
     cache: Annotated[Path | None, typer.Option(help="emoji: keep the fetched npm tarballs here.")] = None,

@@ -1,4 +1,4 @@
-"""`dalle recipe shapes|emoji|fashion-mnist`: data to a bundled-ready pipeline with its model card.
+"""`dalle recipe shapes|shapes-256|emoji|fashion-mnist`: data to a bundled-ready pipeline with its model card.
 
 A recipe is data: a name, a version, a budget and a list of steps, each a library function with
 its arguments (the training steps take typed run configs, `dalle.train.runs`), run in order
@@ -57,8 +57,8 @@ from dalle.utils import atomic_write
 # The current version of each recipe. Change a recipe's settings only as a new version, keeping
 # the old one buildable: each bundled pipeline's card names the version that trained it.
 # Version 2: the prior draws sample grids while it trains (it is given the dVAE); the weights it
-# trains are those of version 1.
-VERSIONS = {"shapes": 2, "emoji": 2, "fashion-mnist": 2}
+# trains are those of version 1. shapes-256 began with the steps of version 2.
+VERSIONS = {"shapes": 2, "shapes-256": 1, "emoji": 2, "fashion-mnist": 2}
 RECIPE_FILE = "recipe.json"  # in the pipeline: the recipe's name, version, budget and steps
 
 
@@ -138,6 +138,35 @@ TRAINING: dict[str, dict[str, dict[str, Any]]] = {
             "clip": {"steps": 1000, "batch_size": 128, "bf16": True, "num_workers": 6}},
 }
 BUDGETS = ("cpu", "gpu", "quick")
+
+# shapes-256 trains the `base` presets at the paper's geometry, so it has sizes of its own. gpu is
+# about an hour of one H100, estimated at 40% of its 989 TFLOP/s bf16 peak (396 TFLOP/s):
+# - prior: `Prior.flops_per_token` of the base preset is 1.93 GFLOP (forward + backward) over
+#   256 + 1024 = 1,280 positions, 2.47 TFLOP a sample. Without activation checkpointing a
+#   sample keeps about 2 GB of activations (24 layers of 1,280 positions, ~65 bytes a position
+#   per unit of width in bf16), too many for batches of 64; with it each forward runs twice,
+#   4/3 the work: 3,500 steps x 64 x 2.47 TFLOP x 4/3 / 396 TFLOP/s = 1,860 s, 31 min, about
+#   2.2 epochs of the 100,000 scenes.
+# - dVAE: 155 GFLOP forward a 256-px image, 466 GFLOP trained, and about 570 MB of saved
+#   activations (measured in bf16 autocast on a CPU), so batches of 32 (18 GB):
+#   8,000 x 32 x 466 GFLOP / 396 TFLOP/s = 300 s, 5 min.
+# - CLIP (ViT-B/16 towers): 67 GFLOP forward a pair, 202 trained: 2,000 x 128 x 202 GFLOP /
+#   396 TFLOP/s = 130 s, with its hard negatives about 3 min.
+# - the rest: 102,000 scenes at 3.5 ms each, 6 min; sampling 2 x 200 prompts x 16 candidates,
+#   1,024 cached steps of the prior a batch of 64, about 6 min.
+# quick keeps the 256-px pictures and the 32x32 grid but trains tiny models for a few steps.
+SHAPES_256_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {"vae": {"preset": "tiny", "steps": 5, "batch_size": 4, "sample_every": 0},
+              "prior": TRAINING["quick"]["prior"],
+              "clip": {**TRAINING["quick"]["clip"], "patch_size": 32}},
+    # The paper's lr for the prior (appendix B.2), warmed up over 10% of the steps; CLIP at
+    # Radford et al. 2021's lr for ViT-B/16, half the small CLIP's.
+    "gpu": {"vae": {"preset": "base", "steps": 8000, "batch_size": 32, "bf16": True, "num_workers": 6},
+            "prior": {"preset": "base", "steps": 3500, "batch_size": 64, "lr": 4.5e-4,
+                      "warmup_steps": 350, "activation_checkpointing": True},
+            "clip": {"preset": "base", "steps": 2000, "batch_size": 128, "lr": 5e-4,
+                     "warmup_steps": 200, "bf16": True, "num_workers": 6}},
+}
 
 
 def default_budget() -> str:
@@ -270,6 +299,42 @@ def shapes_recipe(run: Path, budget: str = "cpu", version: int | None = None) ->
         metadata={"license": "mit"})
 
 
+def shapes_256_recipe(run: Path, budget: str = "gpu", version: int | None = None) -> Recipe:
+    """The shapes benchmark at 256 px (every length of docs/shapes.md times 4) with the paper's
+    geometry: an f = 8 dVAE (32x32 grid), the `base` prior over 256 text and 1,024 image tokens
+    with rows of 32 + 1 tokens and the 11x11 convolutional last layer (appendix B.1)."""
+    if budget == "cpu":
+        # 3,500 prior steps of 158 TFLOP (SHAPES_256_TRAINING), 550 PFLOP: two months at the
+        # ~100 GFLOP/s of a few CPU cores, before the dVAE and CLIP.
+        raise DalleError("the shapes-256 recipe trains a 321M-parameter prior over 1,280 tokens, "
+                         "months on a CPU: use --budget gpu (an hour of one H100) or --quick")
+    version = version or VERSIONS["shapes-256"]
+    d, quick = run / "data", budget == "quick"
+    counts = ({"train": 32, "test-seen": 8, "test-zero-shot": 8} if quick
+              else {"train": 100_000, "test-seen": 1000, "test-zero-shot": 1000})
+    return Recipe("shapes-256", version, budget, [
+        Step("data", write_shapes, {"out_dir": d, "counts": counts, "seed": 0, "image_size": 256},
+             rebuild="data"),
+        # The 8192 codes of the paper (VAEConfig.base): an 8x8 cell here is 2x2 px of the 64-px
+        # benchmark, a colour and an edge, which far fewer codes would hold, but this recipe is
+        # there to train the paper's model (its 8192-way image head included) on data whose
+        # samples can be parsed. 256 text positions as in §2.2, though a shapes caption is at
+        # most 12 BPE tokens. The Gaussian likelihood and lr 1e-3 as in `shapes_recipe`.
+        # model_steps' version 2: the prior draws sample grids while it trains.
+        *model_steps(run, SHAPES_256_TRAINING[budget], 2, bpe_vocab_size=1000, val_split="test-seen",
+                     text_length=256,
+                     vae={"image_size": 256, "downsample": 8, "likelihood": "gaussian", "lr": 1e-3},
+                     clip={"image_size": 256}, sampling=SamplingConfig(guidance_scale=2.0)),
+        Step("eval", evaluate_shapes_pipeline, {
+            "pipeline": run / "pipeline", "data": d, "out": run / "eval", "bf16": True,
+            "prompts": 4 if quick else 200, "candidates": 2 if quick else 16}),
+    ], evaluation="results.md", data_note=(
+        "The `shapes` benchmark (`docs/shapes.md` in the dalle repository) drawn at 256 px, every "
+        "length times 4, by `dalle data shapes --image-size 256`: test-zero-shot scenes combine "
+        "attribute pairs that training never shows together. Synthetic; no licence restrictions."),
+        metadata={"license": "mit"})
+
+
 def emoji_recipe(run: Path, budget: str = "cpu", version: int | None = None,
                  source: Path | None = None, cache: Path | None = None) -> Recipe:
     """Emoji in the Google and Twitter styles (docs/design.md "Data"); captions `{label}, {style} style`."""
@@ -340,7 +405,8 @@ def fashion_mnist_recipe(run: Path, budget: str = "cpu", version: int | None = N
 
 
 _BUILDERS: dict[str, Callable[..., Recipe]] = {
-    "shapes": shapes_recipe, "emoji": emoji_recipe, "fashion-mnist": fashion_mnist_recipe}
+    "shapes": shapes_recipe, "shapes-256": shapes_256_recipe, "emoji": emoji_recipe,
+    "fashion-mnist": fashion_mnist_recipe}
 _SOURCED = {"emoji", "fashion-mnist"}  # the recipes whose data can come `--from` a folder
 
 
