@@ -159,3 +159,14 @@ def test_cuda_graph_sampling_equals_eager(layout, autocast):
                              cuda_graph=graph, **kwargs) for graph in (True, False)]
         assert torch.equal(*runs)
         assert len(runs[0].unique()) > 2
+
+
+@pytest.mark.slow  # compiling the step takes 15-40 s on a 2-core CPU
+def test_compiled_sampling_draws_the_same_codes_as_eager_with_and_without_guidance():
+    model = tiny("sparse")
+    text = text_ids(model.config)
+    uncond = text_ids(model.config, b=1, seed=5)[0]
+    for kwargs in ({}, dict(guidance_scale=3.0, unconditional=uncond, top_k=8)):
+        compiled, eager = (draw(model, text, seed=1, compile=compile, **kwargs) for compile in (True, False))
+        assert torch.equal(compiled, eager)
+        assert len(eager.unique()) > 2

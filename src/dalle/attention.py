@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from dalle.errors import DalleError
 
@@ -109,39 +110,53 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     if plan.keys is None:
         return sdpa(q, k, v, attn_mask=plan.mask)
     text = sdpa(q[:, :, :T], k[:, :, :T], v[:, :, :T], is_causal=True)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        # The gathered copies of the keys and values (about twice their size for a row layer)
+        # are not kept for the backward pass but gathered again there, which keeps the layer's
+        # memory at what dense attention keeps: measured in benchmarks/run.py --only scaling.
+        image = checkpoint(_image_blocks, q, k, v, plan, T, use_reentrant=False, preserve_rng_state=False)
+    else:
+        image = _image_blocks(q, k, v, plan, T)
+    return torch.cat([text, image], dim=2)
+
+
+def _image_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: _Plan, text_length: int) -> torch.Tensor:
+    """The image queries' attention, (B, H, N, D): every block of `plan` in one SDPA call."""
     B, H, _, _ = q.shape
     blocks, n_queries, n_keys = plan.mask.shape[1:]
 
     def gather(x: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
-        x = x[:, :, T:] if index is None else x.index_select(2, index)
+        x = x[:, :, text_length:] if index is None else x.index_select(2, index)
         return x.reshape(B * H, blocks, n, x.shape[-1])
 
     image = sdpa(gather(q, plan.queries, n_queries), gather(k, plan.keys, n_keys),
                  gather(v, plan.keys, n_keys), attn_mask=plan.mask)
     image = image.reshape(B, H, blocks * n_queries, -1)
-    if plan.outputs is not None:
-        image = image.index_select(2, plan.outputs)
-    return torch.cat([text, image], dim=2)
+    return image if plan.outputs is None else image.index_select(2, plan.outputs)
 
 
 @lru_cache(maxsize=64)
 def attention_pairs(layout: str, text_length: int, grid: int, *, row_window: int | None = None,
-                    conv_kernel: int = 11, executed: bool = False) -> int:
-    """Query-key pairs of one head of one layer: those the layout lets attend, or (`executed`)
-    those `sparse_attention` hands its kernels.
+                    conv_kernel: int = 11, executed: bool = False, recomputed: bool = False) -> int:
+    """Query-key pairs of one head of one layer: those the layout lets attend, (`executed`)
+    those `sparse_attention` hands its kernels, or (`recomputed`) those whose forward it runs
+    again in the backward pass.
 
     Executed: S^2 for ``dense`` (SDPA's causal flag skips half, but counts the whole square, as
     FlopCounterMode has it); otherwise T^2 for the text plus every block's queries x keys, or S^2
-    where the plan makes one masked call over the whole stream (small grids).
+    where the plan makes one masked call over the whole stream (small grids). Recomputed: the
+    blocks' queries x keys, or none without blocks.
     """
     window, kernel = _check_args(layout, text_length, grid, row_window, conv_kernel)
     S = text_length + grid * grid
-    if not executed:
+    if not (executed or recomputed):
         return int(attention_mask(layout, text_length, grid, row_window=window, conv_kernel=kernel).sum())
     if layout == "dense":
-        return S * S
+        return 0 if recomputed else S * S
     plan = _plan(layout, text_length, grid, window, kernel, torch.device("cpu"))
-    return plan.mask.numel() + (0 if plan.keys is None else text_length**2)
+    if plan.keys is None:
+        return 0 if recomputed else plan.mask.numel()
+    return plan.mask.numel() + (0 if recomputed else text_length**2)
 
 
 class _Plan(NamedTuple):

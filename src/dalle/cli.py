@@ -406,6 +406,7 @@ def generate_command(
     overwrite: Annotated[bool, typer.Option(help="Replace the images of an earlier run in --out.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights (faster on recent CPUs and GPUs).")] = False,
+    compile: Annotated[bool, typer.Option(help="On a CPU, compile the sampling step first (tens of seconds; pays for many candidates).")] = False,
     threads: Annotated[int | None, typer.Option(help=SAMPLING_HELP, min=1, show_default=False)] = None,
 ) -> None:
     """Generate images from a prompt; prints the folder, then the paths it writes. Each PNG holds
@@ -450,7 +451,7 @@ def generate_command(
     try:
         result = pipe(prompt, images=images, candidates=candidates, temperature=temperature,
                       top_k=top_k, top_p=top_p, guidance_scale=guidance, seed=seed,
-                      init_image=start_image, keep_rows=keep_rows, progress=progress)
+                      init_image=start_image, keep_rows=keep_rows, progress=progress, compile=compile)
     finally:
         for bar in bars:
             bar.close()

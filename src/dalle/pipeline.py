@@ -300,7 +300,7 @@ class DallePipeline:
                  temperature: float | None = ..., top_k: int | None = ..., top_p: float | None = ...,
                  guidance_scale: float | None = ..., seed: int = ...,
                  init_image: torch.Tensor | None = ..., keep_rows: int | None = ...,
-                 batch_size: int = ..., autocast: bool = ...,
+                 batch_size: int = ..., autocast: bool = ..., compile: bool = ...,
                  progress: Callable[[int, int], None] | None = ...,
                  preview: Callable[[int, torch.Tensor], None] | None = ...) -> Generation: ...
 
@@ -309,7 +309,7 @@ class DallePipeline:
                  temperature: float | None = ..., top_k: int | None = ..., top_p: float | None = ...,
                  guidance_scale: float | None = ..., seed: int = ...,
                  init_image: torch.Tensor | None = ..., keep_rows: int | None = ...,
-                 batch_size: int = ..., autocast: bool = ...,
+                 batch_size: int = ..., autocast: bool = ..., compile: bool = ...,
                  progress: Callable[[int, int], None] | None = ...,
                  preview: Callable[[int, torch.Tensor], None] | None = ...) -> list[Generation]: ...
 
@@ -319,6 +319,7 @@ class DallePipeline:
                  top_p: float | None = None, guidance_scale: float | None = None,
                  seed: int = 0, init_image: torch.Tensor | None = None,
                  keep_rows: int | None = None, batch_size: int = 16, autocast: bool = False,
+                 compile: bool = False,
                  progress: Callable[[int, int], None] | None = None,
                  preview: Callable[[int, torch.Tensor], None] | None = None) -> Generation | list[Generation]:
         """Generate `images` pictures per prompt, each the best of `candidates / images` by CLIP.
@@ -329,6 +330,9 @@ class DallePipeline:
         list gives what the str gives, and a prompt's images depend on the prompts before it.
         Sampling options left as None take the pipeline's defaults (`self.sampling`).
         init_image + keep_rows: complete an image from the first `keep_rows` rows of its codes.
+        compile: on a CPU, sample through a compiled step with frozen weights (`compiled_step`):
+        the same images, faster after tens of seconds of compiling per batch size; for many
+        candidates (docs/benchmarks.md).
         progress(done, total) is called with image positions sampled so far, all prompts together.
         preview(first, rows) is called each time a batch finishes a row of codes, with the batch's
         finished rows (n, r, G) (a view: copy what you keep) and its first candidate's index among
@@ -375,7 +379,7 @@ class DallePipeline:
 
             drawn.append(sample_codes(
                 self.prior, batch, **sampling, unconditional=unconditional, codes=codes, mask=mask,
-                generator=generator, autocast=autocast,
+                generator=generator, autocast=autocast, compile=compile,
                 progress=report if progress or preview else None))
         all_codes = torch.cat(drawn)
         pictures = torch.cat([self.vae.decode(all_codes[i : i + batch_size])
