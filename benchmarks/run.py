@@ -6,9 +6,10 @@
     python benchmarks/run.py --device cuda --paper-12b
 
 Sections, in order: matmul (the machine's GFLOP/s peak per dtype), training (the prior at the
-comparison config), sampling, vae, clip, scaling (attention layouts vs dense), paper-12b (only
-with --paper-12b or --only; CUDA only), then the targets of what ran. Every figure is the median
-(min–max) of --repeats runs after one warm-up.
+comparison config), sampling, vae, clip, scaling (attention layouts vs dense), peer (side by side
+with dalle-pytorch 1.6.6, where installed: benchmarks/peer.py), paper-12b (only with --paper-12b or
+--only; CUDA only), then the targets of what ran. Every figure is the median (min–max) of
+--repeats runs after one warm-up.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import NamedTuple
 from clip_score import clip_section
 from common import Timing, environment, fmt, markdown_table, parser, percent, setup
 from matmul import matmul_section
+from peer import peer_section
 from prior import scaling_section, training_section
 from sampling import paper_12b_section, sampling_section
 from vae import vae_section
 
-SECTIONS = ("matmul", "training", "sampling", "vae", "clip", "scaling", "paper-12b")
+SECTIONS = ("matmul", "training", "sampling", "vae", "clip", "scaling", "peer", "paper-12b")
 
 
 class Target(NamedTuple):
@@ -59,6 +61,11 @@ TARGETS = [
            ("scaling", "attention", "speed-up"), 3.0, True, ratio),
     Target("paper layouts at 32x32, attention alone: peak memory / dense",
            ("scaling", "attention", "memory"), 0.5, False, ratio),
+    # Both with fp32 weights: ours `sample_codes` with the KV cache (benchmarks/peer.py).
+    Target("sampling image tokens/s, 8x8, batch 8: ours / dalle-pytorch with its cache forced on",
+           ("peer", "sample-fp32-cache", "ratio"), 4.0, True, ratio),
+    Target("sampling image tokens/s, 8x8, batch 8: ours / dalle-pytorch with its defaults",
+           ("peer", "sample-fp32-defaults", "ratio"), 20.0, True, ratio),
 ]
 
 
@@ -101,6 +108,7 @@ def main() -> None:
         "vae": lambda: vae_section(device, r, paper=not quick),
         "clip": lambda: clip_section(device, r),
         "scaling": lambda: scaling_section(device, r),
+        "peer": lambda: peer_section(device, r, rounds=2 if quick else 3, quick=quick),
         "paper-12b": lambda: (paper_12b_section(device, r), None),
     }
     selected = args.only or [name for name in SECTIONS if name != "paper-12b" or args.paper_12b]
