@@ -89,6 +89,7 @@ FIELD_HELP = {
     "bf16": "bf16 autocast (CPU and CUDA).",
     "activation_checkpointing": "Recompute each block's activations in the backward pass.",
     "fsdp": "Shard parameters, gradients and optimizer state over the torchrun processes (FSDP2).",
+    "compile": "torch.compile each block for training (the first step compiles: half a minute or more on a CPU); if that fails, one warning and the run trains without it.",
     "device": "auto, cpu, cuda or cuda:N.",
     "seed": "Seed for weights, data order and noise.",
     "num_workers": "Data loader worker processes.",

@@ -346,6 +346,7 @@ class TrainConfig(JSONConfig):
     bf16: bool = False  # bf16 autocast (CPU and CUDA)
     activation_checkpointing: bool = False  # recompute each block in the backward pass
     fsdp: bool = False  # shard over torchrun processes with FSDP2 instead of DDP
+    compile: bool = False  # torch.compile each block; a failure warns once and trains eagerly
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0

@@ -2,14 +2,15 @@
 
 A stage supplies a model, a dataset, and a loss function `loss_fn(model, batch, step) -> (loss,
 metrics)`; the loop supplies AdamW, the LR schedule, gradient clipping, bf16 autocast, the EMA,
-data parallelism (DDP or FSDP), activation checkpointing, logging, sample grids, validation and
-exact-resume checkpoints.
+data parallelism (DDP or FSDP), activation checkpointing, torch.compile, logging, sample grids,
+validation and exact-resume checkpoints.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,14 @@ def known_peak_flops(device: torch.device, bf16: bool) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((flops for part, flops in BF16_PEAK_FLOPS if part in name), None)
+
+
+def _first_line(error: Exception) -> str:
+    """`error` in one line: its type and the first line of its message, or the first two where
+    the first only introduces the second (dynamo's "backend='inductor' raised:")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else "".join(lines[:1])
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -146,6 +155,9 @@ class Trainer:
             torch.manual_seed(config.seed + self.ctx.rank)
         # Wrap after restoring: DDP broadcasts rank 0's weights, which are the resumed ones.
         self.train_model = self.model if self.sharded else D.wrap_data_parallel(self.model, self.ctx)
+        # Compiled last, as torchtitan does, and after the EMA's copy, which stays eager.
+        # Compilation is lazy: until a first step has run through the compiled code, it may fail.
+        self.compile_unproven = config.compile and self._compile()
         if streaming:
             # A stream cannot be indexed by step; it is told where this process starts reading.
             dataset.set_position(  # type: ignore[attr-defined]
@@ -291,8 +303,24 @@ class Trainer:
             self.logger.log(self.step, metrics)
         D.barrier(self.ctx)
 
-    def train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        """One optimizer update on `batch`; returns the loss and the stage's metrics."""
+    def _compile(self) -> bool:
+        """Compile the model's units (`distributed.compile_units`); False if torch.compile
+        refuses at once."""
+        try:
+            D.compile_units(self.model)
+        except Exception as e:
+            reason = _first_line(e)
+        else:
+            return True
+        self._uncompile(reason)
+        return False
+
+    def _uncompile(self, reason: str) -> None:
+        """Go on eagerly, with the one warning a failed compilation gives."""
+        D.uncompile_units(self.model)
+        warnings.warn(f"torch.compile failed ({reason}); training without compilation", stacklevel=2)
+
+    def _loss_and_gradients(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         with self.autocast:
             loss, metrics = self.loss_fn(self.train_model, batch, self.step)
         if not torch.isfinite(loss):
@@ -300,6 +328,32 @@ class Trainer:
                                      f"checkpoint is {self.out_dir / CHECKPOINT_NAME}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        return loss, metrics
+
+    def _first_compiled_pass(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The first forward and backward through the compiled units, where torch.compile does
+        its work (lazily, the backward's too). If it fails, for want of a C++ compiler or for an
+        op it cannot lower, the units turn eager and the pass runs again from the same RNG state:
+        nothing else has changed, since the optimizer has not stepped, and the gradients are reset
+        before the backward. A bug that is not the compiler's fails the eager pass too, and is
+        raised from there. Under torchrun each process decides alone: they compile the same code,
+        so they fail alike."""
+        self.compile_unproven = False
+        rng = rng_state()
+        try:
+            return self._loss_and_gradients(batch)
+        except Exception as e:
+            reason = _first_line(e)  # not the exception: its traceback holds the failed pass's tensors
+        set_rng_state(rng)
+        self._uncompile(reason)
+        return self._loss_and_gradients(batch)
+
+    def train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One optimizer update on `batch`; returns the loss and the stage's metrics."""
+        if self.compile_unproven:
+            loss, metrics = self._first_compiled_pass(batch)
+        else:
+            loss, metrics = self._loss_and_gradients(batch)
         if self.config.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             metrics["grad_norm"] = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
