@@ -21,12 +21,12 @@ masked SDPA call instead.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from dalle.errors import DalleError
 
@@ -106,57 +106,69 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     if layout == "dense":
         return sdpa(q, k, v, is_causal=True)
     T = text_length
-    plan = _plan(layout, T, grid, window, kernel, q.device)
+    plan = _eager_plan(layout, T, grid, window, kernel, q.device)
     if plan.keys is None:
         return sdpa(q, k, v, attn_mask=plan.mask)
     text = sdpa(q[:, :, :T], k[:, :, :T], v[:, :, :T], is_causal=True)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        # The gathered copies of the keys and values (about twice their size for a row layer)
-        # are not kept for the backward pass but gathered again there, which keeps the layer's
-        # memory at what dense attention keeps: measured in benchmarks/run.py --only scaling.
-        image = checkpoint(_image_blocks, q, k, v, plan, T, use_reentrant=False, preserve_rng_state=False)
-    else:
-        image = _image_blocks(q, k, v, plan, T)
-    return torch.cat([text, image], dim=2)
+    return torch.cat([text, _image_blocks(q, k, v, plan, T)], dim=2)
 
 
 def _image_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: _Plan, text_length: int) -> torch.Tensor:
-    """The image queries' attention, (B, H, N, D): every block of `plan` in one SDPA call."""
-    B, H, _, _ = q.shape
+    """The image queries' attention, (B, H, N, D): every block of `plan` in one SDPA call.
+
+    The blocks' queries, keys and values are gathered copies, the keys and values about twice
+    the size of the originals for a row layer. SDPA would keep them for its backward pass; they
+    are kept as a note of where they came from instead and gathered again when the backward
+    needs them (`saved_tensors_hooks`), so a layer holds what dense attention holds, for the
+    price of a gather (benchmarks/run.py --only scaling).
+    """
+    B, H, _, D = q.shape
     blocks, n_queries, n_keys = plan.mask.shape[1:]
+    in_fp32 = q.device.type == "cpu" and q.dtype == torch.bfloat16  # as `sdpa` does
+    sources = ((q, plan.queries, n_queries), (k, plan.keys, n_keys), (v, plan.keys, n_keys))
 
     def gather(x: torch.Tensor, index: torch.Tensor | None, n: int) -> torch.Tensor:
         x = x[:, :, text_length:] if index is None else x.index_select(2, index)
-        return x.reshape(B * H, blocks, n, x.shape[-1])
+        x = x.reshape(B * H, blocks, n, D)
+        return x.float() if in_fp32 else x
 
-    image = sdpa(gather(q, plan.queries, n_queries), gather(k, plan.keys, n_keys),
-                 gather(v, plan.keys, n_keys), attn_mask=plan.mask)
-    image = image.reshape(B, H, blocks * n_queries, -1)
+    gathered = [gather(*source) for source in sources]
+
+    def pack(saved: torch.Tensor) -> torch.Tensor | int:
+        for i, copy in enumerate(gathered):
+            if saved.data_ptr() == copy.data_ptr() and saved.shape == copy.shape and saved.dtype == copy.dtype:
+                return i
+        return saved
+
+    def unpack(saved: torch.Tensor | int) -> torch.Tensor:
+        return gather(*sources[saved]) if isinstance(saved, int) else saved
+
+    fp32 = torch.autocast("cpu", enabled=False) if in_fp32 else nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack), fp32:
+        image = F.scaled_dot_product_attention(gathered[0], gathered[1], gathered[2], attn_mask=plan.mask)
+    gathered.clear()  # the hooks outlive this call: they must not keep the copies alive
+    image = image.to(q.dtype).reshape(B, H, blocks * n_queries, D)
     return image if plan.outputs is None else image.index_select(2, plan.outputs)
 
 
 @lru_cache(maxsize=64)
 def attention_pairs(layout: str, text_length: int, grid: int, *, row_window: int | None = None,
-                    conv_kernel: int = 11, executed: bool = False, recomputed: bool = False) -> int:
-    """Query-key pairs of one head of one layer: those the layout lets attend, (`executed`)
-    those `sparse_attention` hands its kernels, or (`recomputed`) those whose forward it runs
-    again in the backward pass.
+                    conv_kernel: int = 11, executed: bool = False) -> int:
+    """Query-key pairs of one head of one layer: those the layout lets attend, or (`executed`)
+    those `sparse_attention` hands its kernels.
 
     Executed: S^2 for ``dense`` (SDPA's causal flag skips half, but counts the whole square, as
     FlopCounterMode has it); otherwise T^2 for the text plus every block's queries x keys, or S^2
-    where the plan makes one masked call over the whole stream (small grids). Recomputed: the
-    blocks' queries x keys, or none without blocks.
+    where the plan makes one masked call over the whole stream (small grids).
     """
     window, kernel = _check_args(layout, text_length, grid, row_window, conv_kernel)
     S = text_length + grid * grid
-    if not (executed or recomputed):
+    if not executed:
         return int(attention_mask(layout, text_length, grid, row_window=window, conv_kernel=kernel).sum())
     if layout == "dense":
-        return 0 if recomputed else S * S
+        return S * S
     plan = _plan(layout, text_length, grid, window, kernel, torch.device("cpu"))
-    if plan.keys is None:
-        return 0 if recomputed else plan.mask.numel()
-    return plan.mask.numel() + (0 if recomputed else text_length**2)
+    return plan.mask.numel() + (0 if plan.keys is None else text_length**2)
 
 
 class _Plan(NamedTuple):
@@ -203,6 +215,11 @@ def _plan(layout: str, text_length: int, grid: int, window: int, kernel: int, de
     outputs = torch.empty_like(order)
     outputs[order - text_length] = torch.arange(len(order), device=device)
     return _Plan(queries.flatten(), keys.flatten(), mask, outputs)
+
+
+# Built eagerly even inside compiled code (`dalle train --compile`): it reads sizes off tensors,
+# a graph break with a warning in every compiled unit, and its result is a constant anyway.
+_eager_plan = torch.compiler.disable(_plan)
 
 
 def _allowed(layout: str, iq: torch.Tensor, ik: torch.Tensor, grid: int, window: int,

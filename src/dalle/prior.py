@@ -169,17 +169,8 @@ class Prior(PretrainedModel):
     def flops_per_token(self, executed: bool = False) -> float:
         """Training FLOPs per stream position: forward + backward, 3x the forward pass (the
         backward computes gradients of inputs and weights, 2x), attention included; see
-        `forward_flops`. Times tokens/s it gives the model FLOP/s that `estimate_mfu` takes.
-        `executed` counts what the kernels are handed, including the image blocks' attention
-        that `sparse_attention` computes again in the backward pass."""
-        c = self.config
-        flops = 3 * sum(forward_flops(c, executed).values())
-        if executed:
-            flops += 4 * c.heads * c.head_dim * sum(
-                attention_pairs(layout, c.text_length, c.grid_size, row_window=c.row_window,
-                                conv_kernel=c.conv_kernel, recomputed=True)
-                for layout in layer_layouts(c.depth, c.layout))
-        return flops / self.sequence_length
+        `forward_flops`. Times tokens/s it gives the model FLOP/s that `estimate_mfu` takes."""
+        return 3 * sum(forward_flops(self.config, executed).values()) / self.sequence_length
 
     def _check(self, text: torch.Tensor, codes: torch.Tensor) -> None:
         c = self.config

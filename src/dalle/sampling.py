@@ -109,12 +109,14 @@ def compiled_step(prior: Prior, cache: list) -> Callable[[torch.Tensor, int], to
     On a CPU a small prior's step at a small batch is bound by the overhead of its few hundred
     operators, not by their arithmetic. Compiled, the norms, activations, residual adds and the
     cache attention fuse into a few loops, and freezing (inductor's `freezing`) folds the weights
-    in as constants, which lets it pre-pack them for the CPU's matrix library. The position
-    travels as a tensor, so one compilation serves every position of a grid; a new batch size
-    compiles again. Frozen weights are why this is for sampling a finished prior only: a weight
-    changed after the first call is not seen.
+    in as constants. The position travels as a tensor, so one compilation serves every position
+    of a grid; the first other batch size compiles once more, with the batch dynamic, and that
+    serves every batch after it (torch's automatic dynamic shapes). Each prior compiles its own,
+    and torch keeps at most `torch._dynamo.config.recompile_limit` (8) versions of the step per
+    process before it warns and runs eagerly. Frozen weights are why this is for sampling a
+    finished prior only: a weight changed after the first call is not seen.
     """
-    step = torch.compile(prior.step, dynamic=False, options={"freezing": True})
+    step = torch.compile(prior.step, options={"freezing": True})
     position = torch.ones((), dtype=torch.long, device=cache[0].k.device)
 
     def compiled(previous: torch.Tensor, at: int) -> torch.Tensor:
