@@ -34,6 +34,7 @@ FIELD_HELP = {
     "tokenizer": "Tokenizer directory from `dalle train-tokenizer`.",
     "max_crop": "Train on random square crops removing up to this fraction of the side (0: none).",
     "caption_drop": "Probability of replacing a caption by pads (enables classifier-free guidance).",
+    "attention": "How the layouts are computed: auto (flex on CUDA, else blocks), blocks, flex (CUDA for training) or reference (dense mask).",
     "hard_negatives": "Add word-swapped captions per sample as negatives: one word replaced, two traded (folders only).",
     # VAEConfig
     "image_size": "Image side in pixels.",

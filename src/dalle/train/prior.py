@@ -126,6 +126,7 @@ def train_prior(run: PriorRun, *, resume: bool = False, overwrite: bool = False,
     run = run.sized_for(len(dataset))
     torch.manual_seed(run.train.seed)
     model = Prior(run.model)
+    model.set_attention(run.attention)
     loss = PriorLoss(tokenizer, run.train.seed, run.caption_drop)
     validate = None
     if run.val_data is not None:

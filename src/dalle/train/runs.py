@@ -184,7 +184,8 @@ class PriorRun(RunConfig):
     `data` and `val_data` are codes directories; `tokenizer` the BPE tokenizer's directory. With
     probability `caption_drop` a caption is replaced by pads, which classifier-free guidance needs.
     `vae`, the dVAE that made the codes, lets the run draw sample grids every `sample_every` steps
-    (a few training captions: the real image, then the prior's samples).
+    (a few training captions: the real image, then the prior's samples). `attention` is the
+    backend that computes the layouts (`Prior.set_attention`): a speed choice, the same model.
     """
 
     tokenizer: str = ""
@@ -193,6 +194,7 @@ class PriorRun(RunConfig):
     model: PriorConfig = dataclasses.field(default_factory=PriorConfig.small)
     train: TrainConfig = PRIOR_TRAINING
     caption_drop: float = 0.1
+    attention: str = "auto"
 
     model_class: ClassVar[type[JSONConfig]] = PriorConfig
     needs: ClassVar[tuple[str, ...]] = ("data", "out", "tokenizer")
