@@ -95,6 +95,10 @@ ROWS = [
         "defaults (no cache)", "sample-fp32", "sample-fp32"),
     Row("sample-fp32-cache", f"sampling image tokens/s, 8x8, batch {SAMPLE_BATCH}, fp32 weights; {PEER}'s "
         "cache forced on", "sample-fp32", "sample-fp32-cache"),
+    Row("sample-fp32-compiled-defaults", f"sampling image tokens/s, 8x8, batch {SAMPLE_BATCH}, fp32 weights, "
+        f"ours with the compiled step; {PEER}'s defaults (no cache)", "sample-fp32-compiled", "sample-fp32"),
+    Row("sample-fp32-compiled-cache", f"sampling image tokens/s, 8x8, batch {SAMPLE_BATCH}, fp32 weights, "
+        f"ours with the compiled step; {PEER}'s cache forced on", "sample-fp32-compiled", "sample-fp32-cache"),
     Row("sample-bf16-cache", f"sampling image tokens/s, 8x8, batch {SAMPLE_BATCH}, bf16 weights; {PEER}'s "
         "cache forced on", "sample-bf16", "sample-bf16-cache"),
     Row("sample-fp32-dense-cache", f"sampling image tokens/s, 8x8, batch {SAMPLE_BATCH}, fp32 weights; {PEER} "
@@ -199,7 +203,9 @@ def worker(side: str, what: str, device: torch.device, repeats: int) -> tuple[Ti
         if kind == "train":
             seconds = measure(training_step(model, device, bf16), repeats)
         else:
-            seconds = sampling_time(model.to(WEIGHTS[weights]).eval(), SAMPLE_BATCH, repeats)
+            # compiled: `compile=True`, compiled in the warm-up run (benchmarks/sampling.py)
+            seconds = sampling_time(model.to(WEIGHTS[weights]).eval(), SAMPLE_BATCH, repeats,
+                                    compile="compiled" in mode)
     else:
         cached = "cache" in mode
         model = peer = peer_model(config, device, dense="dense" in mode, cached=cached)

@@ -6,8 +6,9 @@ forward + backward cost scales with the grid. Prints markdown tables.
 Training: dim 256, depth 8, 8 heads of 32, text 32 tokens, 8x8 grid, batch 16, AdamW, the paper's
 layouts, fp32 and bf16 autocast, for the paper's and the shapes recipe's vocabularies; tokens/s and
 model GFLOP/s against the matmul peak measured in the same run (benchmarks/matmul.py).
+Presets: training tokens/s and MFU of the `small` and `base` presets at 256 text + 32x32 image tokens.
 Scaling: attention alone and a whole 4-layer prior at batch 2 per layout at grids 8, 16 and 32,
-and the exponent of time against sequence length.
+the exponent of time against sequence length, and the model at 32x32 per precision and backend.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from common import (
     random_batch,
     setup,
 )
-from dalle.config import TrainConfig
+from dalle.config import PriorConfig, TrainConfig
 from dalle.prior import Prior, estimate_mfu
 from dalle.train.loop import build_optimizer
 from flops import counted_forward_flops, prior_forward_flops
@@ -46,10 +47,10 @@ SCALING_GRIDS = (8, 16, 32)
 MODEL_LAYOUTS = ("dense", "sparse", "row", "column", "conv")
 
 
-def training_step(model: Prior, device: torch.device, bf16: bool) -> Callable[[], None]:
+def training_step(model: Prior, device: torch.device, bf16: bool, batch: int = TRAIN_BATCH) -> Callable[[], None]:
     """A function running one AdamW step (clipped at norm 4) on a fixed random batch."""
     optimizer = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=4.5e-2, betas=(0.9, 0.96)))
-    text, codes = random_batch(model.config, TRAIN_BATCH, device)
+    text, codes = random_batch(model.config, batch, device)
 
     def step() -> None:
         with autocast(device, bf16):
@@ -111,15 +112,56 @@ def training_section(device: torch.device, repeats: int,
     return text, results
 
 
-def model_cost(layout: str, grid: int, device: torch.device, repeats: int) -> tuple[Timing, int]:
-    """Seconds and peak bytes of forward + backward of a 4-layer comparison prior at batch 2."""
+# Batch per preset at the 32x32 grid: what fits and keeps the machine busy (1,280 tokens a sample).
+PRESET_BATCHES = {"cpu": {"small": 2, "base": 1}, "cuda": {"small": 32, "base": 8}}
+
+
+def presets_section(device: torch.device, repeats: int, peaks: dict[str, float] | None,
+                    quick: bool = False) -> tuple[str, dict]:
+    """Training throughput of the `small` and `base` presets at the paper's geometry (256 text +
+    32x32 image tokens, the paper's vocabularies), bf16 autocast, AdamW; {preset: {"tokens/s",
+    "of peak"}}. --quick leaves out `base` on a CPU (a step there takes seconds)."""
+    batches = PRESET_BATCHES["cuda" if device.type == "cuda" else "cpu"]
+    rows, results = [], {}
+    for name, batch in batches.items():
+        if quick and name == "base" and device.type != "cuda":
+            continue
+        torch.manual_seed(0)
+        model = Prior(PriorConfig.preset(name)).to(device)
+        tokens = batch * model.sequence_length
+        seconds = measure(training_step(model, device, bf16=True, batch=batch), repeats)
+        results[name] = {"tokens/s": seconds.rate(tokens)}
+        share = "–"
+        if peaks:
+            mfu = estimate_mfu(model.flops_per_token(), seconds.rate(tokens).median, peaks["bf16"] * 1e9)
+            results[name]["of peak"] = mfu
+            share = f"{percent(mfu)} of {fmt(peaks['bf16'])}"
+        rows.append([name, f"{model.num_parameters() / 1e6:.0f}M", str(batch), fmt_timing(seconds.scale(1e3)),
+                     fmt_timing(seconds.rate(tokens)), fmt(model.flops_per_token() / 1e9, 3), share])
+        del model
+    text = ("### Training the presets at the paper's geometry\n\n`PriorConfig.preset(name)`: 256 text + "
+            "32x32 image tokens, 16,641 text ids and 8,192 codes, the paper's layouts, bf16 autocast, "
+            "AdamW (clipped at norm 4). MFU: `Prior.flops_per_token()` (useful attention pairs, 3x "
+            "the forward) x tokens/s against the bf16 matmul peak of the matmul section.\n\n"
+            + markdown_table(["preset", "parameters", "batch", "ms / step", "tokens/s",
+                              "GFLOP / token", "MFU"], rows))
+    return text, results
+
+
+def model_cost(layout: str, grid: int, device: torch.device, repeats: int, *, bf16: bool = False,
+               backend: str = "blocks") -> tuple[Timing, int]:
+    """Seconds and peak bytes of forward + backward of a 4-layer comparison prior at batch 2,
+    its attention computed by `backend` (`Prior.set_attention`)."""
     config = comparison_config("shapes", grid=grid, layout=layout, depth=4)
     torch.manual_seed(0)
     model = Prior(config).to(device)
+    model.set_attention(backend)
     text, codes = random_batch(config, 2, device)
 
     def step() -> None:
-        model(text, codes).loss.backward()
+        with autocast(device, bf16):
+            loss = model(text, codes).loss
+        loss.backward()
         model.zero_grad(set_to_none=True)
 
     return measure(step, repeats), peak_bytes(step, device)
@@ -168,6 +210,7 @@ def scaling_section(device: torch.device, repeats: int) -> tuple[str, dict]:
     results = {kind: {"speed-up": costs[kind, big, "dense"][0].median / costs[kind, big, "sparse"][0].median,
                       "memory": costs[kind, big, "sparse"][1] / costs[kind, big, "dense"][1]}
                for kind in ("attention", "model")}
+    big_rows, results["model 32x32"] = big_model_rows(device, repeats)
     headers = ["grid", "layout"] + [f"{kind} {column}" for kind in ("attention", "model")
                                     for column in ("ms", "speed-up", "peak MiB", "memory vs dense")]
     text = ("### Attention layouts: forward + backward vs dense\n\nAttention alone: `sparse_attention` "
@@ -177,8 +220,34 @@ def scaling_section(device: torch.device, repeats: int) -> tuple[str, dict]:
             "row, conv). Peak MiB: allocated beyond the inputs. fp32.\n\n" + markdown_table(headers, rows)
             + f"\n\nExponent of time against sequence length S = 32 + G^2 (least squares over "
             f"S = {', '.join(map(str, lengths))}; dense attention tends to 2, sparse to 1.5):\n\n"
-            + markdown_table(["layout", "attention exponent", "model exponent"], slopes))
+            + markdown_table(["layout", "attention exponent", "model exponent"], slopes)
+            + f"\n\nThe same 4-layer model at {big}x{big} per precision and attention backend "
+            "(`Prior.set_attention`): the paper's layouts against dense flash attention (SDPA's "
+            "causal kernel) in the same precision. `flex` runs only where FlexAttention has a "
+            "backward (CUDA).\n\n"
+            + markdown_table(["precision", "attention", "ms", "speed-up", "peak MiB", "memory vs dense"],
+                             big_rows))
     return text, results
+
+
+def big_model_rows(device: torch.device, repeats: int) -> tuple[list[list[str]], dict]:
+    """Rows for the 4-layer model at the largest grid in fp32 and bf16, dense against the paper's
+    layouts per backend, and {(precision, backend): {"speed-up", "memory"}}."""
+    grid = SCALING_GRIDS[-1]
+    backends = ("blocks", "flex") if device.type == "cuda" else ("blocks",)
+    rows, results = [], {}
+    for bf16 in (False, True):
+        precision = "bf16" if bf16 else "fp32"
+        dense, dense_peak = model_cost("dense", grid, device, repeats, bf16=bf16)
+        rows.append([precision_name(bf16), "dense (flash)", fmt_timing(dense.scale(1e3)), "1.00x",
+                     f"{dense_peak / 2**20:.1f}", "1.00x"])
+        for backend in backends:
+            timing, peak = model_cost("sparse", grid, device, repeats, bf16=bf16, backend=backend)
+            results[precision, backend] = {"speed-up": dense.median / timing.median, "memory": peak / dense_peak}
+            rows.append([precision_name(bf16), f"paper layouts ({backend})", fmt_timing(timing.scale(1e3)),
+                         f"{dense.median / timing.median:.2f}x", f"{peak / 2**20:.1f}",
+                         f"{peak / dense_peak:.2f}x"])
+    return rows, results
 
 
 def main() -> None:
@@ -188,6 +257,7 @@ def main() -> None:
     matmul, peaks = matmul_section(device, args.repeats)
     print(matmul + "\n", flush=True)
     print(training_section(device, args.repeats, peaks)[0] + "\n", flush=True)
+    print(presets_section(device, args.repeats, peaks, args.quick)[0] + "\n", flush=True)
     print(scaling_section(device, args.repeats)[0])
 
 

@@ -17,15 +17,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import torch
+
 from clip_score import clip_section
 from common import Timing, environment, fmt, markdown_table, parser, percent, setup
 from matmul import matmul_section
 from peer import peer_section
-from prior import scaling_section, training_section
-from sampling import paper_12b_section, sampling_section
+from prior import presets_section, scaling_section, training_section
+from sampling import candidates_section, paper_12b_section, sampling_section
 from vae import vae_section
 
-SECTIONS = ("matmul", "training", "sampling", "vae", "clip", "scaling", "peer", "paper-12b")
+SECTIONS = ("matmul", "training", "presets", "sampling", "candidates", "vae", "clip", "scaling", "peer",
+            "paper-12b")
 
 
 class Target(NamedTuple):
@@ -61,11 +64,29 @@ TARGETS = [
            ("scaling", "attention", "speed-up"), 3.0, True, ratio),
     Target("paper layouts at 32x32, attention alone: peak memory / dense",
            ("scaling", "attention", "memory"), 0.5, False, ratio),
+    Target("4-layer model at 32x32, fp32: paper layouts' speed-up over dense",
+           ("scaling", "model 32x32", ("fp32", "blocks"), "speed-up"), 2.0, True, ratio),
+    Target("4-layer model at 32x32, fp32: paper layouts' peak memory / dense",
+           ("scaling", "model 32x32", ("fp32", "blocks"), "memory"), 1.0, False, ratio),
+    Target("4-layer model at 32x32, bf16 autocast: paper layouts' speed-up over dense",
+           ("scaling", "model 32x32", ("bf16", "blocks"), "speed-up"), 2.0, True, ratio),
+    Target("4-layer model at 32x32, bf16 autocast: paper layouts' peak memory / dense",
+           ("scaling", "model 32x32", ("bf16", "blocks"), "memory"), 1.0, False, ratio),
     # Both with fp32 weights: ours `sample_codes` with the KV cache (benchmarks/peer.py).
     Target("sampling image tokens/s, 8x8, batch 8: ours / dalle-pytorch with its cache forced on",
            ("peer", "sample-fp32-cache", "ratio"), 4.0, True, ratio),
     Target("sampling image tokens/s, 8x8, batch 8: ours / dalle-pytorch with its defaults",
            ("peer", "sample-fp32-defaults", "ratio"), 20.0, True, ratio),
+    Target("the same, ours with the compiled step: / dalle-pytorch with its cache forced on",
+           ("peer", "sample-fp32-compiled-cache", "ratio"), 4.0, True, ratio),
+    Target("the same, ours with the compiled step: / dalle-pytorch with its defaults",
+           ("peer", "sample-fp32-compiled-defaults", "ratio"), 20.0, True, ratio),
+]
+# Targets for one H100 (bf16), checked only when the run is on CUDA.
+GPU_TARGETS = [
+    Target("base preset training at 32x32, bf16: MFU", ("presets", "base", "of peak"), 0.4, True, percent),
+    Target("4-layer model at 32x32, bf16: paper layouts (flex) speed-up over dense flash",
+           ("scaling", "model 32x32", ("bf16", "flex"), "speed-up"), 1.5, True, ratio),
 ]
 
 
@@ -77,11 +98,13 @@ def lookup(results: dict, path: tuple) -> float:
     return value.median if isinstance(value, Timing) else value
 
 
-def targets_section(results: dict) -> str:
-    """Measured (median) against each target of the sections that ran; 'not measured' where a
-    figure is missing (the training's share of the peak needs the matmul section)."""
+def targets_section(results: dict, device: torch.device) -> str:
+    """Measured (median) against each target of the sections that ran (with `GPU_TARGETS` on
+    CUDA); 'not measured' where a figure is missing (the training's share of the peak needs the
+    matmul section)."""
     rows = []
-    for target in (t for t in TARGETS if t.path[0] in results):
+    targets = TARGETS + (GPU_TARGETS if device.type == "cuda" else [])
+    for target in (t for t in targets if t.path[0] in results):
         goal = f"{'≥' if target.at_least else '≤'} {target.form(target.goal)}"
         try:
             value = lookup(results, target.path)
@@ -104,7 +127,9 @@ def main() -> None:
     runners = {
         "matmul": lambda: matmul_section(device, r),
         "training": lambda: training_section(device, r, results.get("matmul")),
+        "presets": lambda: presets_section(device, r, results.get("matmul"), quick),
         "sampling": lambda: sampling_section(device, r, grids=(8,) if quick else (8, 16)),
+        "candidates": lambda: candidates_section(device, r),
         "vae": lambda: vae_section(device, r, paper=not quick),
         "clip": lambda: clip_section(device, r),
         "scaling": lambda: scaling_section(device, r),
@@ -119,7 +144,7 @@ def main() -> None:
             text, results[name] = runners[name]()
             print(text + "\n", flush=True)
     if any(target.path[0] in results for target in TARGETS):
-        print(targets_section(results))
+        print(targets_section(results, device))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ layouts) with the paper's vocabularies (16,384 BPE + pads, 8,192 codes), random 
 and with bf16 weights. A run samples every position of the grid after the text prefill; ms per
 position is its time over the grid's positions (one step of the whole batch). --quick: 8x8 only.
 --no-cache adds full recompute per step (batch 8, 8x8); --paper-12b the 12B preset's time per
-token on CUDA.
+token on CUDA. Then the time to draw and rerank 512 candidates for one caption (the paper's N).
 """
 
 from __future__ import annotations
@@ -37,6 +37,15 @@ def sampling_time(model: Prior, batch: int, repeats: int, **kwargs) -> Timing:
     return measure(lambda: sample_codes(model, text, generator=generator, **kwargs), repeats)
 
 
+@torch.no_grad()
+def cache_bytes_per_sample(model: Prior) -> float:
+    """Bytes of KV cache one sample holds while it is drawn (every layer's keys and values)."""
+    cache = model.new_cache()
+    c = model.config
+    model.prefill(torch.zeros(1, c.text_length + 1, dtype=torch.long, device=model.device), cache)
+    return sum(layer.k.nbytes + layer.v.nbytes for layer in cache)
+
+
 def sampling_row(label: str, model: Prior, batch: int, repeats: int, **kwargs) -> tuple[list[str], Timing]:
     """A table row and the image tokens/s of sampling `batch` grids."""
     positions = model.config.image_tokens
@@ -44,7 +53,8 @@ def sampling_row(label: str, model: Prior, batch: int, repeats: int, **kwargs) -
     grid = model.config.grid_size
     tokens = seconds.rate(batch * positions)
     return [f"{grid}x{grid}", str(batch), label, fmt_timing(tokens),
-            fmt_timing(seconds.scale(1e3 / positions)), fmt_timing(seconds.rate(batch))], tokens
+            fmt_timing(seconds.scale(1e3 / positions)), fmt_timing(seconds.rate(batch)),
+            f"{cache_bytes_per_sample(model) / 2**10:,.0f}"], tokens
 
 
 def sampling_section(device: torch.device, repeats: int, grids: tuple[int, ...] = (8, 16),
@@ -61,13 +71,40 @@ def sampling_section(device: torch.device, repeats: int, grids: tuple[int, ...] 
                 if device.type == "cuda":
                     rows.append(sampling_row(f"{weights} weights, no CUDA graph", model, batch, repeats,
                                              cuda_graph=False)[0])
+                elif batch > 1:
+                    row, results[grid, batch, weights, "compiled"] = sampling_row(
+                        f"{weights} weights, compiled step", model, batch, repeats, compile=True)
+                    rows.append(row)
     if no_cache:
         rows.append(sampling_row("fp32, no cache", sampling_prior(8, device, torch.float32), 8, repeats,
                                  use_cache=False)[0])
     text = ("### Sampling with the KV cache\n\nThe comparison prior with the paper's vocabularies; "
-            "`sample_codes` of whole grids, prefill included.\n\n"
-            + markdown_table(["grid", "batch", "weights", "image tokens/s", "ms / position", "images/s"],
-                             rows))
+            "`sample_codes` of whole grids, prefill included. On a CPU the compiled rows use "
+            "`compile=True` (`dalle.sampling.compiled_step`, its compilation in the warm-up run); "
+            "KV cache: what one sample's cache holds across the layers.\n\n"
+            + markdown_table(["grid", "batch", "weights", "image tokens/s", "ms / position", "images/s",
+                              "KV cache KiB / sample"], rows))
+    return text, results
+
+
+def candidates_section(device: torch.device, repeats: int, candidates: int = 512) -> tuple[str, dict]:
+    """Seconds to draw `candidates` images for one caption with the bundled shapes pipeline and
+    keep the best by CLIP (the paper's N = 512, §2.6), eager and (on a CPU) compiled;
+    {"eager" | "compiled": Timing}."""
+    from dalle.pipeline import DallePipeline
+
+    torch._dynamo.reset()  # the sampling section's compiled steps count against torch's recompile limit
+    pipe = DallePipeline.from_pretrained("shapes", device=device)
+    prompt = "a small red circle above a large blue square"
+    modes = {"eager": {}} if device.type == "cuda" else {"eager": {}, "compiled": {"compile": True}}
+    results = {mode: measure(lambda options=options: pipe(prompt, images=1, candidates=candidates,
+                                                          batch_size=64, **options), repeats)
+               for mode, options in modes.items()}
+    rows = [[mode, fmt_timing(t), fmt_timing(t.rate(candidates))] for mode, t in results.items()]
+    text = (f"### Drawing and reranking {candidates} candidates for one caption\n\nThe bundled `shapes` "
+            f"pipeline (64 px, 8x8 grid), batches of 64, CLIP keeps the best one: sampling, dVAE "
+            f"decoding and scoring.\n\n"
+            + markdown_table(["sampling step", "seconds", "candidates/s"], rows))
     return text, results
 
 
@@ -121,7 +158,8 @@ def main() -> None:
     device = setup(args)
     print(environment(device) + "\n", flush=True)
     grids = (8,) if args.quick else (8, 16)
-    print(sampling_section(device, args.repeats, grids, no_cache=args.no_cache)[0], flush=True)
+    print(sampling_section(device, args.repeats, grids, no_cache=args.no_cache)[0] + "\n", flush=True)
+    print(candidates_section(device, args.repeats)[0], flush=True)
     if args.paper_12b:
         print("\n" + paper_12b_section(device, args.repeats))
 
