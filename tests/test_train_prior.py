@@ -162,3 +162,19 @@ def test_given_its_dvae_the_prior_draws_captioned_sample_grids_without_changing_
     DiscreteVAE(VAEConfig(**{**VAEConfig.tiny().to_dict(), "hidden": 12})).save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="did not make the codes"):
         train(tmp_path / "wrong", vae=str(tmp_path / "other"))
+
+
+def test_the_attention_backend_is_recorded_and_the_same_model_trains_with_blocks_or_reference(data, tmp_path):
+    import json
+
+    from dalle.errors import DalleError
+
+    runs = {backend: train_prior(PriorRun(data / "codes", tmp_path / backend, tokenizer=data / "tokenizer",
+                                          model=tiny_prior_config(data), train=tiny_train_config(steps=3),
+                                          attention=backend), show_progress=False)
+            for backend in ("blocks", "reference")}
+    for name, tensor in runs["blocks"].state_dict().items():
+        torch.testing.assert_close(tensor, runs["reference"].state_dict()[name], atol=1e-5, rtol=1e-4)
+    assert json.loads((tmp_path / "blocks" / "config.json").read_text())["attention"] == "blocks"
+    with pytest.raises(DalleError, match="unknown attention backend 'bogus'"):
+        PriorRun(data / "codes", tmp_path / "bogus", tokenizer=data / "tokenizer", attention="bogus")

@@ -201,6 +201,14 @@ class PriorRun(RunConfig):
     derived: ClassVar[tuple[str, ...]] = ("text_vocab_size", "text_length", "codebook_size",
                                           "grid_size")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from dalle.prior import Attention
+
+        if self.attention not in Attention.BACKENDS:
+            raise DalleError(f"unknown attention backend {self.attention!r} (--attention); "
+                             f"expected one of {', '.join(Attention.BACKENDS)}")
+
     def fitted(self) -> PriorRun:
         from dalle.data.codes import CodesDataset
         from dalle.text import TextTokenizer
