@@ -65,21 +65,25 @@ def test_flex_refuses_gradients_on_cpu_with_a_clear_error():
         flex_attention_layout(q, k, v, "row", 3, 4)
 
 
-@pytest.mark.parametrize("layout", ["sparse", "dense"])
-def test_prior_with_flex_equals_the_dense_reference(layout, cpu_backward):
-    model = tiny(layout)
-    text, codes = batch(model.config)
+def assert_backends_agree(model, text, codes, backend: str, tolerance: float) -> None:
+    """`backend` gives the model the loss and gradients of the dense-mask reference."""
     losses, grads = [], []
-    for backend in ("flex", "reference"):
-        model.set_attention(backend)
+    for name in (backend, "reference"):
+        model.set_attention(name)
         model.zero_grad()
         out = model(text, codes)
         out.loss.backward()
         losses.append(out.loss.detach())
         grads.append([p.grad.clone() for p in model.parameters()])
-    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(losses[0], losses[1], atol=tolerance, rtol=tolerance)
     for grad, ref_grad in zip(*grads):
-        torch.testing.assert_close(grad, ref_grad, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(grad, ref_grad, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_prior_with_flex_equals_the_dense_reference(layout, cpu_backward):
+    model = tiny(layout)
+    assert_backends_agree(model, *batch(model.config), "flex", tolerance=1e-6)
 
 
 def test_block_masks_are_built_once_per_layout_and_shared_by_its_layers():
@@ -148,15 +152,5 @@ def test_prior_on_cuda_attends_with_flex_and_equals_the_dense_reference():
     model = tiny("sparse").cuda()
     text, codes = (x.cuda() for x in batch(model.config))
     _block_mask.cache_clear()
-    losses, grads = [], []
-    for backend in ("auto", "reference"):
-        model.set_attention(backend)
-        model.zero_grad()
-        out = model(text, codes)
-        out.loss.backward()
-        losses.append(out.loss.detach())
-        grads.append([p.grad.clone() for p in model.parameters()])
+    assert_backends_agree(model, text, codes, "auto", tolerance=1e-4)
     assert _block_mask.cache_info().currsize == 3  # auto chose flex: row, column and conv masks
-    torch.testing.assert_close(losses[0], losses[1], atol=1e-4, rtol=1e-4)
-    for grad, ref_grad in zip(*grads):
-        torch.testing.assert_close(grad, ref_grad, atol=1e-4, rtol=1e-4)
