@@ -210,7 +210,7 @@ def scaling_section(device: torch.device, repeats: int) -> tuple[str, dict]:
     results = {kind: {"speed-up": costs[kind, big, "dense"][0].median / costs[kind, big, "sparse"][0].median,
                       "memory": costs[kind, big, "sparse"][1] / costs[kind, big, "dense"][1]}
                for kind in ("attention", "model")}
-    big_rows, results["model 32x32"] = big_model_rows(device, repeats)
+    big_rows, results["model 32x32"] = big_model_rows(costs, device, repeats)
     headers = ["grid", "layout"] + [f"{kind} {column}" for kind in ("attention", "model")
                                     for column in ("ms", "speed-up", "peak MiB", "memory vs dense")]
     text = ("### Attention layouts: forward + backward vs dense\n\nAttention alone: `sparse_attention` "
@@ -230,19 +230,26 @@ def scaling_section(device: torch.device, repeats: int) -> tuple[str, dict]:
     return text, results
 
 
-def big_model_rows(device: torch.device, repeats: int) -> tuple[list[list[str]], dict]:
+def big_model_rows(costs: dict, device: torch.device, repeats: int) -> tuple[list[list[str]], dict]:
     """Rows for the 4-layer model at the largest grid in fp32 and bf16, dense against the paper's
-    layouts per backend, and {(precision, backend): {"speed-up", "memory"}}."""
+    layouts per backend, and {(precision, backend): {"speed-up", "memory"}}; the fp32 blocks
+    figures are those of `scaling_costs`."""
     grid = SCALING_GRIDS[-1]
     backends = ("blocks", "flex") if device.type == "cuda" else ("blocks",)
+
+    def model(layout: str, bf16: bool, backend: str = "blocks") -> tuple[Timing, int]:
+        if not bf16 and backend == "blocks":
+            return costs["model", grid, layout]
+        return model_cost(layout, grid, device, repeats, bf16=bf16, backend=backend)
+
     rows, results = [], {}
     for bf16 in (False, True):
         precision = "bf16" if bf16 else "fp32"
-        dense, dense_peak = model_cost("dense", grid, device, repeats, bf16=bf16)
+        dense, dense_peak = model("dense", bf16)
         rows.append([precision_name(bf16), "dense (flash)", fmt_timing(dense.scale(1e3)), "1.00x",
                      f"{dense_peak / 2**20:.1f}", "1.00x"])
         for backend in backends:
-            timing, peak = model_cost("sparse", grid, device, repeats, bf16=bf16, backend=backend)
+            timing, peak = model("sparse", bf16, backend)
             results[precision, backend] = {"speed-up": dense.median / timing.median, "memory": peak / dense_peak}
             rows.append([precision_name(bf16), f"paper layouts ({backend})", fmt_timing(timing.scale(1e3)),
                          f"{dense.median / timing.median:.2f}x", f"{peak / 2**20:.1f}",
