@@ -331,8 +331,8 @@ class DallePipeline:
         Sampling options left as None take the pipeline's defaults (`self.sampling`).
         init_image + keep_rows: complete an image from the first `keep_rows` rows of its codes.
         compile: on a CPU, sample through a compiled step with frozen weights (`compiled_step`):
-        the same images, faster after tens of seconds of compiling per batch size; for many
-        candidates (docs/benchmarks.md).
+        the same images, faster after tens of seconds of compiling (once more at a second batch
+        size); for many candidates (docs/benchmarks.md).
         progress(done, total) is called with image positions sampled so far, all prompts together.
         preview(first, rows) is called each time a batch finishes a row of codes, with the batch's
         finished rows (n, r, G) (a view: copy what you keep) and its first candidate's index among
