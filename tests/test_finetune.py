@@ -11,8 +11,17 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dalle.adapter import ADAPTER_FILE, LORA_CONFIG, LORA_WEIGHTS, AdapterConfig
+from dalle.config import SamplingConfig
 from dalle.errors import DalleError
-from dalle.finetune import FinetuneConfig, clip_retrieval, finetune, load_pictures, write_captions
+from dalle.finetune import (
+    FinetuneConfig,
+    Finetuning,
+    caption_starts,
+    clip_retrieval,
+    finetune,
+    load_pictures,
+    write_captions,
+)
 from dalle.pipeline import DallePipeline
 from dalle.train.loop import Trainer
 from dalle.train.signals import TrainingStopped
@@ -20,13 +29,17 @@ from test_pipeline import CAPTIONS, tiny_pipeline
 
 NEW = ["a small blue square", "a large green cross", "a small red triangle", "a large white circle"]
 QUICK = FinetuneConfig.preset("quick", clip="yes")
+TRAINED: dict[str, list] = {}  # each stage's training items in the `adapted` run
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """A tiny pipeline on disk whose BPE knows the new captions' words (CAPTIONS share them)."""
+    """A tiny pipeline on disk whose BPE knows the new captions' words (CAPTIONS share them), its
+    prior trained with dropout and sampled with guidance as the bundled ones are."""
     root = tmp_path_factory.mktemp("base")
-    tiny_pipeline(captions=CAPTIONS + NEW).save_pretrained(root / "pipe")
+    pipe = tiny_pipeline(captions=CAPTIONS + NEW, prior_dropout=0.1)
+    pipe.sampling = SamplingConfig(top_k=20, guidance_scale=2.0)
+    pipe.save_pretrained(root / "pipe")
     return root / "pipe"
 
 
@@ -43,8 +56,16 @@ def pictures(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapted(base, pictures, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "adapter"
+    train = Finetuning._train
+
+    def recorded(self, part, method, model, dataset, *args, **kwargs):
+        TRAINED[part] = [dataset[i] for i in range(len(dataset))]
+        TRAINED[part + " dropout"] = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        return train(self, part, method, model, dataset, *args, **kwargs)
+
     with pytest.MonkeyPatch.context() as patch:  # an untrained prior writes noise: give it captions
-        patch.setattr("dalle.finetune.write_captions", lambda prior, tokenizer, count, generator: CAPTIONS)
+        patch.setattr("dalle.finetune.write_captions", lambda prior, tokenizer, count, generator, words: CAPTIONS)
+        patch.setattr(Finetuning, "_train", recorded)
         finetune(str(base), pictures, out, QUICK, device="cpu", echo=lambda line: None)
     return out
 
@@ -76,6 +97,13 @@ def test_loading_an_adapter_merges_its_trained_weights_into_the_base(adapted, ba
     assert torch.equal(again("a small blue square", seed=3).codes, tuned("a small blue square", seed=3).codes)
 
 
+def test_the_adapted_pipeline_samples_without_guidance_and_otherwise_as_its_base(adapted, base):
+    assert DallePipeline.from_pretrained(base).sampling == SamplingConfig(top_k=20, guidance_scale=2.0)
+    assert DallePipeline.from_pretrained(adapted).sampling == SamplingConfig(top_k=20, guidance_scale=1.0)
+    with pytest.raises(DalleError, match="guidance_scale"):
+        FinetuneConfig(guidance_scale=0.5)
+
+
 def test_merge_writes_a_standalone_pipeline_that_draws_the_same(adapted, tmp_path):
     from typer.testing import CliRunner
 
@@ -88,6 +116,7 @@ def test_merge_writes_a_standalone_pipeline_that_draws_the_same(adapted, tmp_pat
     assert (merged / "prior" / "model.safetensors").is_file()
     standalone = DallePipeline.from_pretrained(merged)
     tuned = DallePipeline.from_pretrained(adapted)
+    assert standalone.sampling == tuned.sampling
     assert torch.equal(standalone("a large green cross", seed=1).codes, tuned("a large green cross", seed=1).codes)
 
 
@@ -103,7 +132,7 @@ def test_running_again_reuses_the_finished_stages_and_other_settings_are_refused
 
 
 def test_an_interrupted_finetune_continues_to_the_same_adapter(base, pictures, adapted, tmp_path, monkeypatch):
-    monkeypatch.setattr("dalle.finetune.write_captions", lambda prior, tokenizer, count, generator: CAPTIONS)
+    monkeypatch.setattr("dalle.finetune.write_captions", lambda prior, tokenizer, count, generator, words: CAPTIONS)
     step = Trainer.train_step
 
     def interrupted(self, batch):  # SIGINT during the prior's third step (a checkpoint every 2)
@@ -140,6 +169,38 @@ def test_the_base_writes_captions_in_its_own_vocabulary(base):
     assert len(captions) <= 6 and all(isinstance(c, str) and c.strip() for c in captions)
     assert all(not pipe.tokenizer.unknown_characters(c) for c in captions)
     assert all(len(pipe.tokenizer.tokenize(c)) <= pipe.tokenizer.config.text_length for c in captions)
+
+
+def test_the_prior_is_adapted_without_dropout_and_keeps_its_trained_rate(adapted, base):
+    assert TRAINED["prior dropout"] and set(TRAINED["prior dropout"]) == {0.0}
+    trained_rate = DallePipeline.from_pretrained(base).prior.config.dropout
+    assert trained_rate > 0 and DallePipeline.from_pretrained(adapted).prior.config.dropout == trained_rate
+    with pytest.raises(DalleError, match="dropout"):
+        FinetuneConfig(dropout=1.0)
+
+
+def test_every_other_written_caption_starts_from_a_given_word(base):
+    tokenizer = DallePipeline.from_pretrained(base).tokenizer
+    (circle,), (a,) = tokenizer.tokenize("circle"), tokenizer.tokenize("a")
+    assert len(tokenizer.tokenize("square")) > 1  # not one token: never a start
+    starts = caption_starts(tokenizer, 9, torch.Generator().manual_seed(0), ["square", "circle", "a"])
+    assert set(starts[::2].tolist()) == {circle, a}
+    vocabulary = {i for token, i in tokenizer.vocab.items() if token.isalpha() and len(token) > 2}
+    assert set(starts[1::2].tolist()) <= vocabulary
+    assert caption_starts(tokenizer, 9, torch.Generator().manual_seed(0)).tolist() != starts.tolist()
+
+
+def test_clip_learns_the_new_pictures_as_they_are_and_as_the_dvae_draws_them(adapted, base, pictures):
+    items = TRAINED["clip"]
+    new = load_pictures(pictures, 64)
+    replayed = len(CAPTIONS)  # what the patched write_captions gives
+    assert len(items) == 2 * len(new) + replayed
+    assert [item["caption"] for item in items[:2 * len(new)]] == 2 * NEW
+    vae = DallePipeline.from_pretrained(base).vae
+    with torch.no_grad():
+        drawn = vae.decode(vae.encode(torch.stack([p["image"] for p in new])))
+    assert all(torch.equal(item["image"], p["image"]) for item, p in zip(items, new))
+    assert torch.allclose(torch.stack([item["image"] for item in items[len(new):2 * len(new)]]), drawn, atol=1e-5)
 
 
 def test_clip_retrieval_counts_pictures_ranked_first_by_their_own_caption(base, pictures):
@@ -192,12 +253,11 @@ def test_the_command_line_fine_tunes_and_generates_from_the_adapter(base, pictur
 
 def test_replayed_pairs_cost_their_divergence_from_the_base_and_new_ones_their_likelihood(base):
     from dalle.adapter import with_lora
-    from dalle.finetune import ReplayLoss
+    from dalle.finetune import ReplayLoss, with_dropout
     from dalle.train.prior import PriorLoss
 
     pipe = DallePipeline.from_pretrained(base)
-    assert pipe.prior.config.dropout == 0
-    model = with_lora(pipe.prior, rank=4, alpha=4)
+    model = with_lora(with_dropout(pipe.prior, 0.0), rank=4, alpha=4)  # as fine-tuning trains it
     captions = ["a small blue square", "a large red circle"]
     batch = {"codes": torch.randint(0, 32, (2, 4, 4)), "caption": captions, "index": torch.tensor([0, 1])}
     loss = ReplayLoss(pipe.tokenizer, seed=0, caption_drop=0.0, reference=None)
@@ -207,7 +267,12 @@ def test_replayed_pairs_cost_their_divergence_from_the_base_and_new_ones_their_l
     # On new pictures it is the prior's own loss.
     fitted, _ = loss(model, {**batch, "replay": torch.tensor([False, False])}, step=0)
     plain, _ = PriorLoss(pipe.tokenizer, seed=0)(model, batch, step=0)
-    assert fitted.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert fitted.item() == pytest.approx(plain.item(), rel=1e-5) and fitted.item() > 1e-3
+    # A new picture whose caption is dropped is distilled instead: the unconditional stays the base's.
+    dropping = ReplayLoss(pipe.tokenizer, seed=0, caption_drop=0.99, reference=None)
+    assert (dropping.encode(captions, batch["index"], step=0) == pipe.tokenizer.encode("")).all()
+    dropped, _ = dropping(model, {**batch, "replay": torch.tensor([False, False])}, step=0)
+    assert dropped.item() == pytest.approx(0, abs=1e-6)
     # Once the adapter moves away from the base, replayed pairs cost something.
     for name, p in model.named_parameters():
         if "lora_B" in name:

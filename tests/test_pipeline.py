@@ -17,13 +17,14 @@ CAPTIONS = ["a large red circle", "a small blue square above a large red circle"
             "a small green cross to the left of a small white triangle"]
 
 
-def tiny_pipeline(with_clip: bool = True, captions=CAPTIONS, text_length: int = 12) -> DallePipeline:
+def tiny_pipeline(with_clip: bool = True, captions=CAPTIONS, text_length: int = 12,
+                  prior_dropout: float = 0.0) -> DallePipeline:
     torch.manual_seed(0)
     tokenizer = TextTokenizer.train(list(captions) * 4, bpe_vocab_size=300, text_length=text_length)
     t = tokenizer.config
     vae = DiscreteVAE(VAEConfig(**{**VAEConfig.tiny().to_dict(), "image_size": 64, "downsample": 16}))
     prior = Prior(PriorConfig(**{**PriorConfig.tiny().to_dict(), "text_vocab_size": t.text_vocab_size,
-                                 "text_length": t.text_length, "codebook_size": 32}))
+                                 "text_length": t.text_length, "codebook_size": 32, "dropout": prior_dropout}))
     clip = CLIP(CLIPConfig(**{**CLIPConfig.tiny().to_dict(), "image_size": 64, "patch_size": 16,
                               "text_vocab_size": t.text_vocab_size, "text_length": t.text_length}))
     return DallePipeline(tokenizer, vae, prior, clip if with_clip else None)

@@ -6,6 +6,7 @@
       prior/         LoRA: adapter_config.json + adapter_model.safetensors (peft's own format);
                      full fine-tuning: config.json + model.safetensors
       clip/          the same for CLIP, when the new pictures needed it
+      sampling.json  the adapted pipeline's sampling defaults, in place of the base's (optional)
       README.md      the model card, with the base's attribution and licences beside it
       training/      how it was made: the codes, the replayed samples, each part's training run
 

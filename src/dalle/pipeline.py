@@ -219,6 +219,8 @@ class DallePipeline:
             if pipeline.clip is None:
                 raise DalleError(f"{adapter} adapts CLIP but its base {base} has none")
             pipeline.clip = load_part(pipeline.clip, adapter / "clip", config.clip).eval()
+        if (adapter / SAMPLING_FILE).is_file():
+            pipeline.sampling = SamplingConfig.load(adapter / SAMPLING_FILE)
         check_parts(pipeline.tokenizer, pipeline.vae, pipeline.prior, pipeline.clip)
         if dtype is not None:
             pipeline.prior.to(dtype)
