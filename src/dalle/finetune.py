@@ -211,6 +211,7 @@ class ReplayLoss(PriorLoss):
                  reference: Prior | None) -> None:
         super().__init__(tokenizer, seed, caption_drop)
         self.reference = reference
+        self.empty = tokenizer.encode("")  # a dropped caption's ids
 
     @torch.no_grad()
     def _base_logits(self, model: Any, text: torch.Tensor, codes: torch.Tensor) -> Any:
@@ -231,7 +232,7 @@ class ReplayLoss(PriorLoss):
         # A new picture whose caption was dropped is distilled like a replayed pair, so the
         # unconditional stream, which guidance subtracts, stays the base's: learnt from the few
         # new pictures, it bent every other caption's samples (measured: docs/finetune.md).
-        unconditional = (text == self.tokenizer.encode("").to(text.device)).all(1)
+        unconditional = (text == self.empty.to(text.device)).all(1)
         replay = replay | unconditional
         config = _inner(model).config
         length = config.text_length
