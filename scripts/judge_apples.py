@@ -31,6 +31,8 @@ def thumbnails(images: torch.Tensor) -> torch.Tensor:
 
 def style_pictures(emoji: Path, style: str) -> tuple[list[Path], torch.Tensor]:
     files = sorted((emoji / "train").glob(f"*-{style}.png"))
+    if not files:
+        raise SystemExit(f"error: no {style} pictures in {emoji / 'train'}: give --emoji a `dalle data emoji` folder")
     pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     return files, torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
 
@@ -48,7 +50,11 @@ def main() -> None:
         pipe = DallePipeline.from_pretrained(name)
         for style in ("twitter", "google"):
             files, pictures = style_pictures(args.emoji, style)
-            true = files.index(args.emoji / "train" / f"{args.code_point}-{style}.png")
+            true_file = args.emoji / "train" / f"{args.code_point}-{style}.png"
+            if true_file not in files:
+                raise SystemExit(f"error: no {true_file}: give --emoji a `dalle data emoji` folder "
+                                 "and --code-point one of its emoji")
+            true = files.index(true_file)
             caption = files[true].with_suffix(".txt").read_text().strip()
             drawn = pipe(caption, images=args.images, seed=0).images.float()
             distance = torch.cdist(thumbnails(drawn), thumbnails(pictures))
