@@ -6,6 +6,7 @@ import torch
 
 from dalle.config import VAEConfig
 from dalle.data.codes import CodesDataset
+from dalle.errors import DalleError
 from dalle.train.codes import encode_dataset
 from dalle.vae import DiscreteVAE
 from helpers import RandomImages
@@ -89,3 +90,39 @@ def test_corrupt_codes_directory_is_reported(vae, tmp_path):
 def test_codes_open_as_a_memory_map(vae, tmp_path):
     encode_dataset(vae, RandomImages(n=8), tmp_path / "c", batch_size=8, show_progress=False)
     assert isinstance(CodesDataset(tmp_path / "c").codes, np.memmap)
+
+
+def test_views_add_random_crops_of_each_picture_and_repeat_exactly(vae, tmp_path):
+    from PIL import Image
+
+    from dalle.data.augment import random_crops, sample_rng
+    from dalle.data.sources import open_images
+    from dalle.train.codes import cropped_views, encode_codes
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        pixels = rng.integers(0, 256, (vae.config.image_size, vae.config.image_size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"picture {i}\n")
+    vae.save_pretrained(tmp_path / "vae")
+    encode_codes(tmp_path / "vae", folder, tmp_path / "one", device="cpu")
+    index = encode_codes(tmp_path / "vae", folder, tmp_path / "three", views=3, device="cpu")
+    encode_codes(tmp_path / "vae", folder, tmp_path / "again", views=3, device="cpu")
+    assert index["count"] == 15
+    assert (tmp_path / "three/codes.bin").read_bytes() == (tmp_path / "again/codes.bin").read_bytes()
+    one, three = CodesDataset(tmp_path / "one"), CodesDataset(tmp_path / "three")
+    # View 0 is the plain encoding; views 1 and 2 are the same pictures, cropped.
+    assert all(torch.equal(three[i]["codes"], one[i]["codes"]) for i in range(5))
+    assert [three[i]["caption"] for i in range(15)] == [f"picture {i}" for i in range(5)] * 3
+    images = open_images(folder, vae.config.image_size)
+    for view in (1, 2):
+        for i in range(5):
+            rng = sample_rng(0, view, i)
+            crop = random_crops(images[i]["image"][None], [rng], 0.25)
+            assert torch.equal(three[5 * view + i]["codes"], vae.encode(crop)[0])
+    assert any(not torch.equal(random_crops(images[i]["image"][None], [sample_rng(0, 1, i)], 0.25),
+                               images[i]["image"][None]) for i in range(5))
+    with pytest.raises(DalleError, match="views must be at least 1"):
+        list(cropped_views(lambda: [], 0, 0.25))

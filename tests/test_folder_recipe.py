@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from dalle.data.codes import CodesDataset
 from dalle.data.shards import pack_shards
 from dalle.errors import DalleError
 from dalle.folder_recipe import (
     PLAN_FILE,
     Survey,
+    code_views,
     describe_plan,
     is_validation,
     load_or_make_plan,
@@ -62,13 +64,16 @@ def test_quick_folder_recipe_plans_first_then_trains_a_pipeline_that_keeps_the_n
     # The plan, derived from the data, comes before the first stage.
     assert out.index("plan (quick") < out.index("[data]")
     assert "training pairs (folder), median side 32 px" in out
-    assert "32 px -> 8x8 codes of" in out
+    assert "32 px -> 8x8 codes of" in out and "the training pictures x 2 views" in out
     plan = json.loads((run / PLAN_FILE).read_text())
     assert plan["settings"]["vae"]["image_size"] == 32 and plan["settings"]["vae"]["downsample"] == 4
     # The held-out split links to the user's files and takes none from training.
     train = {p.name for p in (run / "data/train").glob("*.txt")}
     val = {p.name for p in (run / "data/val").glob("*.txt")}
     assert val and not train & val and len(train | val) == 40
+    # The prior's training codes hold each picture twice (as it is, then cropped); val's once.
+    assert CodesDataset(run / "codes/train").index["count"] == 2 * len(train)
+    assert CodesDataset(run / "codes/val").index["count"] == len(val)
     assert (run / "data/train" / next(iter(train))).is_symlink()
     pipeline = run / "pipeline"
     assert (pipeline / "LICENSE.md").read_text() == "CC0: the test rendered these.\n"
@@ -145,12 +150,17 @@ def test_the_budget_is_split_among_the_stages_and_the_plan_fits_it(glyphs, tmp_p
         assert all(s[stage]["warmup_steps"] < s[stage]["steps"] for stage in ("vae", "prior", "clip"))
         # 38 training pairs: every batch is cut to the set; many passes bring the prior's dropout.
         assert s["clip"]["batch_size"] == 38 and s["prior"]["dropout"] == 0.1
+        assert plan["views"] == code_views(plan["epochs"]["prior"]) > 1
     assert plans[20]["settings"]["prior"]["steps"] > 2 * plans[10]["settings"]["prior"]["steps"] * 0.95
     lines = describe_plan(plans[10])
     assert lines[0] == "plan for 10 minutes of this cpu (" + f"{torch.get_num_threads()} threads):"
     assert any(line.startswith("  train-prior") and "min" in line for line in lines)
     with pytest.raises(DalleError, match="leaves no time to train"):
         load_or_make_plan(root, tmp_path / "tiny", "1", lambda _: None)
+
+
+def test_the_prior_gets_one_view_of_each_picture_per_sixteen_epochs_up_to_sixteen():
+    assert [code_views(epochs) for epochs in (0.5, 16, 17, 100, 251, 10_000)] == [1, 1, 2, 7, 16, 16]
 
 
 def test_a_folder_with_other_files_but_no_plan_is_refused(glyphs, tmp_path):

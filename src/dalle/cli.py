@@ -207,6 +207,8 @@ def encode_dataset_command(
     batch_size: Annotated[int, typer.Option(help="Images per encoder pass (part of what makes the output reproducible).")] = 256,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    views: Annotated[int, typer.Option(help="Encodings of each image: as it is, then randomly cropped (the paper's augmentation; more for a small set).")] = 1,
+    max_crop: Annotated[float, typer.Option(help="The largest share of the side a view's crop removes.")] = 0.25,
 ) -> None:
     """Run the dVAE encoder once over a dataset and store the argmax codes with the captions."""
     import time
@@ -214,10 +216,12 @@ def encode_dataset_command(
     from dalle.train.codes import encode_codes
 
     start = time.perf_counter()
-    index = encode_codes(vae, data, out, batch_size=batch_size, resume=resume, device=device)
+    index = encode_codes(vae, data, out, batch_size=batch_size, resume=resume, device=device,
+                         views=views, max_crop=max_crop)
     seconds = time.perf_counter() - start
     grid = index["grid"]
-    typer.echo(f"{index['count']} images -> {grid}x{grid} codes in {out} "
+    shown = f"{index['count'] // views} images x {views} views" if views > 1 else f"{index['count']} images"
+    typer.echo(f"{shown} -> {grid}x{grid} codes in {out} "
                f"({seconds:.1f} s, {index['count'] / seconds:.0f} images/s)")
 
 

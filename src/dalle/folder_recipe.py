@@ -65,6 +65,10 @@ RUNS: dict[str, type[VAERun] | type[PriorRun] | type[CLIPRun]] = {
 OVERHEAD = 1.15  # checkpoints, sample grids, validation and data loading, over the timed steps
 STAGE_START = 15.0  # seconds: a stage's process work before its first step (loading, workers)
 MIN_PAIRS = 20
+# The prior's training pictures are encoded as they are and as random crops (the paper's
+# augmentation before encoding, appendix B.2): one view per EPOCHS_PER_VIEW passes the budget
+# gives the prior, so that it sees each code grid about that often, up to MAX_VIEWS.
+EPOCHS_PER_VIEW, MAX_VIEWS = 16, 16
 VAL_PERCENT, MAX_VAL = 5, 500  # the held-out split of a folder without one
 
 
@@ -377,12 +381,12 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None]) -
             settings[stage].update(overrides, batch_size=min(overrides["batch_size"], found.pairs),
                                    warmup_steps=overrides["steps"] // 5)
         return _plan(data, budget, minutes, device, found, tokenizer, settings, {}, {},
-                     eval_prompts=4, fid=False, warnings=[])
+                     eval_prompts=4, fid=False, warnings=[], views=2)
     echo(f"[plan] timing one training step of each stage on {device.type} "
          f"({torch.get_num_threads()} threads)")
     per_step = time_stages(runs, tokenizer, device, eval_prompts)
     total = minutes * 60
-    fixed = (6 * STAGE_START + found.pairs * per_step["encode"] * 2
+    fixed = (6 * STAGE_START + found.pairs * per_step["encode"] * 2 * (1 + MAX_VIEWS)
              + eval_prompts * per_step["generate"] * 2)  # the 2s: data loading and decoding
     training = (total - fixed) / OVERHEAD
     if training <= 0:
@@ -393,6 +397,7 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None]) -
     steps = {stage: _rounded(SHARES[stage] * training / per_step[stage]) for stage in SHARES}
     epochs = {stage: steps[stage] * settings[stage]["batch_size"] / found.pairs for stage in SHARES}
     warmup = {stage: max(10, min(200, steps[stage] // 20)) for stage in SHARES}
+    views = code_views(epochs["prior"])
     settings["vae"].update(steps=steps["vae"], warmup_steps=warmup["vae"])
     settings["prior"].update(steps=steps["prior"], warmup_steps=warmup["prior"],
                              sample_every=max(50, _rounded(steps["prior"] / 5)),
@@ -404,7 +409,7 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None]) -
     settings["clip"].update(steps=steps["clip"], warmup_steps=warmup["clip"],
                             eval_every=max(50, _rounded(steps["clip"] / 5)))
     estimates = {"train-vae": steps["vae"] * per_step["vae"] * OVERHEAD + STAGE_START,
-                 "encode": found.pairs * per_step["encode"] * 2 + 2 * STAGE_START,
+                 "encode": found.pairs * per_step["encode"] * 2 * (1 + views) + 2 * STAGE_START,
                  "train-prior": steps["prior"] * per_step["prior"] * OVERHEAD + STAGE_START,
                  "train-clip": steps["clip"] * per_step["clip"] * OVERHEAD + STAGE_START,
                  "eval": eval_prompts * per_step["generate"] * 2 + STAGE_START}
@@ -413,13 +418,18 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None]) -
                  if steps[stage] < ENOUGH_STEPS[stage]]
     return _plan(data, budget, minutes, device, found, tokenizer, settings, per_step, estimates,
                  eval_prompts=eval_prompts, fid=inception_available() and val_pairs >= 500,
-                 warnings=warnings_)
+                 warnings=warnings_, views=views)
+
+
+def code_views(prior_epochs: float) -> int:
+    """How many encodings of each training picture the prior gets (see EPOCHS_PER_VIEW)."""
+    return max(1, min(MAX_VIEWS, math.ceil(prior_epochs / EPOCHS_PER_VIEW)))
 
 
 def _plan(data: Path, budget: str, minutes: float, device: torch.device, found: Survey,
           tokenizer: dict[str, Any], settings: dict[str, dict[str, Any]],
           per_step: dict[str, float], estimates: dict[str, float], *, eval_prompts: int, fid: bool,
-          warnings: list[str]) -> dict[str, Any]:
+          warnings: list[str], views: int = 1) -> dict[str, Any]:
     """The plan as plan.json holds it."""
     epochs = {stage: settings[stage]["steps"] * settings[stage]["batch_size"] / found.pairs
               for stage in SHARES}
@@ -428,12 +438,13 @@ def _plan(data: Path, budget: str, minutes: float, device: torch.device, found: 
             "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "survey": dataclasses.asdict(found), "tokenizer": tokenizer, "settings": settings,
             "seconds_per_step": per_step, "epochs": epochs, "estimates": estimates,
-            "eval_prompts": eval_prompts, "fid": fid, "warnings": warnings}
+            "views": views, "eval_prompts": eval_prompts, "fid": fid, "warnings": warnings}
 
 
 def describe_plan(plan: dict[str, Any]) -> list[str]:
     """The plan as lines for the terminal: each stage, its settings and its estimated time."""
     s, found, est, epochs = plan["settings"], plan["survey"], plan["estimates"], plan["epochs"]
+    views = plan.get("views", 1)  # plans written before views encoded each picture once
     vae, prior, clip = s["vae"], s["prior"], s["clip"]
     grid = vae["image_size"] // vae["downsample"]
 
@@ -450,7 +461,8 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
                       f"{plan['tokenizer']['text_length']} text positions"),
         ("train-vae", f"{vae['image_size']} px -> {grid}x{grid} codes of {vae['codebook_size']}, "
                       f"{vae['likelihood']} likelihood; {training('vae')}"),
-        ("encode", "the training and held-out pictures to codes"),
+        ("encode", "the training pictures" + (f" x {views} views (random crops)" if views > 1 else "")
+                   + " and the held-out ones to codes"),
         ("train-prior", f"{training('prior')}, dropout {prior.get('dropout', 0.0)}"),
         ("train-clip", f"{clip['image_size']} px; {training('clip')}"),
         ("eval", f"{plan['eval_prompts']} held-out captions" + (", FID" if plan["fid"] else "")),
@@ -510,6 +522,7 @@ def folder_recipe(data: Path, run: Path, budget: str = "minutes",
         steps = model_steps(run, s, version=2, val_split="val", vae_eval_split="val",
                             bpe_vocab_size=plan["tokenizer"]["bpe_vocab_size"],
                             text_length=plan["tokenizer"]["text_length"],
+                            train_views=plan.get("views", 1),
                             sampling=SamplingConfig(guidance_scale=2.0))
     name = "folder"
     notices = found["notices"]

@@ -224,13 +224,14 @@ def _image_eval(quick: bool, prompts: int) -> dict[str, Any]:
 def model_steps(run: Path, sizes: dict[str, dict[str, Any]], version: int, bpe_vocab_size: int,
                 val_split: str, *, text_length: int = 32, vae_eval_split: str = "test-zero-shot",
                 vae: dict[str, Any] | None = None, prior: dict[str, Any] | None = None,
-                clip: dict[str, Any] | None = None,
+                clip: dict[str, Any] | None = None, train_views: int = 1,
                 sampling: SamplingConfig | None = None) -> list[Step]:
     """Tokenizer to assembled pipeline, the same for every recipe: `sizes` the run-config
     overrides of each stage ("vae", "prior", "clip": a budget's), `val_split` the held-out split
     that validates the prior and CLIP, `vae_eval_split` the one the dVAE is measured on, `vae`,
     `prior` and `clip` a recipe's own settings for a stage over the budget's (image size, grid
-    factor, dropout), and `sampling` the pipeline's default sampling (its sampling.json)."""
+    factor, dropout), `train_views` the encodings of each training picture the prior gets
+    (`encode_codes`' views), and `sampling` the pipeline's default sampling (its sampling.json)."""
     d = run / "data"
     samples = {"vae": run / "vae/model"} if version >= 2 else {"sample_every": 0}
     return [
@@ -242,8 +243,10 @@ def model_steps(run: Path, sizes: dict[str, dict[str, Any]], version: int, bpe_v
         Step("eval-vae", evaluate_vae_folder, {"vae": run / "vae/model", "data": d / vae_eval_split,
                                                "json_out": run / "eval/vae.json"}),
         *(Step(f"encode-{split}", encode_codes, {"vae": run / "vae/model", "data": d / split,
-                                                 "out": run / "codes" / split},
-               resume_if=f"codes/{split}/progress.json") for split in ("train", val_split)),
+                                                 "out": run / "codes" / split, **views},
+               resume_if=f"codes/{split}/progress.json")
+          for split, views in (("train", {"views": train_views} if train_views > 1 else {}),
+                               (val_split, {}))),
         Step("train-prior", train_prior, {"run": PriorRun.create(
             data=run / "codes/train", tokenizer=run / "tokenizer", out=run / "prior",
             val_data=run / "codes" / val_split, bf16=True, **samples, **{**sizes["prior"], **(prior or {})})},

@@ -1,6 +1,10 @@
 """Pre-tokenising a dataset for the prior: the dVAE's argmax codes of every image, stored once in
 a codes directory (the format is `dalle.data.codes`).
 
+The paper augments the images before encoding them for the transformer (appendix B.2): with
+`views` > 1 each image is encoded as it is and then `views - 1` more times, randomly cropped, so a
+small set gives the prior several code grids per picture instead of one to memorise.
+
 Encoding goes in fixed batches in the source's order, so re-running on the same inputs writes the
 same bytes. An interrupted run keeps `progress.json` (rows and bytes committed after each batch);
 `resume=True` truncates both files to that point and continues, a fresh run starts over.
@@ -11,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dalle.data.augment import random_crops, sample_rng
 from dalle.data.codes import CAPTIONS_NAME, CODES_NAME, INDEX_NAME, PROGRESS_NAME
 from dalle.data.shards import ShardDataset
 from dalle.data.sources import open_images
@@ -108,14 +113,33 @@ def write_codes(codes: torch.Tensor, captions: list[str], vae: DiscreteVAE, out:
     return index
 
 
+def cropped_views(items: Callable[[], Iterable[dict]], views: int, max_crop: float,
+                  seed: int = 0) -> Iterator[dict]:
+    """Every item of `items()` as it is, then again `views - 1` times, each image a random crop
+    (`random_crops`) drawn from the (seed, view, position) of the item: the same on every call."""
+    if views < 1:
+        raise DalleError(f"views must be at least 1, got {views}")
+    for view in range(views):
+        for position, item in enumerate(items()):
+            if view:
+                rng = sample_rng(seed, view, position)
+                item = {**item, "image": random_crops(item["image"][None], [rng], max_crop)[0]}
+            yield item
+
+
 def encode_codes(vae: str | Path, data: str | Path, out: str | Path, *, batch_size: int = 256,
-                 resume: bool = False, device: str = "auto") -> dict[str, Any]:
+                 resume: bool = False, device: str = "auto", views: int = 1,
+                 max_crop: float = 0.25) -> dict[str, Any]:
     """Encode the image-caption folder or shards `data` with the dVAE saved in `vae` into the
     codes directory `out` (see `dalle.data.codes`); `resume` continues an interrupted run.
-    `batch_size` is part of what makes the output reproducible. Returns the codes' index."""
+    `views` > 1 adds that many randomly cropped encodings of each image in all (`cropped_views`,
+    crops of up to `max_crop` of the side). `batch_size` is part of what makes the output
+    reproducible. Returns the codes' index."""
     model = DiscreteVAE.from_pretrained(vae, device=device).eval()
     dataset = open_images(data, model.config.image_size)
     if isinstance(dataset, ShardDataset):  # a stream: its length is known only at the end
-        return encode_dataset(model, dataset, out, batch_size=batch_size, resume=resume)
-    items = (dataset[i] for i in range(len(dataset)))
-    return encode_dataset(model, items, out, batch_size=batch_size, resume=resume, total=len(dataset))
+        return encode_dataset(model, cropped_views(lambda: dataset, views, max_crop), out,
+                              batch_size=batch_size, resume=resume)
+    items = cropped_views(lambda: (dataset[i] for i in range(len(dataset))), views, max_crop)
+    return encode_dataset(model, items, out, batch_size=batch_size, resume=resume,
+                          total=views * len(dataset))
