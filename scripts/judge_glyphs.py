@@ -4,6 +4,9 @@ training picture whose letter shape (cropped to its box, at one size) overlaps i
 
     python scripts/judge_glyphs.py --pipeline runs/glyphs/pipeline --data data/glyphs --out judged.png
 
+`--seen` judges 10 captions that the folder shows instead, for comparison; `--images 8
+--candidates 8` judges samples without CLIP's choice.
+
 The judge is checked first on fresh renders of the held-out captions (it should read nearly all
 of them right), so that its verdicts on generated pictures mean something.
 """
@@ -78,15 +81,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("judged.png"))
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--seen", action="store_true", help="10 captions the folder shows instead")
     args = parser.parse_args()
-    held = args.data.with_name(args.data.name + ".held-out.txt").read_text().splitlines()
+    if args.seen:  # spread over the sorted captions, so over letters, colours and backgrounds
+        shown = sorted({path.read_text().strip() for path in args.data.glob("*.txt")})
+        held = shown[:: max(1, len(shown) // 10)][:10]
+    else:
+        held = args.data.with_name(args.data.name + ".held-out.txt").read_text().splitlines()
     wanted = [(c.split()[3], c.split()[1], c.split()[6]) for c in held]
     judge = Judge(args.data)
     size = np.asarray(Image.open(next(args.data.glob("*.png")))).shape[0]
     rng = random.Random(1)
     renders = [[np.asarray(render(w[0], w[1], w[2], rng, size)) for _ in range(args.images)] for w in wanted]
     right = sum(sum(verdicts(judge, r, w)) for r, w in zip(renders, wanted))
-    print(f"judge on fresh renders of the held-out captions: {right}/{len(held) * args.images} read right")
+    print(f"judge on fresh renders of the captions: {right}/{len(held) * args.images} read right")
     pipe = DallePipeline.from_pretrained(args.pipeline)
     rows, totals = [], {"letter": 0, "colour": 0, "background": 0, "all three": 0}
     first = 0
@@ -103,12 +111,12 @@ def main() -> None:
         print(f"{text:<42} {counts[0]:>6} {counts[1]:>6} {counts[2]:>10} {counts[3]:>3}")
         rows.append(out.images.float().cpu())
     n = len(held) * args.images
-    print("all held-out captions: " + ", ".join(f"{k} {v}/{n} ({v / n:.0%})" for k, v in totals.items())
+    print("all captions: " + ", ".join(f"{k} {v}/{n} ({v / n:.0%})" for k, v in totals.items())
           + f"; first image all three {first}/{len(held)}")
     real = torch.stack([torch.from_numpy(r[0].copy()).permute(2, 0, 1).float() / 255 for r in renders])
     grid = torch.cat([torch.cat([real[i:i + 1], rows[i]]) for i in range(len(held))])
     image_grid(grid, columns=args.images + 1).save(args.out)
-    print(f"grid: each row a held-out caption, a fresh render of it, then the pipeline's {args.images}"
+    print(f"grid: each row a caption, a fresh render of it, then the pipeline's {args.images}"
           f" -> {args.out}")
 
 

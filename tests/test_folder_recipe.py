@@ -26,14 +26,18 @@ from dalle.folder_recipe import (
 from dalle.pipeline import DallePipeline
 from test_cli import dalle, one_line_error
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "glyph_folder.py"
+SCRIPTS = Path(__file__).parents[1] / "scripts"
 
 
-def glyph_module():
-    spec = importlib.util.spec_from_file_location("glyph_folder", SCRIPT)
+def script_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def glyph_module():
+    return script_module("glyph_folder")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,8 @@ def test_glyph_folder_holds_out_combinations_whose_parts_it_shows(glyphs):
     assert (root.parent / "glyphs.held-out.txt").read_text().splitlines() == held_out
 
 
-def test_quick_folder_recipe_plans_first_then_trains_a_pipeline_that_keeps_the_notices(glyphs, tmp_path):
+def test_quick_folder_recipe_plans_first_then_trains_a_pipeline_that_keeps_the_notices(
+        glyphs, tmp_path, monkeypatch, capsys):
     root, held_out = glyphs
     run = tmp_path / "run"
     r = dalle("recipe", "folder", root, "--out", run, "--quick")
@@ -63,7 +68,6 @@ def test_quick_folder_recipe_plans_first_then_trains_a_pipeline_that_keeps_the_n
     out = r.stdout
     # The plan, derived from the data, comes before the first stage.
     assert out.index("plan (quick") < out.index("[data]")
-    assert "training pairs (folder), median side 32 px" in out
     assert "32 px -> 8x8 codes of" in out and "the training pictures x 2 views" in out
     plan = json.loads((run / PLAN_FILE).read_text())
     assert plan["settings"]["vae"]["image_size"] == 32 and plan["settings"]["vae"]["downsample"] == 4
@@ -71,6 +75,8 @@ def test_quick_folder_recipe_plans_first_then_trains_a_pipeline_that_keeps_the_n
     train = {p.name for p in (run / "data/train").glob("*.txt")}
     val = {p.name for p in (run / "data/val").glob("*.txt")}
     assert val and not train & val and len(train | val) == 40
+    # The plan counted the split that the run made.
+    assert f"{len(train)} training pairs and {len(val)} held out (folder), median side 32 px" in out
     # The prior's training codes hold each picture twice (as it is, then cropped); val's once.
     assert CodesDataset(run / "codes/train").index["count"] == 2 * len(train)
     assert CodesDataset(run / "codes/val").index["count"] == len(val)
@@ -86,6 +92,18 @@ def test_quick_folder_recipe_plans_first_then_trains_a_pipeline_that_keeps_the_n
     assert pipe.clip is not None
     images = pipe(held_out[0], images=1, candidates=2, seed=0).images
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+    # The judge of docs/results.md reads what it draws for the held-out and for seen captions.
+    judge = script_module("judge_glyphs")
+    for extra in ([], ["--seen"]):
+        monkeypatch.setattr("sys.argv", ["judge_glyphs", "--pipeline", str(pipeline), "--data", str(root),
+                                         "--images", "1", "--candidates", "2", "--out", str(tmp_path / "j.png"),
+                                         *extra])
+        judge.main()
+        printed = capsys.readouterr().out
+        count = len(held_out) if not extra else 10
+        assert "read right" in printed and "letter colour background all" in printed
+        assert "all captions: letter " in printed and f"/{count} (" in printed
+        assert (tmp_path / "j.png").is_file()
     # Saved elsewhere, the pipeline keeps its card and the data's notices.
     pipe.save_pretrained(tmp_path / "copy")
     assert {"README.md", "LICENSE.md", "ATTRIBUTION.md", "recipe.json"} <= {p.name for p in (tmp_path / "copy").iterdir()}
@@ -148,8 +166,8 @@ def test_the_budget_is_split_among_the_stages_and_the_plan_fits_it(glyphs, tmp_p
         s = plan["settings"]
         assert s["vae"]["steps"] >= 1000 and s["prior"]["steps"] >= 500
         assert all(s[stage]["warmup_steps"] < s[stage]["steps"] for stage in ("vae", "prior", "clip"))
-        # 38 training pairs: every batch is cut to the set; many passes bring the prior's dropout.
-        assert s["clip"]["batch_size"] == 38 and s["prior"]["dropout"] == 0.1
+        # Every batch is cut to the training pairs; many passes bring the prior's dropout.
+        assert s["clip"]["batch_size"] == plan["survey"]["pairs"] < 40 and s["prior"]["dropout"] == 0.1
         assert plan["views"] == code_views(plan["epochs"]["prior"]) > 1
     assert plans[20]["settings"]["prior"]["steps"] > 2 * plans[10]["settings"]["prior"]["steps"] * 0.95
     lines = describe_plan(plans[10])
@@ -172,7 +190,7 @@ def test_a_folder_with_other_files_but_no_plan_is_refused(glyphs, tmp_path):
 
 def test_sizes_follow_the_images_and_the_device():
     def found(pairs, side):
-        return Survey("folder", pairs, 0, side, 20, [])
+        return Survey("folder", pairs, max(1, pairs // 20), 0, side, 20, [])
 
     assert model_settings(found(5000, 28), gpu=False)["vae"]["image_size"] == 32
     assert model_settings(found(5000, 300), gpu=False)["vae"]["image_size"] == 64
@@ -195,7 +213,7 @@ def test_shards_hold_out_their_last_shard_as_a_folder(glyphs, tmp_path):
     pack_shards(root, tmp_path / "shards", max_samples=10)
     found = survey(tmp_path / "shards")
     # pack_shards spreads the 40 pairs over 8 shards of 5: 7 train, the last one held out.
-    assert found.kind == "shards" and found.pairs == 35 and found.image_side == 32
+    assert found.kind == "shards" and (found.pairs, found.held_out) == (35, 5) and found.image_side == 32
     split_data(tmp_path / "shards", tmp_path / "data", found.kind)
     assert len(list((tmp_path / "data/train").glob("*.tar"))) == 7
     assert len(list((tmp_path / "data/val").glob("*.txt"))) == 5
@@ -209,6 +227,6 @@ def test_a_folder_with_train_and_val_keeps_its_split(glyphs, tmp_path):
             for suffix in (".png", ".txt"):
                 (tmp_path / "mine" / split / f"{i:04d}{suffix}").symlink_to(root / f"{i:04d}{suffix}")
     found = survey(tmp_path / "mine")
-    assert found.kind == "splits" and found.pairs == 30
+    assert found.kind == "splits" and (found.pairs, found.held_out) == (30, 10)
     split_data(tmp_path / "mine", tmp_path / "data", found.kind)
     assert len(list((tmp_path / "data/val").glob("*.txt"))) == 10

@@ -77,7 +77,8 @@ class Survey:
     """What the data holds, as the plan sizes from it."""
 
     kind: str  # "folder", "splits" (train/ and val/ folders) or "shards"
-    pairs: int
+    pairs: int  # the training pairs
+    held_out: int  # the pairs that validate the prior and CLIP and that the evaluation draws from
     skipped: int
     image_side: int  # median shorter side of the images looked at
     distinct_words: int
@@ -129,9 +130,11 @@ def survey(data: Path) -> Survey:
         raise DalleError(f"{data} has {len(pairs)} image-caption pairs (image + same-named .txt); "
                          f"`dalle recipe folder` needs at least {MIN_PAIRS}")
     captions = [c.read_text(errors="replace").strip() for _, c in pairs]
-    return Survey("splits" if splits else "folder", len(pairs), sum(report.skipped.values()),
-                  _image_sides([image for image, _ in pairs]), _distinct_words(captions),
-                  _notice_names(data))
+    held = (sum(1 for _ in find_pairs(data / "val", ScanReport())) if splits
+            else len(validation_pairs(pairs, data)))
+    return Survey("splits" if splits else "folder", len(pairs) - (0 if splits else held), held,
+                  sum(report.skipped.values()), _image_sides([image for image, _ in pairs]),
+                  _distinct_words(captions), _notice_names(data))
 
 
 def _survey_shards(data: Path) -> Survey:
@@ -143,7 +146,7 @@ def _survey_shards(data: Path) -> Survey:
     if len(shards) < 2:
         raise DalleError(f"{data} is one shard; the recipe holds out the last shard for "
                          "validation, so pack at least two (`dalle data pack` makes 8)")
-    pairs = sum(count_samples(s)[0] for s in shards[:-1])
+    pairs, held = sum(count_samples(s)[0] for s in shards[:-1]), count_samples(shards[-1])[0]
     sides = []
     for sample in list(_shard_members(shards[0]).values())[:50]:
         image = next((sample[e] for e in sample if "." + e in IMAGE_SUFFIXES), None)
@@ -154,7 +157,7 @@ def _survey_shards(data: Path) -> Survey:
             except (OSError, ValueError):
                 continue
     captions = list(itertools.islice(read_captions(data), 100_000))
-    return Survey("shards", pairs, 0, int(statistics.median(sides)) if sides else 0,
+    return Survey("shards", pairs, held, 0, int(statistics.median(sides)) if sides else 0,
                   _distinct_words(captions), _notice_names(data if data.is_dir() else data.parent))
 
 
@@ -168,9 +171,14 @@ def is_validation(name: str) -> bool:
     return int(hashlib.sha1(name.encode()).hexdigest(), 16) % 100 < VAL_PERCENT
 
 
-def held_out(pairs: int) -> int:
-    """About how many of a folder's pairs the split holds out."""
-    return min(MAX_VAL, max(1, pairs * VAL_PERCENT // 100))
+def validation_pairs(pairs: list[tuple[Path, Path]], root: Path) -> list[tuple[Path, Path]]:
+    """The (image, caption) pairs of the folder `root` that the recipe holds out: those that
+    `is_validation` picks, or every 20th (at least two) of a set so small that the hash picked
+    fewer than two or all; at most MAX_VAL."""
+    val = [p for p in pairs if is_validation(str(p[0].relative_to(root)))]
+    if len(val) < 2 or len(val) == len(pairs):
+        val = pairs[:: max(2, min(100 // VAL_PERCENT, len(pairs) // 2))]
+    return val[:MAX_VAL]
 
 
 def split_data(data: str | Path, out: str | Path, kind: str) -> None:
@@ -196,10 +204,7 @@ def split_data(data: str | Path, out: str | Path, kind: str) -> None:
                 _link_pair(image, caption, data / split, out / split)
     else:
         pairs = list(find_pairs(data, ScanReport()))
-        val = [p for p in pairs if is_validation(str(p[0].relative_to(data)))]
-        if len(val) < 2 or len(val) == len(pairs):  # a set so small the hash held out too few
-            val = pairs[:: max(2, min(100 // VAL_PERCENT, len(pairs) // 2))]
-        held = {image for image, _ in val[:MAX_VAL]}
+        held = {image for image, _ in validation_pairs(pairs, data)}
         for image, caption in pairs:
             _link_pair(image, caption, data, out / ("val" if image in held else "train"))
     copy_notices(find_notices(data if data.is_dir() else data.parent), out)
@@ -365,12 +370,9 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None]) -
                          "a number of minutes")
     echo(f"[plan] surveying {data}")
     found = survey(data)
-    if found.kind == "folder":  # the recipe holds out a share of a folder's pairs
-        found = dataclasses.replace(found, pairs=found.pairs - held_out(found.pairs))
     settings = model_settings(found, gpu)
     tokenizer = tokenizer_settings(found, data)
-    val_pairs = held_out(found.pairs)
-    eval_prompts = min(100, val_pairs)
+    eval_prompts = min(100, found.held_out)
     runs = {"vae": VAERun.create(data=run / "data/train", out=run / "vae", **settings["vae"]),
             "prior": PriorRun.create(data=run / "codes/train", tokenizer=run / "tokenizer",
                                      out=run / "prior", bf16=True, **settings["prior"]),
@@ -417,7 +419,7 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None]) -
                  "a larger --budget trains it better" for stage in SHARES
                  if steps[stage] < ENOUGH_STEPS[stage]]
     return _plan(data, budget, minutes, device, found, tokenizer, settings, per_step, estimates,
-                 eval_prompts=eval_prompts, fid=inception_available() and val_pairs >= 500,
+                 eval_prompts=eval_prompts, fid=inception_available() and found.held_out >= 500,
                  warnings=warnings_, views=views)
 
 
@@ -455,7 +457,9 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
                 f"lr {run.train.lr:g}, warm-up {run.train.warmup_steps}")
 
     rows = [
-        ("data", f"{found['pairs']} training pairs ({found['kind']}), median side "
+        ("data", f"{found['pairs']} training pairs"
+                 + (f" and {found['held_out']} held out" if "held_out" in found else "")
+                 + f" ({found['kind']}), median side "
                  f"{found['image_side']} px" + (f", {found['skipped']} skipped" if found["skipped"] else "")),
         ("tokenizer", f"BPE of at most {plan['tokenizer']['bpe_vocab_size']} tokens, "
                       f"{plan['tokenizer']['text_length']} text positions"),
