@@ -97,7 +97,7 @@ def test_views_add_random_crops_of_each_picture_and_repeat_exactly(vae, tmp_path
 
     from dalle.data.augment import random_crops, sample_rng
     from dalle.data.sources import open_images
-    from dalle.train.codes import cropped_views, encode_codes
+    from dalle.train.codes import encode_codes
 
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -124,5 +124,8 @@ def test_views_add_random_crops_of_each_picture_and_repeat_exactly(vae, tmp_path
             assert torch.equal(three[5 * view + i]["codes"], vae.encode(crop)[0])
     assert any(not torch.equal(random_crops(images[i]["image"][None], [sample_rng(0, 1, i)], 0.25),
                                images[i]["image"][None]) for i in range(5))
-    with pytest.raises(DalleError, match="views must be at least 1"):
-        list(cropped_views(lambda: [], 0, 0.25))
+    # Bad arguments are refused before the output folder is made.
+    for views, max_crop, message in ((0, 0.25, "views must be at least 1"), (2, 1.5, "max_crop must be in")):
+        with pytest.raises(DalleError, match=message):
+            encode_codes(tmp_path / "vae", folder, tmp_path / "bad", views=views, max_crop=max_crop, device="cpu")
+        assert not (tmp_path / "bad").exists()

@@ -20,13 +20,17 @@ def sample_rng(seed: int, step: int, index: int) -> random.Random:
     return random.Random(f"{seed}:{step}:{index}")
 
 
+def check_max_crop(max_crop: float) -> None:
+    if not 0 <= max_crop < 1:
+        raise DalleError(f"max_crop must be in [0, 1), got {max_crop}")
+
+
 def random_crops(images: torch.Tensor, rngs: list[random.Random], max_crop: float) -> torch.Tensor:
     """Each image cropped to a random square of side >= (1 - max_crop) * S, resized back to S.
 
     No flips: captions say left and right.
     """
-    if not 0 <= max_crop < 1:
-        raise DalleError(f"max_crop must be in [0, 1), got {max_crop}")
+    check_max_crop(max_crop)
     size = images.shape[-1]
     out = []
     for image, rng in zip(images, rngs):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dalle.data.augment import random_crops, sample_rng
+from dalle.data.augment import check_max_crop, random_crops, sample_rng
 from dalle.data.codes import CAPTIONS_NAME, CODES_NAME, INDEX_NAME, PROGRESS_NAME
 from dalle.data.shards import ShardDataset
 from dalle.data.sources import open_images
@@ -116,15 +116,21 @@ def write_codes(codes: torch.Tensor, captions: list[str], vae: DiscreteVAE, out:
 def cropped_views(items: Callable[[], Iterable[dict]], views: int, max_crop: float,
                   seed: int = 0) -> Iterator[dict]:
     """Every item of `items()` as it is, then again `views - 1` times, each image a random crop
-    (`random_crops`) drawn from the (seed, view, position) of the item: the same on every call."""
+    (`random_crops`) drawn from the (seed, view, position) of the item: the same on every call.
+    The arguments are checked here, before anything is read or written."""
     if views < 1:
         raise DalleError(f"views must be at least 1, got {views}")
-    for view in range(views):
-        for position, item in enumerate(items()):
-            if view:
-                rng = sample_rng(seed, view, position)
-                item = {**item, "image": random_crops(item["image"][None], [rng], max_crop)[0]}
-            yield item
+    check_max_crop(max_crop)
+
+    def every_view() -> Iterator[dict]:
+        for view in range(views):
+            for position, item in enumerate(items()):
+                if view:
+                    rng = sample_rng(seed, view, position)
+                    item = {**item, "image": random_crops(item["image"][None], [rng], max_crop)[0]}
+                yield item
+
+    return every_view()
 
 
 def encode_codes(vae: str | Path, data: str | Path, out: str | Path, *, batch_size: int = 256,
