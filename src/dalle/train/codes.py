@@ -138,9 +138,9 @@ def encode_codes(vae: str | Path, data: str | Path, out: str | Path, *, batch_si
                  max_crop: float = 0.25) -> dict[str, Any]:
     """Encode the image-caption folder or shards `data` with the dVAE saved in `vae` into the
     codes directory `out` (see `dalle.data.codes`); `resume` continues an interrupted run.
-    `views` > 1 adds that many randomly cropped encodings of each image in all (`cropped_views`,
-    crops of up to `max_crop` of the side). `batch_size` is part of what makes the output
-    reproducible. Returns the codes' index."""
+    `views` is how many encodings of each image it writes: as it is, then `views - 1` random crops
+    of up to `max_crop` of the side (`cropped_views`). `batch_size` is part of what makes the
+    output reproducible. Returns the codes' index."""
     model = DiscreteVAE.from_pretrained(vae, device=device).eval()
     dataset = open_images(data, model.config.image_size)
     if isinstance(dataset, ShardDataset):  # a stream: its length is known only at the end
