@@ -51,8 +51,21 @@ def write_png(path: Path, rgb: tuple[int, int, int]) -> None:
     Image.fromarray(pixels, "RGBA").save(path)
 
 
+def write_fluent(path: Path, rgb: tuple[int, int, int]) -> None:
+    """A LobeHub asset: an SVG (32-unit view box) or a lossless WebP, an opaque square of `rgb` in
+    the middle half on a transparent ground."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".svg":
+        path.write_text('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+                        f'<rect x="8" y="8" width="16" height="16" fill="#{bytes(rgb).hex()}"/></svg>')
+    else:
+        pixels = np.zeros((64, 64, 4), np.uint8)
+        pixels[16:48, 16:48] = (*rgb, 255)
+        Image.fromarray(pixels, "RGBA").save(path, lossless=True)
+
+
 def make_source(root: Path) -> Path:
-    """The three npm packages, unpacked as `<root>/<name>/` (a tiny node_modules)."""
+    """The npm packages, unpacked as `<root>/<name>/` (a tiny node_modules)."""
     data = []
     for _unified, hexcode, label, tags, skin in EMOJI:
         entry = {"label": label, "hexcode": hexcode, "tags": tags}
@@ -64,7 +77,14 @@ def make_source(root: Path) -> Path:
     (base / "en" / "data.json").write_text(json.dumps(data), encoding="utf-8")
     (base / "package.json").write_text('{"version": "17.0.0"}')
     (base / "LICENSE").write_text("MIT License (emojibase)")
-    for style, name in emoji.IMAGE_PACKAGES.items():
+    for style, suffix in emoji.FLUENT_SUFFIXES.items():
+        package = root / emoji.IMAGE_PACKAGES[style]
+        for unified, *_, skin in EMOJI:
+            for code in [code_point_key(unified)] + ([f"{unified}-{SKIN}"] if skin else []):
+                write_fluent(package / "assets" / f"{code.lower()}{suffix}", colour(code, style))
+        (package / "package.json").write_text('{"version": "1.1.0"}')
+    for style in emoji.DEFAULT_STYLES:
+        name = emoji.IMAGE_PACKAGES[style]
         package, catalogue = root / name, []
         for unified, *_, skin in EMOJI:
             folder = package / "img" / style / "64"
@@ -86,8 +106,8 @@ def make_source(root: Path) -> Path:
 def pack(source: Path, dest: Path) -> Path:
     """Turn an unpacked source into the `npm pack` layout: `<name>-<version>.tgz` files."""
     dest.mkdir()
-    for name, version in emoji.VERSIONS.items():
-        with tarfile.open(dest / f"{name}-{version}.tgz", "w:gz") as tar:
+    for name in emoji.VERSIONS:
+        with tarfile.open(dest / emoji.tarball_name(name), "w:gz") as tar:
             tar.add(source / name, arcname="package")
     return dest
 
@@ -145,7 +165,7 @@ def test_without_skin_tones(source, tmp_path):
 def test_held_out_rule(source, tmp_path):
     for code in ["1F44B", "1F600", "2764", HG, HT, P1]:
         v = int.from_bytes(hashlib.sha256(code.encode()).digest()[:8], "big")
-        expected = emoji.STYLES[v // 1000 % 2] if v % 1000 < 100 else None
+        expected = emoji.DEFAULT_STYLES[v // 1000 % 2] if v % 1000 < 100 else None
         assert held_out_style(code) == expected == held_out_style(f"{code.lower()}-fe0f")
     fates = [held_out_style(f"{cp:X}") for cp in range(0x1F300, 0x1FB00)]
     assert 0.08 < sum(f is not None for f in fates) / len(fates) < 0.12
@@ -180,7 +200,10 @@ def test_licences_attribution_and_manifest(source, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["test-zero-shot"] == {"google": 2, "twitter": 1}
     assert manifest["held_out_pairs"] == 3 and manifest["background"] == [255, 255, 255]
-    assert manifest["packages"] == emoji.VERSIONS
+    assert manifest["packages"] == {name: emoji.VERSIONS[name] for name in (
+        "emoji-datasource-google", "emoji-datasource-twitter", "emojibase-data")}
+    assert manifest["emoji_per_style"] == {"google": 5, "twitter": 5}
+    assert manifest["emoji_in_every_style"] == 5
 
 
 def test_bad_entries_are_skipped_and_counted(source, tmp_path):
@@ -283,3 +306,57 @@ def test_clear_errors(source, tmp_path, monkeypatch):
     with pytest.raises(DalleError, match="npm pack emoji-datasource-google@16.0.0 failed: "
                                            "404 Not Found - GET x$"):
         write_emoji(tmp_path / "o2", ["google"], cache_dir=tmp_path / "cache")
+
+
+def test_fluent_styles_join_by_code_point_with_their_tones_put_right_and_no_flags(source, tmp_path):
+    """LobeHub's file names: unpadded hex, FE0F kept, tones 1F3FC and 1F3FD swapped, flags that are
+    not Microsoft's (emoji.py's docstring)."""
+    extra = [("1F3FC", "1F3FD"), ("1F3FD", "1F3FC")]  # (file's tone, the tone its art shows)
+    labels_path = source / emoji.LABEL_PACKAGE / "en" / "data.json"
+    data = json.loads(labels_path.read_text())
+    data[0]["skins"] += [{"label": f"grinning face: tone {tone}", "hexcode": f"{P1}-{tone}"}
+                         for tone in ("1F3FC", "1F3FD")]
+    data += [{"label": "keycap: #", "hexcode": "0023-FE0F-20E3", "tags": []},
+             {"label": "flag: United States", "hexcode": "1F1FA-1F1F8", "tags": []}]
+    labels_path.write_text(json.dumps(data))
+    for style, suffix in emoji.FLUENT_SUFFIXES.items():
+        assets = source / emoji.IMAGE_PACKAGES[style] / "assets"
+        for tone, shown in extra:
+            write_fluent(assets / f"{P1.lower()}-{tone.lower()}{suffix}", colour(f"{P1}-{shown}", style))
+        write_fluent(assets / f"23-fe0f-20e3{suffix}", colour("0023-20E3", style))
+        write_fluent(assets / f"1f1fa-1f1f8{suffix}", (1, 2, 3))
+        write_fluent(assets / f"notes{suffix}", (1, 2, 3))
+    (source / emoji.IMAGE_PACKAGES["fluent-flat"] / "assets" / f"{P3.lower()}.svg").write_text("<svg")
+
+    styles = "google,twitter,fluent-flat,fluent-3d"
+    report = write_emoji(tmp_path / "out", styles, source=pack(source, tmp_path / "tgz"))
+    out = tmp_path / "out"
+    both = names(out, "train") | names(out, "test-zero-shot")
+
+    def picture(name: str) -> Image.Image:
+        split = "train" if name in names(out, "train") else "test-zero-shot"
+        return Image.open(out / split / f"{name}.png")
+
+    for style in emoji.FLUENT_SUFFIXES:
+        for tone in ("1F3FC", "1F3FD"):  # the file named for the other tone, its art right here
+            image = np.asarray(picture(f"{P1.lower()}-{tone.lower()}-{style}"))
+            assert image.shape == (64, 64, 3) and tuple(image[0, 0]) == emoji.BACKGROUND
+            assert tuple(image[32, 32]) == colour(f"{P1}-{tone}", style)
+        assert f"0023-20e3-{style}" in both
+        assert not any(name.startswith("1f1fa") for name in both)
+    keycap = next((out / split / "0023-20e3-fluent-3d.txt") for split in emoji.SPLITS
+                  if (out / split / "0023-20e3-fluent-3d.txt").exists())
+    assert keycap.read_text() == "keycap: #, fluent 3d style"
+    assert report.skipped == {"flag not drawn by Microsoft": 2, "malformed file name": 2,
+                              "unreadable image": 1}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["emoji_per_style"] == {"google": 5, "twitter": 5, "fluent-flat": 5, "fluent-3d": 6}
+    assert manifest["emoji_in_every_style"] == 4  # the broken heart SVG leaves red heart out of flat
+    assert "emoji in all 4 styles" in str(report).splitlines()[0]
+    # Held out in the style that the rule gives among the four, and seen in another.
+    for name in names(out, "test-zero-shot"):
+        code, style = next((name[: -len(s) - 1], s) for s in emoji.STYLES if name.endswith(f"-{s}"))
+        assert held_out_style(code.split("-")[0], emoji.STYLES) == style
+        assert any(f"{code}-{other}" in names(out, "train") for other in emoji.STYLES if other != style)
+    assert "Copyright (c) Microsoft Corporation." in (out / "licenses" / "MIT-Fluent-Emoji.txt").read_text()
+    assert "Fluent Emoji by Microsoft Corporation, MIT licence" in (out / "ATTRIBUTION.md").read_text()

@@ -48,17 +48,18 @@ def data_shapes(
 @data_app.command("emoji")
 def data_emoji(
     out: Annotated[Path, typer.Option(help="Output folder (new or empty): train/, test-zero-shot/, licences.")],
-    styles: Annotated[str, typer.Option(help="Comma-separated art styles: google, twitter.")] = "google,twitter",
-    source: Annotated[Path | None, typer.Option("--from", help="Folder holding the three npm packages (unpacked or as .tgz) instead of fetching them with npm pack.")] = None,
+    styles: Annotated[str, typer.Option(help="Comma-separated art styles: google, twitter, fluent-flat, fluent-3d.")] = "google,twitter",
+    source: Annotated[Path | None, typer.Option("--from", help="Folder holding the npm packages (unpacked or as .tgz) instead of fetching them with npm pack.")] = None,
     tags: Annotated[int, typer.Option(help="Emojibase tags to append to each caption.")] = 0,
     cache: Annotated[Path | None, typer.Option(help="Keep the fetched npm tarballs here for the next build.")] = None,
     image_size: Annotated[int, typer.Option(help="Image side (the art is 64).")] = 64,
     skin_tones: Annotated[bool, typer.Option(help="Include the skin-tone variants (about half of all pairs).")] = True,
 ) -> None:
-    """Build the Emoji image-caption set from the emoji-datasource and emojibase npm packages.
+    """Build the Emoji image-caption set from npm packages: emoji-datasource (google, twitter),
+    LobeHub's Fluent Emoji (fluent-flat, fluent-3d) and emojibase (captions).
 
-    Captions read `{label}, {style} style`; a documented 10% of (emoji, style) pairs is held out
-    in test-zero-shot while the same emoji's other style stays in train.
+    Captions read `{label}, {style} style`; a documented 10% of emoji are held out in one style
+    (test-zero-shot) while their other styles stay in train.
     """
     import time
 

@@ -1,9 +1,20 @@
-"""The Emoji image-caption set: one concept drawn in two art styles (docs/design.md, "Data").
+"""The Emoji image-caption set: one concept drawn in several art styles (docs/design.md, "Data").
 
-Images come from the npm packages ``emoji-datasource-google`` and ``emoji-datasource-twitter``
-(16.0.0; ``img/<style>/64/*.png``, their ``emoji.json`` maps file names to code points), captions
-from ``emojibase-data`` (17.0.0; ``en/data.json``), joined on the code point with U+FE0F removed.
-The Apple set is never used (its art is not licensed for this).
+Images come from npm packages, captions from ``emojibase-data`` (17.0.0; ``en/data.json``), joined
+on the code point with U+FE0F removed:
+
+* ``google`` and ``twitter``: ``emoji-datasource-google`` and ``emoji-datasource-twitter`` (16.0.0;
+  ``img/<style>/64/*.png``, their ``emoji.json`` maps file names to code points). These two are
+  the default, the bundled ``emoji`` pipeline's.
+* ``fluent-flat`` and ``fluent-3d``: Microsoft's Fluent Emoji (MIT) as LobeHub packages them,
+  ``@lobehub/fluent-emoji-flat`` (SVG, rendered with resvg) and ``@lobehub/fluent-emoji-3d``
+  (256-px WebP), both 1.1.0, ``assets/<code point>.<svg|webp>``. Their file names are lower-case
+  hex, not always padded to four digits; the skin tones U+1F3FC and U+1F3FD are swapped in them
+  (each file holds the other's art, checked by brightness on 120 emoji), so the key swaps them
+  back. Their country and subdivision flags are left out: Microsoft did not release flags, and
+  LobeHub's are one design of its own with no stated licence.
+
+The Apple and Facebook sets are never used (their art is not licensed for this).
 
 * Images: composited onto :data:`BACKGROUND` (white, the background emoji are drawn for) and
   kept at 64x64 or resized (bicubic) to ``image_size``. An image is used only if ``emoji.json``
@@ -16,15 +27,19 @@ The Apple set is never used (its art is not licensed for this).
   ``grinning face, twitter style``; the style is always named so that it is controllable. With
   ``tags=n`` the first ``n`` emojibase tags (their order, alphabetical) that are not already words
   of the label follow: ``grinning face, twitter style, grin``. Skin tones use their base's tags.
-* Splits, when both styles are built: ``train`` and ``test-zero-shot``. An emoji is held out in
-  one style when the first 8 bytes of SHA-256 of its code point (upper-case hex joined by ``-``,
-  no FE0F, no skin tone, e.g. ``1F44B``), read as a big-endian integer ``v``, have
-  ``v % 1000 < 100`` (10 % of emoji); the held-out style is ``STYLES[v // 1000 % 2]``. Its images
-  in that style (skin tones included) go to ``test-zero-shot`` and never to ``train``; its images
-  in the other style go to ``train``. A held-out image is skipped if its counterpart did not make
-  it into ``train`` (every zero-shot pair has its emoji seen in the other style) or if ``train``
-  holds the same picture in the same style under another code point (the packages reuse art for
-  some family emoji and flags). With one style everything is ``train``.
+* Splits, when two or more styles are built: ``train`` and ``test-zero-shot``. An emoji is held
+  out in one style when the first 8 bytes of SHA-256 of its code point (upper-case hex joined by
+  ``-``, no FE0F, no skin tone, e.g. ``1F44B``), read as a big-endian integer ``v``, have
+  ``v % 1000 < 100`` (10 % of emoji); the held-out style is ``built[v // 1000 % len(built)]``,
+  ``built`` being the styles built in :data:`STYLES` order (for google and twitter,
+  ``v // 1000 % 2``). Its images in that style (skin tones included) go to ``test-zero-shot`` and
+  never to ``train``; its images in the other styles go to ``train``. A held-out image is skipped
+  if no other style of it made it into ``train`` (every zero-shot pair has its emoji seen in
+  another style) or if ``train`` holds the same picture in the same style under another code
+  point (the packages reuse art for some family emoji and flags). With one style everything is
+  ``train``.
+* Each style writes every emoji it draws; ``manifest.json`` counts the emoji (without skin tones)
+  of each style and those that all the built styles draw.
 
 Bad data never stops a build: a malformed ``emoji.json`` entry, an image the style does not draw,
 a missing or unreadable png, a code point without a label or a duplicate is skipped and counted
@@ -34,6 +49,7 @@ by reason. The same inputs give byte-identical outputs.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -71,15 +87,26 @@ __all__ = [
     "write_emoji",
 ]
 
-STYLES: tuple[str, ...] = ("google", "twitter")
+STYLES: tuple[str, ...] = ("google", "twitter", "fluent-flat", "fluent-3d")
+DEFAULT_STYLES: tuple[str, ...] = ("google", "twitter")
 SPLITS: tuple[str, ...] = ("train", "test-zero-shot")
-IMAGE_PACKAGES: dict[str, str] = {style: f"emoji-datasource-{style}" for style in STYLES}
+IMAGE_PACKAGES: dict[str, str] = {
+    "google": "emoji-datasource-google",
+    "twitter": "emoji-datasource-twitter",
+    "fluent-flat": "@lobehub/fluent-emoji-flat",
+    "fluent-3d": "@lobehub/fluent-emoji-3d",
+}
+FLUENT_SUFFIXES: dict[str, str] = {"fluent-flat": ".svg", "fluent-3d": ".webp"}  # in assets/
 LABEL_PACKAGE = "emojibase-data"
 VERSIONS: dict[str, str] = {
-    **{name: "16.0.0" for name in IMAGE_PACKAGES.values()},
+    "emoji-datasource-google": "16.0.0",
+    "emoji-datasource-twitter": "16.0.0",
+    "@lobehub/fluent-emoji-flat": "1.1.0",
+    "@lobehub/fluent-emoji-3d": "1.1.0",
     LABEL_PACKAGE: "17.0.0",
 }
 APACHE_LICENSE = Path(__file__).parent / "licenses" / "Apache-2.0.txt"
+FLUENT_LICENSE = Path(__file__).parent / "licenses" / "MIT-Fluent-Emoji.txt"  # the packages ship none
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 HELD_OUT_PER_MILLE = 100
 NATIVE_SIZE = 64
@@ -89,7 +116,13 @@ _ART = {
     "https://www.apache.org/licenses/LICENSE-2.0 (https://github.com/googlefonts/noto-emoji)",
     "twitter": "Twemoji graphics by Twitter, Inc and other contributors, licensed under CC-BY 4.0, "
     "https://creativecommons.org/licenses/by/4.0/ (https://github.com/jdecked/twemoji)",
+    **{style: "Fluent Emoji by Microsoft Corporation, MIT licence "
+       "(https://github.com/microsoft/fluentui-emoji)" for style in FLUENT_SUFFIXES},
 }
+_STYLE_WORDS = {"fluent-flat": "fluent flat", "fluent-3d": "fluent 3d"}  # as captions name them
+_SKIN_TONES = frozenset({"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"})
+_LOBEHUB_TONES = {"1F3FC": "1F3FD", "1F3FD": "1F3FC"}  # each file holds the other's art
+_FLUENT_NAME = re.compile(r"[0-9a-f]+([-_][0-9a-f]+)*")
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
 _IMAGE_NAME = re.compile(r"[0-9a-f]+(-[0-9a-f]+)*\.png")
 
@@ -103,6 +136,8 @@ class EmojiReport:
     held_out_emoji: int = 0
     skin_tones: int = 0
     skipped: Counter = field(default_factory=Counter)
+    emoji_per_style: dict[str, int] = field(default_factory=dict)  # without skin tones
+    emoji_in_every_style: int = 0
 
     @property
     def total(self) -> int:
@@ -115,6 +150,9 @@ class EmojiReport:
         )
         line = (f"{self.total} emoji image-caption pairs in {self.out_dir} ({splits}; "
                 f"{self.held_out_emoji} emoji held out in one style)")
+        if len(self.emoji_per_style) > 2:
+            line += (f"; {self.emoji_in_every_style} emoji in all {len(self.emoji_per_style)} "
+                     "styles")
         if not self.skipped:
             return line
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
@@ -125,8 +163,9 @@ class EmojiReport:
 class _Entry:
     key: str  # code point, e.g. "1F44B-1F3FB"
     base: str  # code point without skin tone: the unit that is held out
-    image: str  # file name in img/<style>/64/
-    drawn: bool  # has_img_<style>
+    image: str  # file name in the style's image folder
+    drawn: bool  # has_img_<style> (the Fluent packages hold only what they draw)
+    name: str  # the written files' name, before "-<style>"
 
 
 def code_point_key(hexcode: str) -> str:
@@ -134,13 +173,28 @@ def code_point_key(hexcode: str) -> str:
     return "-".join(part for part in hexcode.upper().split("-") if part != "FE0F")
 
 
-def held_out_style(code_point: str) -> str | None:
-    """The style whose image of this emoji is held out of training, or None (module docstring)."""
+def fluent_key(stem: str) -> str:
+    """The join key of a LobeHub file name (``1f44b-1f3fc``, ``23-fe0f-20e3``): each code point
+    padded to four digits, and the two swapped skin tones put right."""
+    parts = [part.upper().zfill(4) for part in stem.replace("_", "-").split("-")]
+    return code_point_key("-".join(_LOBEHUB_TONES.get(part, part) for part in parts))
+
+
+def is_flag(key: str) -> bool:
+    """A country flag (two regional indicators) or a subdivision flag (black flag and tags)."""
+    parts = key.split("-")
+    regional = len(parts) == 2 and all("1F1E6" <= part <= "1F1FF" for part in parts)
+    return regional or (parts[0] == "1F3F4" and len(parts) > 1 and parts[1].startswith("E00"))
+
+
+def held_out_style(code_point: str, styles: Sequence[str] = DEFAULT_STYLES) -> str | None:
+    """The style of ``styles`` (those built, in :data:`STYLES` order) whose image of this emoji is
+    held out of training, or None (module docstring)."""
     digest = hashlib.sha256(code_point_key(code_point).encode("ascii")).digest()
     value = int.from_bytes(digest[:8], "big")
     if value % 1000 >= HELD_OUT_PER_MILLE:
         return None
-    return STYLES[value // 1000 % len(STYLES)]
+    return styles[value // 1000 % len(styles)]
 
 
 def caption(label: str, style: str, tags: Sequence[str] = (), n_tags: int = 0) -> str:
@@ -149,10 +203,20 @@ def caption(label: str, style: str, tags: Sequence[str] = (), n_tags: int = 0) -
     words = set(re.findall(r"[\w']+", text))
     extra = [t.translate(_QUOTES).lower().strip() for t in tags]
     extra = list(dict.fromkeys(t for t in extra if t and t not in words))
-    return ", ".join([text, f"{style} style", *extra[:n_tags]])
+    return ", ".join([text, f"{_STYLE_WORDS.get(style, style)} style", *extra[:n_tags]])
 
 
-def fetch_packages(cache_dir: str | os.PathLike[str], styles: Sequence[str] = STYLES) -> Path:
+def file_stem(name: str) -> str:
+    """A package name as npm writes it in file names: a scope's ``@`` dropped, ``/`` as ``-``."""
+    return name.lstrip("@").replace("/", "-")
+
+
+def tarball_name(name: str) -> str:
+    """The file ``npm pack`` writes for a pinned package."""
+    return f"{file_stem(name)}-{VERSIONS[name]}.tgz"
+
+
+def fetch_packages(cache_dir: str | os.PathLike[str], styles: Sequence[str] = DEFAULT_STYLES) -> Path:
     """Download the pinned package tarballs with ``npm pack`` into ``cache_dir``; returns it.
 
     Tarballs already there are reused, so a second build is offline.
@@ -160,7 +224,7 @@ def fetch_packages(cache_dir: str | os.PathLike[str], styles: Sequence[str] = ST
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     for name in [IMAGE_PACKAGES[s] for s in styles] + [LABEL_PACKAGE]:
-        spec, tarball = f"{name}@{VERSIONS[name]}", cache / f"{name}-{VERSIONS[name]}.tgz"
+        spec, tarball = f"{name}@{VERSIONS[name]}", cache / tarball_name(name)
         if tarball.is_file():
             continue
         npm = shutil.which("npm")
@@ -189,7 +253,7 @@ def _npm_error(output: str) -> str:
 def _needed(path: str) -> bool:
     """Whether a package file (path inside the package) is read by a build."""
     return (path in ("package.json", "emoji.json", "en/data.json") or path.startswith("LICENSE")
-            or re.fullmatch(r"img/[a-z]+/64/[^/]+\.png", path) is not None)
+            or re.fullmatch(r"img/[a-z]+/64/[^/]+\.png|assets/[^/]+\.(svg|webp)", path) is not None)
 
 
 def _extract(tarball: Path, target: Path) -> Path:
@@ -220,7 +284,7 @@ def _package_root(source: Path, name: str, scratch: Path) -> Path:
     for root in (source / name, source / name / "package"):
         if (root / "package.json").is_file():
             return root
-    tarball = source / f"{name}-{VERSIONS[name]}.tgz"
+    tarball = source / tarball_name(name)
     if tarball.is_file():
         return _extract(tarball, scratch / name)
     raise FileNotFoundError(f"emoji source {source} lacks the npm package {name}: expected "
@@ -270,26 +334,59 @@ def _entries(data: object, style: str, skin_tones: bool) -> tuple[list[_Entry], 
         try:
             base = code_point_key(item["unified"])
             variations = (item.get("skin_variations") or {}) if skin_tones else {}
-            found = [_Entry(base, base, item["image"], item.get(flag) is True)]
-            found += [_Entry(code_point_key(v["unified"]), base, v["image"], v.get(flag) is True)
+            found = [(base, item["image"], item.get(flag) is True)]
+            found += [(code_point_key(v["unified"]), v["image"], v.get(flag) is True)
                       for v in variations.values()]
         except (KeyError, TypeError, AttributeError):
             malformed += 1
             continue
-        for entry in found:
-            if isinstance(entry.image, str) and _IMAGE_NAME.fullmatch(entry.image):
-                entries.append(entry)
+        for key, image, drawn in found:
+            if isinstance(image, str) and _IMAGE_NAME.fullmatch(image):
+                entries.append(_Entry(key, base, image, drawn, image[:-4]))
             else:
                 malformed += 1
     return entries, malformed
 
 
+def _fluent_entries(assets: Path, suffix: str, skin_tones: bool) -> tuple[list[_Entry], Counter]:
+    """A LobeHub package's ``assets/`` -> image entries (skin tones too if ``skin_tones``), and the
+    files left out by reason."""
+    entries: list[_Entry] = []
+    skipped: Counter[str] = Counter()
+    for path in sorted(assets.glob(f"*{suffix}")):
+        stem = path.name[: -len(suffix)]
+        if not _FLUENT_NAME.fullmatch(stem):
+            skipped["malformed file name"] += 1
+            continue
+        key = fluent_key(stem)
+        base = "-".join(part for part in key.split("-") if part not in _SKIN_TONES)
+        if is_flag(base):
+            skipped["flag not drawn by Microsoft"] += 1
+        elif skin_tones or key == base:
+            entries.append(_Entry(key, base, path.name, True, key.lower()))
+    return entries, skipped
+
+
+def _load_art(path: Path, image_size: int) -> Image.Image:
+    """A style's picture of an emoji on :data:`BACKGROUND` at ``image_size``: an SVG is rendered
+    at that size (resvg), a bitmap resized (``center_square``)."""
+    if path.suffix == ".svg":
+        import resvg_py  # a broken SVG raises ValueError, as an unreadable bitmap does
+
+        png = resvg_py.svg_to_bytes(svg_path=str(path), width=image_size, height=image_size)
+        art: Image.Image = Image.open(io.BytesIO(bytes(png)))
+    else:
+        art = load_image(path)
+    return center_square(to_rgb(art, BACKGROUND), image_size)
+
+
 def _check_styles(styles: Sequence[str]) -> tuple[str, ...]:
     """Validated styles in :data:`STYLES` order; a string is read as a comma-separated list."""
     chosen = [s.strip().lower() for s in (styles.split(",") if isinstance(styles, str) else styles)]
-    if "apple" in chosen:
-        raise DalleError("the Apple emoji set is not licensed for this; "
-                         f"choose from {', '.join(STYLES)}")
+    for vendor in ("apple", "facebook"):
+        if vendor in chosen:
+            raise DalleError(f"the {vendor.capitalize()} emoji set is not licensed for this; "
+                             f"choose from {', '.join(STYLES)}")
     unknown = [s for s in chosen if s not in STYLES]
     if unknown or not chosen:
         raise DalleError(f"unknown or no emoji style in {','.join(chosen)!r}; "
@@ -309,8 +406,14 @@ def _attribution(styles: Sequence[str], versions: dict[str, str], image_size: in
     ]
     for style in styles:
         name = IMAGE_PACKAGES[style]
-        lines.append(f"- {style} style images: {_ART[style]}. Taken from {name} "
-                     f"{versions[name]}, whose emoji.json index is by Cal Henderson, MIT licence.")
+        if style in FLUENT_SUFFIXES:
+            lines.append(f"- {style} style images: {_ART[style]}. Taken from {name} "
+                         f"{versions[name]} (packaged by LobeHub, MIT licence); the packages' "
+                         "flags, not Microsoft's, were left out.")
+        else:
+            lines.append(f"- {style} style images: {_ART[style]}. Taken from {name} "
+                         f"{versions[name]}, whose emoji.json index is by Cal Henderson, MIT "
+                         "licence.")
     lines += [f"- Captions: emojibase-data {versions[LABEL_PACKAGE]} by Miles Johnson, "
               "MIT licence.", "", "The packages' own LICENSE files and the Apache-2.0 text are copied "
               "into licenses/."]
@@ -342,10 +445,15 @@ def _build(root: Path, styles: Sequence[str], image_dirs: dict[str, Path],
     trained: set[tuple[str, str]] = set()  # (style, code point)
     trained_pixels: set[tuple[str, bytes]] = set()  # (style, digest of the written image)
     held: list[tuple[str, _Entry, str, Image.Image, str]] = []
+    drawn: dict[str, set[str]] = {style: set() for style in styles}  # emoji written, by style
     for style in styles:
-        entries, malformed = _entries(catalogues[style], style, skin_tones)
-        if malformed:
-            report.skipped["malformed emoji.json entry"] += malformed
+        if style in FLUENT_SUFFIXES:
+            entries, left_out = _fluent_entries(image_dirs[style], FLUENT_SUFFIXES[style], skin_tones)
+            report.skipped.update(left_out)
+        else:
+            entries, malformed = _entries(catalogues[style], style, skin_tones)
+            if malformed:
+                report.skipped["malformed emoji.json entry"] += malformed
         seen: set[str] = set()
         for entry in sorted(entries, key=lambda e: (e.image, e.key)):
             path = image_dirs[style] / entry.image
@@ -363,23 +471,24 @@ def _build(root: Path, styles: Sequence[str], image_dirs: dict[str, Path],
                 report.skipped["missing image"] += 1
                 continue
             try:
-                image = center_square(to_rgb(load_image(path), BACKGROUND), image_size)
+                image = _load_art(path, image_size)
             except IMAGE_TOO_LARGE + IMAGE_UNREADABLE:
                 report.skipped["unreadable image"] += 1
                 continue
             label, label_tags = labels[entry.key]
-            text, name = caption(label, style, label_tags, n_tags), f"{entry.image[:-4]}-{style}"
-            if len(styles) > 1 and held_out_style(entry.base) == style:
+            text, name = caption(label, style, label_tags, n_tags), f"{entry.name}-{style}"
+            if len(styles) > 1 and held_out_style(entry.base, styles) == style:
                 held.append((style, entry, name, image, text))
                 continue
             _save(root / "train", name, image, text)
             trained.add((style, entry.key))
             trained_pixels.add((style, _digest(image)))
+            drawn[style].add(entry.base)
             report.written["train"][style] += 1
             report.skin_tones += int(entry.key != entry.base)
     held_emoji: set[str] = set()
     for style, entry, name, image, text in held:
-        if not all((other, entry.key) in trained for other in styles if other != style):
+        if not any((other, entry.key) in trained for other in styles if other != style):
             report.skipped["held out, other style not in train"] += 1
             continue
         if (style, _digest(image)) in trained_pixels:
@@ -387,15 +496,18 @@ def _build(root: Path, styles: Sequence[str], image_dirs: dict[str, Path],
             continue
         _save(root / "test-zero-shot", name, image, text)
         held_emoji.add(entry.base)
+        drawn[style].add(entry.base)
         report.written["test-zero-shot"][style] += 1
         report.skin_tones += int(entry.key != entry.base)
     report.held_out_emoji = len(held_emoji)
+    report.emoji_per_style = {style: len(drawn[style]) for style in styles}
+    report.emoji_in_every_style = len(set.intersection(*drawn.values()))
     return report
 
 
 def write_emoji(
     out_dir: str | os.PathLike[str],
-    styles: Sequence[str] = STYLES,
+    styles: Sequence[str] = DEFAULT_STYLES,
     source: str | os.PathLike[str] | None = None,
     image_size: int = NATIVE_SIZE,
     tags: int = 0,
@@ -410,7 +522,7 @@ def write_emoji(
     counts per split and style, skips). ``source`` is a local folder holding, for each package,
     either the unpacked package as ``<name>/`` (``package.json`` inside it or in its ``package/``
     subfolder; a ``node_modules`` folder works) or the tarball ``npm pack`` writes,
-    ``<name>-<version>.tgz``. Without it the tarballs are fetched with ``npm pack`` into
+    ``<name>-<version>.tgz`` (:func:`tarball_name`). Without it the tarballs are fetched with ``npm pack`` into
     ``cache_dir`` (reused when present) or a temporary folder. ``styles`` may be a list or a
     comma-separated string; ``tags`` is the number of emojibase tags appended to each caption;
     ``skin_tones=False`` leaves out the skin-tone variants (each emoji keeps its base image).
@@ -434,16 +546,20 @@ def write_emoji(
                  for name in names}
         versions = {name: _version(roots[name], name) for name in names}
         labels = _labels(_read_json(roots[LABEL_PACKAGE] / "en" / "data.json"))
-        catalogues = {s: _read_json(roots[IMAGE_PACKAGES[s]] / "emoji.json") for s in chosen}
-        image_dirs = {s: roots[IMAGE_PACKAGES[s]] / "img" / s / "64" for s in chosen}
+        catalogues = {s: _read_json(roots[IMAGE_PACKAGES[s]] / "emoji.json") for s in chosen
+                      if s not in FLUENT_SUFFIXES}
+        image_dirs = {s: roots[IMAGE_PACKAGES[s]] / ("assets" if s in FLUENT_SUFFIXES else f"img/{s}/64")
+                      for s in chosen}
         report = _build(root, chosen, image_dirs, catalogues, labels, image_size, tags,
                         skin_tones)
         (root / "licenses").mkdir()
         for name in names:
             for licence in sorted(roots[name].glob("LICENSE*")):
-                shutil.copyfile(licence, root / "licenses" / f"{name}-{licence.name}")
+                shutil.copyfile(licence, root / "licenses" / f"{file_stem(name)}-{licence.name}")
         if "google" in chosen:  # Apache-2.0 §4(a): recipients get a copy of the licence
             shutil.copyfile(APACHE_LICENSE, root / "licenses" / "Apache-2.0.txt")
+        if set(chosen) & set(FLUENT_SUFFIXES):  # MIT: the notice goes with every copy
+            shutil.copyfile(FLUENT_LICENSE, root / "licenses" / FLUENT_LICENSE.name)
     (root / "ATTRIBUTION.md").write_text(_attribution(chosen, versions, image_size),
                                          encoding="utf-8")
     manifest = {
@@ -459,6 +575,8 @@ def write_emoji(
         "held_out_pairs": sum(report.written["test-zero-shot"].values()),
         "held_out_emoji": report.held_out_emoji,
         "skin_tone_pairs": report.skin_tones,
+        "emoji_per_style": report.emoji_per_style,
+        "emoji_in_every_style": report.emoji_in_every_style,
         "skipped": dict(sorted(report.skipped.items())),
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
