@@ -518,6 +518,30 @@ def eval_images_command(
     typer.echo(f"wrote {out / 'results.json'}")
 
 
+@eval_app.command("emoji")
+def eval_emoji_command(
+    pipeline: Annotated[str, typer.Option(help="A bundled pipeline's name, a pipeline directory, or a Hub id owner/name[@revision].")],
+    data: Annotated[Path, typer.Option(help="The `dalle data emoji` folder it trained on (train/ and test-zero-shot/).")],
+    out: Annotated[Path, typer.Option(help="Folder for results.json.")] = Path("results/emoji"),
+    pairs: Annotated[int, typer.Option(help="(emoji, style) pairs per split and style, spread over the emoji.")] = 25,
+    styles: Annotated[str | None, typer.Option(help="Comma-separated styles to ask for \\[default: every style in --data].", show_default=False)] = None,
+    candidates: Annotated[int, typer.Option(help="Samples per pair; CLIP keeps the best.")] = 16,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    bf16: Annotated[bool, typer.Option(help="Sample with bf16 prior weights.")] = False,
+) -> None:
+    """Held-out and seen (emoji, style) pairs: the rank of the true picture among all of its style
+    by 16x16 thumbnails, beside the dVAE's reconstruction (ceiling) and the emoji in another style
+    (reference)."""
+    from dalle.evaluate.emoji import evaluate_emoji, markdown_table
+
+    pipe = _load_pipeline(pipeline, device, bf16)
+    chosen = [s.strip() for s in styles.split(",")] if styles else None
+    results = evaluate_emoji(pipe, data, out, pairs=pairs, styles=chosen, candidates=candidates, seed=seed)
+    typer.echo(markdown_table(results))
+    typer.echo(f"wrote {out / 'results.json'}")
+
+
 @app.command("train-classifier")
 def train_classifier_command(
     out: Annotated[Path, typer.Option(help="Classifier directory to write.")],

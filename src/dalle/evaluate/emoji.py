@@ -1,0 +1,142 @@
+"""Zero-shot composition on real pictures: does a pipeline trained on a `dalle data emoji` set draw
+an (emoji, style) pair that it never saw, and the pairs that it did see?
+
+For each pair the pipeline draws one image (the best of `candidates` by its CLIP), and the true
+picture is ranked among every real picture of that style, train and held out, by the distance
+of 16x16 colour thumbnails: a feature that is not the project's CLIP, so that a pipeline is not
+judged by its own reranker, and one that ranks the dVAE's reconstructions of emoji first, where
+Inception pool features do not (docs/results.md). Two numbers come with each table:
+
+* the ceiling: the dVAE's reconstruction of the true picture, ranked the same way (what the
+  pipeline could reach through its own image tokens);
+* the reference: the same emoji's picture in another style (right object, wrong style), which a
+  drawing must beat to show that it drew the style as well as the object.
+
+The pairs are spread over the sorted file names of each split (skin-tone variants left out), so
+the same data gives the same pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dalle.data.emoji import STYLES
+from dalle.errors import DalleError
+from dalle.pipeline import DallePipeline
+
+THUMBNAIL = 16
+TOP = 5
+SPLITS = {"held-out": "test-zero-shot", "seen": "train"}
+_SKIN_TONES = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")
+
+
+def thumbnails(images: torch.Tensor) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] -> (N, 3 * 16 * 16): each side averaged down to 16."""
+    return F.adaptive_avg_pool2d(images.float(), THUMBNAIL).flatten(1)
+
+
+def ranks(queries: torch.Tensor, pictures: torch.Tensor, true: list[int]) -> list[int]:
+    """The rank (1 = nearest) of picture `true[i]` among `pictures` by the thumbnail distance to
+    query i; ties count against the true picture."""
+    distance = torch.cdist(thumbnails(queries), thumbnails(pictures))
+    own = distance[torch.arange(len(true)), torch.tensor(true)]
+    return [int(n) for n in (distance <= own[:, None]).sum(dim=1)]
+
+
+def _style_of(stem: str) -> str | None:
+    return next((style for style in STYLES if stem.endswith(f"-{style}")), None)
+
+
+def _picture(path: Path, size: int) -> torch.Tensor:
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+
+
+def _pairs(files: list[Path], count: int) -> list[Path]:
+    """`count` files spread evenly over the sorted list, skin-tone variants left out."""
+    plain = [f for f in files if not any(f"-{tone}" in f.stem for tone in _SKIN_TONES)]
+    if count >= len(plain):
+        return plain
+    return [plain[i * len(plain) // count] for i in range(count)]
+
+
+def evaluate_emoji(pipeline: DallePipeline, data: str | Path, out: str | Path | None = None, *,
+                   pairs: int = 25, styles: list[str] | None = None, candidates: int = 16,
+                   seed: int = 0, **kwargs: Any) -> dict[str, dict[str, float]]:
+    """For `pairs` (emoji, style) pairs of each of `data`'s splits per style (`styles`: all that
+    `data` holds), draw one image each and rank its true picture (module docstring). Returns
+    {"held-out" / "seen": {metric: value}} and, with `out`, writes it to `out`/results.json."""
+    root = Path(data)
+    size = pipeline.vae.config.image_size
+    files = {split: sorted((root / folder).glob("*.png")) for split, folder in SPLITS.items()}
+    by_style: dict[str, list[Path]] = {}
+    for path in files["seen"] + files["held-out"]:
+        style = _style_of(path.stem)
+        if style is not None:
+            by_style.setdefault(style, []).append(path)
+    chosen = styles or [s for s in STYLES if s in by_style]
+    missing = [s for s in chosen if s not in by_style]
+    if not by_style or missing:
+        raise DalleError(f"{root} has no emoji pictures of {', '.join(missing) or 'any style'} in "
+                         f"train/ or test-zero-shot/: give --data a `dalle data emoji` folder")
+    stems = {path.stem: path for paths in by_style.values() for path in paths}
+    results: dict[str, dict[str, float]] = {}
+    for split in SPLITS:
+        drawn, ceiling, reference = [], [], []
+        for style in chosen:
+            pictures = torch.stack([_picture(p, size) for p in by_style[style]])
+            asked = _pairs([p for p in files[split] if _style_of(p.stem) == style], pairs)
+            if not asked:
+                continue
+            true = [by_style[style].index(path) for path in asked]
+            captions = [path.with_suffix(".txt").read_text(encoding="utf-8").strip() for path in asked]
+            generations = pipeline(captions, images=1, candidates=candidates, seed=seed, **kwargs)
+            drawn += ranks(torch.cat([g.images for g in generations]).cpu(), pictures, true)
+            real = pictures[true].to(pipeline.device)
+            ceiling += ranks(pipeline.vae.decode(pipeline.vae.encode(real)).cpu(), pictures, true)
+            for path, index in zip(asked, true):
+                code = path.stem[: -len(style) - 1]
+                other = next((stems[f"{code}-{s}"] for s in STYLES
+                              if s != style and f"{code}-{s}" in stems), None)
+                if other is not None:
+                    reference += ranks(_picture(other, size)[None], pictures, [index])
+        if not drawn:
+            continue
+        results[split] = {"pairs": len(drawn), "candidates": candidates,
+                          **_summary("drawn", drawn), **_summary("ceiling", ceiling),
+                          **_summary("reference", reference)}
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _summary(name: str, found: list[int]) -> dict[str, float]:
+    if not found:
+        return {}
+    return {f"{name}_top1": sum(r == 1 for r in found) / len(found),
+            f"{name}_top{TOP}": sum(r <= TOP for r in found) / len(found),
+            f"{name}_median_rank": float(statistics.median(found))}
+
+
+def markdown_table(results: dict[str, dict[str, float]]) -> str:
+    """The results as a table: a row per split and image (drawn, ceiling, reference)."""
+    lines = [f"| pairs | image | top-1 | top-{TOP} | median rank |", "|---|---|---|---|---|"]
+    for split, metrics in results.items():
+        for name in ("drawn", "ceiling", "reference"):
+            if f"{name}_top1" in metrics:
+                lines.append(f"| {split} ({metrics['pairs']:.0f}) | {name} | "
+                             f"{metrics[f'{name}_top1']:.0%} | {metrics[f'{name}_top{TOP}']:.0%} | "
+                             f"{metrics[f'{name}_median_rank']:.0f} |")
+    return "\n".join(lines)

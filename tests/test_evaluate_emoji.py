@@ -1,0 +1,56 @@
+"""`dalle eval emoji`: the rank of each (emoji, style) pair's true picture among its style's."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dalle.cli import app
+from dalle.data.emoji import write_emoji
+from dalle.errors import DalleError
+from dalle.evaluate.emoji import evaluate_emoji, markdown_table, ranks
+from dalle.pipeline import DallePipeline
+from test_data_emoji import make_source
+
+
+def test_ranks_count_ties_against_the_true_picture():
+    pictures = torch.zeros(4, 3, 16, 16)
+    pictures[1] += 0.5
+    pictures[2] += 1.0
+    pictures[3] += 0.5  # the same as picture 1
+    assert ranks(pictures[[2, 0]], pictures, [2, 0]) == [1, 1]
+    assert ranks(pictures[[1]], pictures, [1]) == [2]  # picture 3 is as near
+    assert ranks(pictures[[0]], pictures, [2]) == [4]
+
+
+@pytest.fixture(scope="module")
+def emoji_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("emoji")
+    write_emoji(root / "data", ["google", "twitter"], source=make_source(root / "src"))
+    return root / "data"
+
+
+def test_held_out_and_seen_pairs_with_ceiling_and_reference(emoji_folder, tmp_path):
+    pipe = DallePipeline.from_pretrained("emoji")
+    results = evaluate_emoji(pipe, emoji_folder, tmp_path / "out", pairs=2, candidates=2)
+    # Held out: one plain emoji per style (the skin-tone variants are left out); seen: two each.
+    assert results["held-out"]["pairs"] == 2 and results["seen"]["pairs"] == 4
+    for metrics in results.values():
+        for name in ("drawn", "ceiling", "reference"):
+            assert 0 <= metrics[f"{name}_top1"] <= metrics[f"{name}_top5"] <= 1
+            assert 1 <= metrics[f"{name}_median_rank"] <= 7  # pictures per style, both splits
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
+    assert "| held-out (2) | drawn |" in markdown_table(results)
+    again = evaluate_emoji(pipe, emoji_folder, None, pairs=2, candidates=2)
+    assert again == results
+
+
+def test_the_command_prints_the_table_and_refuses_a_folder_without_emoji(emoji_folder, tmp_path):
+    run = CliRunner().invoke(app, ["eval", "emoji", "--pipeline", "emoji", "--data", str(emoji_folder),
+                                   "--pairs", "1", "--candidates", "1", "--styles", "twitter",
+                                   "--out", str(tmp_path / "out")])
+    assert run.exit_code == 0, run.output
+    assert "| held-out (1) | ceiling |" in run.output and "results.json" in run.output
+    with pytest.raises(DalleError, match="no emoji pictures of fluent-3d"):
+        evaluate_emoji(DallePipeline.from_pretrained("emoji"), emoji_folder, styles=["fluent-3d"])
