@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -40,8 +41,10 @@ def test_held_out_and_seen_pairs_with_ceiling_and_reference(emoji_folder, tmp_pa
         for name in ("drawn", "ceiling", "reference"):
             assert 0 <= metrics[f"{name}_top1"] <= metrics[f"{name}_top5"] <= 1
             assert 1 <= metrics[f"{name}_median_rank"] <= 7  # pictures per style, both splits
+        assert 0 <= metrics["style_accuracy"] <= 1 and 0 <= metrics["style_accuracy_real"] <= 1
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
     assert "| held-out (2) | drawn |" in markdown_table(results)
+    assert "| held-out (2) | the true pictures |" in markdown_table(results)
     again = evaluate_emoji(pipe, emoji_folder, None, pairs=2, candidates=2)
     assert again == results
 
@@ -54,3 +57,22 @@ def test_the_command_prints_the_table_and_refuses_a_folder_without_emoji(emoji_f
     assert "| held-out (1) | ceiling |" in run.output and "results.json" in run.output
     with pytest.raises(DalleError, match="no emoji pictures of fluent-3d"):
         evaluate_emoji(DallePipeline.from_pretrained("emoji"), emoji_folder, styles=["fluent-3d"])
+
+
+def test_the_style_classifier_tells_the_styles_apart(tmp_path):
+    """Two styles told apart by colour: the judge reads pictures it never saw right."""
+    from PIL import Image
+
+    from dalle.evaluate.emoji import _picture, style_classifier
+
+    rng = np.random.default_rng(0)
+    paths = {"google": [], "twitter": []}
+    for style, channel in (("google", 0), ("twitter", 2)):
+        for i in range(40):
+            pixels = rng.integers(0, 90, (64, 64, 3), dtype=np.uint8)
+            pixels[16:48, 16:48, channel] = 230
+            Image.fromarray(pixels).save(tmp_path / f"{i}-{style}.png")
+            paths[style].append(tmp_path / f"{i}-{style}.png")
+    judge = style_classifier({s: p[:30] for s, p in paths.items()}, 64)
+    unseen = torch.stack([_picture(p, 64) for s in paths for p in paths[s][30:]])
+    assert judge.predict(unseen).tolist() == [0] * 10 + [1] * 10

@@ -1,8 +1,9 @@
 """Label accuracy of generated Fashion-MNIST images (docs/design.md, "Evaluation"): a small CNN trained
-on the real training split judges whether an image generated for "a sneaker" shows a sneaker.
+on the real training split judges whether an image generated for "a sneaker" shows a sneaker. The
+same CNN in colour judges the art style of generated emoji (`dalle.evaluate.emoji`).
 
-Images go in as generated, (N, 3 or 1, H, W) floats in [0, 1]: the classifier turns them to
-grayscale (ITU-R 601 luma, as PIL's "L" mode) and resizes them to its `image_size` itself.
+Images go in as generated, (N, 3 or 1, H, W) floats in [0, 1]: a one-channel classifier turns them
+to grayscale (ITU-R 601 luma, as PIL's "L" mode), and it resizes them to its `image_size` itself.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ClassifierConfig(JSONConfig):
 
     n_classes: int = len(CLASSES)
     image_size: int = 28
+    channels: int = 1  # 1: grayscale (Fashion-MNIST), 3: colour
     width: int = 32
     hidden: int = 128
     dropout: float = 0.25
@@ -39,6 +41,8 @@ class ClassifierConfig(JSONConfig):
             raise DalleError(f"n_classes must be at least 2, got {self.n_classes}")
         if self.image_size < 4 or self.image_size % 4:
             raise DalleError(f"image_size must be a positive multiple of 4, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise DalleError(f"channels must be 1 (grayscale) or 3 (colour), got {self.channels}")
         if self.width < 1 or self.hidden < 1 or not 0 <= self.dropout < 1:
             raise DalleError("width and hidden must be positive and dropout in [0, 1)")
 
@@ -51,6 +55,20 @@ def to_grayscale(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-2:] != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
                                antialias=True)
+    return images
+
+
+def classifier_input(images: torch.Tensor, config: ClassifierConfig) -> torch.Tensor:
+    """Images (N, 3 or 1, H, W) in [0, 1] as the classifier of `config` reads them: grayscale or
+    colour, at its size."""
+    if config.channels == 1:
+        return to_grayscale(images, config.image_size)
+    check_unit_images(images)
+    if images.shape[1] != 3:
+        raise DalleError(f"a colour classifier needs RGB images, got {images.shape[1]} channel(s)")
+    if images.shape[-2:] != (config.image_size, config.image_size):
+        images = F.interpolate(images, size=(config.image_size,) * 2, mode="bilinear",
+                               align_corners=False, antialias=True)
     return images
 
 
@@ -69,13 +87,13 @@ class LabelClassifier(PretrainedModel):
         super().__init__()
         self.config = config
         w, side = config.width, config.image_size // 4
-        self.features = nn.Sequential(_conv_block(1, w), _conv_block(w, 2 * w))
+        self.features = nn.Sequential(_conv_block(config.channels, w), _conv_block(w, 2 * w))
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(config.dropout),
                                   nn.Linear(2 * w * side * side, config.hidden), nn.ReLU(),
                                   nn.Dropout(config.dropout), nn.Linear(config.hidden, config.n_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = to_grayscale(images.to(next(self.head[-1].parameters())), self.config.image_size)
+        x = classifier_input(images.to(next(self.head[-1].parameters())), self.config)
         return self.head(self.features(x))
 
     @torch.no_grad()
@@ -106,7 +124,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, config: Classif
     labels = _labels(labels, len(images), config.n_classes)
     if len(images) < 2:
         raise DalleError(f"need at least 2 training images, got {len(images)}")
-    inputs = to_grayscale(images.cpu(), config.image_size).float()
+    inputs = classifier_input(images.cpu(), config).float()
     steps = epochs * math.ceil(len(inputs) / batch_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -12,6 +12,11 @@ Inception pool features do not (docs/results.md). Two numbers come with each tab
 * the reference: the same emoji's picture in another style (right object, wrong style), which a
   drawing must beat to show that it drew the style as well as the object.
 
+With two or more styles in the data, a small colour CNN trained on the training pictures' styles
+(`dalle.evaluate.classifier`, 32 px) says whether each drawing is in the style asked for; its
+accuracy on the real pictures of the same pairs comes with it (for held-out pairs, pictures it
+never saw).
+
 The pairs are spread over the sorted file names of each split (skin-tone variants left out), so
 the same data gives the same pairs.
 """
@@ -30,10 +35,12 @@ from PIL import Image
 
 from dalle.data.emoji import STYLES
 from dalle.errors import DalleError
+from dalle.evaluate.classifier import ClassifierConfig, LabelClassifier, classifier_input, train_classifier
 from dalle.pipeline import DallePipeline
 
 THUMBNAIL = 16
 TOP = 5
+STYLE_EPOCHS = 12  # the style classifier's passes over the training pictures (docs/design.md)
 SPLITS = {"held-out": "test-zero-shot", "seen": "train"}
 _SKIN_TONES = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")
 
@@ -61,6 +68,18 @@ def _picture(path: Path, size: int) -> torch.Tensor:
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+
+
+def style_classifier(by_style: dict[str, list[Path]], size: int, seed: int = 0) -> LabelClassifier:
+    """A colour CNN telling apart the styles of `by_style` (classes in its order), trained on
+    their pictures, read at `size` as the drawings are, at 32 px."""
+    config = ClassifierConfig(n_classes=len(by_style), image_size=32, channels=3)
+    images, labels = [], []
+    for label, paths in enumerate(by_style.values()):
+        images.append(classifier_input(torch.stack([_picture(p, size) for p in paths]), config))
+        labels += [label] * len(paths)
+    return train_classifier(torch.cat(images), torch.tensor(labels), config, epochs=STYLE_EPOCHS,
+                            seed=seed)
 
 
 def _pairs(files: list[Path], count: int) -> list[Path]:
@@ -91,9 +110,16 @@ def evaluate_emoji(pipeline: DallePipeline, data: str | Path, out: str | Path | 
         raise DalleError(f"{root} has no emoji pictures of {', '.join(missing) or 'any style'} in "
                          f"train/ or test-zero-shot/: give --data a `dalle data emoji` folder")
     stems = {path.stem: path for paths in by_style.values() for path in paths}
+    judge = None
+    if len(by_style) > 1:
+        training = {style: [p for p in paths if p.parent.name == SPLITS["seen"]]
+                    for style, paths in by_style.items()}
+        judge = style_classifier(training, size, seed)
+    labels = {style: index for index, style in enumerate(by_style)}
     results: dict[str, dict[str, float]] = {}
     for split in SPLITS:
         drawn, ceiling, reference = [], [], []
+        right, real_right = 0, 0
         for style in chosen:
             pictures = torch.stack([_picture(p, size) for p in by_style[style]])
             asked = _pairs([p for p in files[split] if _style_of(p.stem) == style], pairs)
@@ -102,7 +128,11 @@ def evaluate_emoji(pipeline: DallePipeline, data: str | Path, out: str | Path | 
             true = [by_style[style].index(path) for path in asked]
             captions = [path.with_suffix(".txt").read_text(encoding="utf-8").strip() for path in asked]
             generations = pipeline(captions, images=1, candidates=candidates, seed=seed, **kwargs)
-            drawn += ranks(torch.cat([g.images for g in generations]).cpu(), pictures, true)
+            images = torch.cat([g.images for g in generations]).float().cpu()
+            drawn += ranks(images, pictures, true)
+            if judge is not None:
+                right += int((judge.predict(images) == labels[style]).sum())
+                real_right += int((judge.predict(pictures[true]) == labels[style]).sum())
             real = pictures[true].to(pipeline.device)
             ceiling += ranks(pipeline.vae.decode(pipeline.vae.encode(real)).cpu(), pictures, true)
             for path, index in zip(asked, true):
@@ -116,6 +146,9 @@ def evaluate_emoji(pipeline: DallePipeline, data: str | Path, out: str | Path | 
         results[split] = {"pairs": len(drawn), "candidates": candidates,
                           **_summary("drawn", drawn), **_summary("ceiling", ceiling),
                           **_summary("reference", reference)}
+        if judge is not None:
+            results[split].update(style_accuracy=right / len(drawn),
+                                  style_accuracy_real=real_right / len(drawn))
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -131,12 +164,21 @@ def _summary(name: str, found: list[int]) -> dict[str, float]:
 
 
 def markdown_table(results: dict[str, dict[str, float]]) -> str:
-    """The results as a table: a row per split and image (drawn, ceiling, reference)."""
-    lines = [f"| pairs | image | top-1 | top-{TOP} | median rank |", "|---|---|---|---|---|"]
+    """The results as a table: a row per split and image (drawn, ceiling, reference), with the
+    style accuracy of the drawn images and of the real ones when it was measured."""
+    lines = [f"| pairs | image | top-1 | top-{TOP} | median rank | style right |",
+             "|---|---|---|---|---|---|"]
     for split, metrics in results.items():
+        style = {"drawn": metrics.get("style_accuracy"), "ceiling": None,
+                 "reference": None, "real": metrics.get("style_accuracy_real")}
         for name in ("drawn", "ceiling", "reference"):
             if f"{name}_top1" in metrics:
+                accuracy = style[name]
                 lines.append(f"| {split} ({metrics['pairs']:.0f}) | {name} | "
                              f"{metrics[f'{name}_top1']:.0%} | {metrics[f'{name}_top{TOP}']:.0%} | "
-                             f"{metrics[f'{name}_median_rank']:.0f} |")
+                             f"{metrics[f'{name}_median_rank']:.0f} | "
+                             f"{'' if accuracy is None else f'{accuracy:.0%}'} |")
+        if style["real"] is not None:
+            lines.append(f"| {split} ({metrics['pairs']:.0f}) | the true pictures | | | | "
+                         f"{style['real']:.0%} |")
     return "\n".join(lines)
