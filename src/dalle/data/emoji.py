@@ -24,7 +24,7 @@ The Apple and Facebook sets are never used (their art is not licensed for this).
   emoji. They are about half of all pairs (five near-copies of each person or hand), so a model
   with few steps to spend sees every other emoji twice as often without them.
 * Captions: ``{label}, {style} style`` in lower case, curly quotes made ASCII, e.g.
-  ``grinning face, twitter style``; the style is always named so that it is controllable. With
+  ``grinning face, twitter style`` (the Fluent styles as ``fluent flat`` and ``fluent 3d``); the style is always named so that it is controllable. With
   ``tags=n`` the first ``n`` emojibase tags (their order, alphabetical) that are not already words
   of the label follow: ``grinning face, twitter style, grin``. Skin tones use their base's tags.
 * Splits, when two or more styles are built: ``train`` and ``test-zero-shot``. An emoji is held
@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "STYLES",
+    "DEFAULT_STYLES",
+    "FLUENT_SUFFIXES",
+    "SKIN_TONES",
     "SPLITS",
     "IMAGE_PACKAGES",
     "LABEL_PACKAGE",
@@ -81,6 +84,8 @@ __all__ = [
     "HELD_OUT_PER_MILLE",
     "EmojiReport",
     "code_point_key",
+    "fluent_key",
+    "tarball_name",
     "held_out_style",
     "caption",
     "fetch_packages",
@@ -120,7 +125,7 @@ _ART = {
        "(https://github.com/microsoft/fluentui-emoji)" for style in FLUENT_SUFFIXES},
 }
 _STYLE_WORDS = {"fluent-flat": "fluent flat", "fluent-3d": "fluent 3d"}  # as captions name them
-_SKIN_TONES = frozenset({"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"})
+SKIN_TONES = frozenset({"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"})
 _LOBEHUB_TONES = {"1F3FC": "1F3FD", "1F3FD": "1F3FC"}  # each file holds the other's art
 _FLUENT_NAME = re.compile(r"[0-9a-f]+([-_][0-9a-f]+)*")
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
@@ -180,7 +185,7 @@ def fluent_key(stem: str) -> str:
     return code_point_key("-".join(_LOBEHUB_TONES.get(part, part) for part in parts))
 
 
-def is_flag(key: str) -> bool:
+def _is_flag(key: str) -> bool:
     """A country flag (two regional indicators) or a subdivision flag (black flag and tags)."""
     parts = key.split("-")
     regional = len(parts) == 2 and all("1F1E6" <= part <= "1F1FF" for part in parts)
@@ -206,14 +211,14 @@ def caption(label: str, style: str, tags: Sequence[str] = (), n_tags: int = 0) -
     return ", ".join([text, f"{_STYLE_WORDS.get(style, style)} style", *extra[:n_tags]])
 
 
-def file_stem(name: str) -> str:
+def _file_stem(name: str) -> str:
     """A package name as npm writes it in file names: a scope's ``@`` dropped, ``/`` as ``-``."""
     return name.lstrip("@").replace("/", "-")
 
 
 def tarball_name(name: str) -> str:
     """The file ``npm pack`` writes for a pinned package."""
-    return f"{file_stem(name)}-{VERSIONS[name]}.tgz"
+    return f"{_file_stem(name)}-{VERSIONS[name]}.tgz"
 
 
 def fetch_packages(cache_dir: str | os.PathLike[str], styles: Sequence[str] = DEFAULT_STYLES) -> Path:
@@ -359,8 +364,8 @@ def _fluent_entries(assets: Path, suffix: str, skin_tones: bool) -> tuple[list[_
             skipped["malformed file name"] += 1
             continue
         key = fluent_key(stem)
-        base = "-".join(part for part in key.split("-") if part not in _SKIN_TONES)
-        if is_flag(base):
+        base = "-".join(part for part in key.split("-") if part not in SKIN_TONES)
+        if _is_flag(base):
             skipped["flag not drawn by Microsoft"] += 1
         elif skin_tones or key == base:
             entries.append(_Entry(key, base, path.name, True, key.lower()))
@@ -555,7 +560,7 @@ def write_emoji(
         (root / "licenses").mkdir()
         for name in names:
             for licence in sorted(roots[name].glob("LICENSE*")):
-                shutil.copyfile(licence, root / "licenses" / f"{file_stem(name)}-{licence.name}")
+                shutil.copyfile(licence, root / "licenses" / f"{_file_stem(name)}-{licence.name}")
         if "google" in chosen:  # Apache-2.0 §4(a): recipients get a copy of the licence
             shutil.copyfile(APACHE_LICENSE, root / "licenses" / "Apache-2.0.txt")
         if set(chosen) & set(FLUENT_SUFFIXES):  # MIT: the notice goes with every copy

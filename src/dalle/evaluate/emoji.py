@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dalle.data.emoji import STYLES
+from dalle.data.emoji import SKIN_TONES, STYLES
 from dalle.errors import DalleError
 from dalle.evaluate.classifier import ClassifierConfig, LabelClassifier, classifier_input, train_classifier
 from dalle.pipeline import DallePipeline
@@ -42,7 +42,6 @@ THUMBNAIL = 16
 TOP = 5
 STYLE_EPOCHS = 12  # the style classifier's passes over the training pictures (docs/design.md)
 SPLITS = {"held-out": "test-zero-shot", "seen": "train"}
-_SKIN_TONES = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")
 
 
 def thumbnails(images: torch.Tensor) -> torch.Tensor:
@@ -84,7 +83,7 @@ def style_classifier(by_style: dict[str, list[Path]], size: int, seed: int = 0) 
 
 def _pairs(files: list[Path], count: int) -> list[Path]:
     """`count` files spread evenly over the sorted list, skin-tone variants left out."""
-    plain = [f for f in files if not any(f"-{tone}" in f.stem for tone in _SKIN_TONES)]
+    plain = [f for f in files if not any(f"-{tone.lower()}" in f.stem for tone in SKIN_TONES)]
     if count >= len(plain):
         return plain
     return [plain[i * len(plain) // count] for i in range(count)]
