@@ -55,8 +55,13 @@ def test_the_command_prints_the_table_and_refuses_a_folder_without_emoji(emoji_f
                                    "--out", str(tmp_path / "out")])
     assert run.exit_code == 0, run.output
     assert "| held-out (1) | ceiling |" in run.output and "results.json" in run.output
-    with pytest.raises(DalleError, match="no emoji pictures of fluent-3d"):
-        evaluate_emoji(DallePipeline.from_pretrained("emoji"), emoji_folder, styles=["fluent-3d"])
+    pipe = DallePipeline.from_pretrained("emoji")
+    for kwargs, message in (({"styles": ["fluent-3d"]}, "no emoji pictures of fluent-3d"),
+                            ({"styles": ["noto"]}, "unknown emoji style noto; choose from google"),
+                            ({"pairs": 0}, "pairs must be at least 1")):
+        with pytest.raises(DalleError, match=message):
+            evaluate_emoji(pipe, emoji_folder, tmp_path / "bad", **kwargs)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_the_style_classifier_tells_the_styles_apart(tmp_path):

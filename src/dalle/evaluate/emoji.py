@@ -95,6 +95,11 @@ def evaluate_emoji(pipeline: DallePipeline, data: str | Path, out: str | Path | 
     """For `pairs` (emoji, style) pairs of each of `data`'s splits per style (`styles`: all that
     `data` holds), draw one image each and rank its true picture (module docstring). Returns
     {"held-out" / "seen": {metric: value}} and, with `out`, writes it to `out`/results.json."""
+    if pairs < 1:
+        raise DalleError(f"pairs must be at least 1, got {pairs}")
+    unknown = [s for s in styles or () if s not in STYLES]
+    if unknown:
+        raise DalleError(f"unknown emoji style {', '.join(unknown)}; choose from {', '.join(STYLES)}")
     root = Path(data)
     size = pipeline.vae.config.image_size
     files = {split: sorted((root / folder).glob("*.png")) for split, folder in SPLITS.items()}
