@@ -68,16 +68,18 @@ def test_the_style_classifier_tells_the_styles_apart(tmp_path):
     """Two styles told apart by colour: the judge reads pictures it never saw right."""
     from PIL import Image
 
-    from dalle.evaluate.emoji import _picture, style_classifier
+    from dalle.evaluate.emoji import _pictures, style_classifier
 
     rng = np.random.default_rng(0)
-    paths = {"google": [], "twitter": []}
+    pictures = {}
     for style, channel in (("google", 0), ("twitter", 2)):
+        paths = []
         for i in range(40):
             pixels = rng.integers(0, 90, (64, 64, 3), dtype=np.uint8)
             pixels[16:48, 16:48, channel] = 230
             Image.fromarray(pixels).save(tmp_path / f"{i}-{style}.png")
-            paths[style].append(tmp_path / f"{i}-{style}.png")
-    judge = style_classifier({s: p[:30] for s, p in paths.items()}, 64)
-    unseen = torch.stack([_picture(p, 64) for s in paths for p in paths[s][30:]])
+            paths.append(tmp_path / f"{i}-{style}.png")
+        pictures[style] = _pictures(paths, 64)
+    judge = style_classifier({style: images[:30] for style, images in pictures.items()})
+    unseen = torch.cat([images[30:] for images in pictures.values()])
     assert judge.predict(unseen).tolist() == [0] * 10 + [1] * 10

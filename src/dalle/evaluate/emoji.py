@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from dalle.data.emoji import SKIN_TONES, STYLES
+from dalle.data.folder import center_square, load_image, to_rgb
 from dalle.errors import DalleError
 from dalle.evaluate.classifier import ClassifierConfig, LabelClassifier, classifier_input, train_classifier
 from dalle.pipeline import DallePipeline
@@ -61,24 +61,20 @@ def _style_of(stem: str) -> str | None:
     return next((style for style in STYLES if stem.endswith(f"-{style}")), None)
 
 
-def _picture(path: Path, size: int) -> torch.Tensor:
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+def _pictures(paths: list[Path], size: int) -> torch.Tensor:
+    """The images at `paths` as (N, 3, size, size) in [0, 1], read as training reads them."""
+    pixels = np.stack([np.asarray(center_square(to_rgb(load_image(p)), size)) for p in paths])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().float() / 255
 
 
-def style_classifier(by_style: dict[str, list[Path]], size: int, seed: int = 0) -> LabelClassifier:
+def style_classifier(by_style: dict[str, torch.Tensor], seed: int = 0) -> LabelClassifier:
     """A colour CNN telling apart the styles of `by_style` (classes in its order), trained on
-    their pictures, read at `size` as the drawings are, at 32 px."""
+    their pictures (N, 3, H, W) at 32 px."""
     config = ClassifierConfig(n_classes=len(by_style), image_size=32, channels=3)
-    images, labels = [], []
-    for label, paths in enumerate(by_style.values()):
-        images.append(classifier_input(torch.stack([_picture(p, size) for p in paths]), config))
-        labels += [label] * len(paths)
-    return train_classifier(torch.cat(images), torch.tensor(labels), config, epochs=STYLE_EPOCHS,
-                            seed=seed)
+    images = torch.cat([classifier_input(pictures, config) for pictures in by_style.values()])
+    labels = torch.cat([torch.full((len(pictures),), label)
+                        for label, pictures in enumerate(by_style.values())])
+    return train_classifier(images, labels, config, epochs=STYLE_EPOCHS, seed=seed)
 
 
 def _pairs(files: list[Path], count: int) -> list[Path]:
@@ -113,38 +109,40 @@ def evaluate_emoji(pipeline: DallePipeline, data: str | Path, out: str | Path | 
     if not by_style or missing:
         raise DalleError(f"{root} has no emoji pictures of {', '.join(missing) or 'any style'} in "
                          f"train/ or test-zero-shot/: give --data a `dalle data emoji` folder")
-    stems = {path.stem: path for paths in by_style.values() for path in paths}
+    # Each style's pictures are read once: ranked against for both splits, and the classifier's
+    # training set (the train/ ones of every style in `data`, asked for or not).
+    pictures = {style: _pictures(paths, size) for style, paths in by_style.items()}
+    stems = {path.stem: (style, index) for style, paths in by_style.items()
+             for index, path in enumerate(paths)}
     judge = None
     if len(by_style) > 1:
-        training = {style: [p for p in paths if p.parent.name == SPLITS["seen"]]
-                    for style, paths in by_style.items()}
-        judge = style_classifier(training, size, seed)
+        judge = style_classifier({style: pictures[style][[p.parent.name == SPLITS["seen"] for p in paths]]
+                                  for style, paths in by_style.items()}, seed)
     labels = {style: index for index, style in enumerate(by_style)}
     results: dict[str, dict[str, float]] = {}
     for split in SPLITS:
         drawn, ceiling, reference = [], [], []
         right, real_right = 0, 0
         for style in chosen:
-            pictures = torch.stack([_picture(p, size) for p in by_style[style]])
             asked = _pairs([p for p in files[split] if _style_of(p.stem) == style], pairs)
             if not asked:
                 continue
-            true = [by_style[style].index(path) for path in asked]
+            true = [stems[path.stem][1] for path in asked]
             captions = [path.with_suffix(".txt").read_text(encoding="utf-8").strip() for path in asked]
             generations = pipeline(captions, images=1, candidates=candidates, seed=seed, **kwargs)
             images = torch.cat([g.images for g in generations]).float().cpu()
-            drawn += ranks(images, pictures, true)
+            drawn += ranks(images, pictures[style], true)
             if judge is not None:
                 right += int((judge.predict(images) == labels[style]).sum())
-                real_right += int((judge.predict(pictures[true]) == labels[style]).sum())
-            real = pictures[true].to(pipeline.device)
-            ceiling += ranks(pipeline.vae.decode(pipeline.vae.encode(real)).cpu(), pictures, true)
+                real_right += int((judge.predict(pictures[style][true]) == labels[style]).sum())
+            real = pictures[style][true].to(pipeline.device)
+            ceiling += ranks(pipeline.vae.decode(pipeline.vae.encode(real)).cpu(), pictures[style], true)
             for path, index in zip(asked, true):
                 code = path.stem[: -len(style) - 1]
                 other = next((stems[f"{code}-{s}"] for s in STYLES
                               if s != style and f"{code}-{s}" in stems), None)
                 if other is not None:
-                    reference += ranks(_picture(other, size)[None], pictures, [index])
+                    reference += ranks(pictures[other[0]][other[1]][None], pictures[style], [index])
         if not drawn:
             continue
         results[split] = {"pairs": len(drawn), "candidates": candidates,
