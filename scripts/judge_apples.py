@@ -16,17 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from dalle.evaluate.emoji import TOP, thumbnails
 from dalle.pipeline import DallePipeline
 from dalle.utils import image_grid
-
-TOP = 5
-
-
-def thumbnails(images: torch.Tensor) -> torch.Tensor:
-    return F.adaptive_avg_pool2d(images.float(), 16).flatten(1)
 
 
 def style_pictures(emoji: Path, style: str) -> tuple[list[Path], torch.Tensor]:
