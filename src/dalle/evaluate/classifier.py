@@ -52,10 +52,7 @@ def to_grayscale(images: torch.Tensor, size: int) -> torch.Tensor:
     check_unit_images(images)
     if images.shape[1] == 3:
         images = torch.einsum("nchw,c->nhw", images, images.new_tensor(LUMA))[:, None]
-    if images.shape[-2:] != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                               antialias=True)
-    return images
+    return _resized(images, size)
 
 
 def classifier_input(images: torch.Tensor, config: ClassifierConfig) -> torch.Tensor:
@@ -66,9 +63,14 @@ def classifier_input(images: torch.Tensor, config: ClassifierConfig) -> torch.Te
     check_unit_images(images)
     if images.shape[1] != 3:
         raise DalleError(f"a colour classifier needs RGB images, got {images.shape[1]} channel(s)")
-    if images.shape[-2:] != (config.image_size, config.image_size):
-        images = F.interpolate(images, size=(config.image_size,) * 2, mode="bilinear",
-                               align_corners=False, antialias=True)
+    return _resized(images, config.image_size)
+
+
+def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (N, C, H, W) at size x size, resized bilinearly (antialiased) if they are not."""
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=True)
     return images
 
 
