@@ -253,3 +253,19 @@ def test_resume_is_exact(data, tmp_path):
         assert torch.equal(whole[k], resumed[k]), k
     exported = load_file(tmp_path / "cut" / "model" / "model.safetensors")
     assert all(torch.equal(exported[k], whole[k]) for k in whole)
+
+
+def test_each_sample_trains_on_one_of_its_caption_variants(data):
+    tokenizer = TextTokenizer.from_pretrained(data / "tokenizer")
+    seen: list[str] = []
+
+    class Recording(CLIP):
+        def forward(self, images, text, positives=None):
+            seen.extend(tokenizer.decode(row) for row in text)
+            return super().forward(images, text, positives=positives)
+
+    images = torch.rand(16, 3, 16, 16)
+    batch = {"image": images, "caption": ["a red block on the left"] * 16, "index": torch.arange(16),
+             "variants": ["a red block on the left\na red block"] * 16}
+    CLIPLoss(tokenizer, seed=0)(Recording(config_for(tokenizer)), batch, step=0)
+    assert set(seen) == {"a red block on the left", "a red block"}

@@ -129,3 +129,13 @@ def test_views_add_random_crops_of_each_picture_and_repeat_exactly(vae, tmp_path
         with pytest.raises(DalleError, match=message):
             encode_codes(tmp_path / "vae", folder, tmp_path / "bad", views=views, max_crop=max_crop, device="cpu")
         assert not (tmp_path / "bad").exists()
+
+
+def test_codes_keep_every_caption_variant(vae, tmp_path):
+    data = RandomImages(n=3)
+    items = [{**data[i], "caption": f"picture {i}", "variants": f"picture {i}\nthe picture: {i}"}
+             for i in range(3)]
+    encode_dataset(vae, items, tmp_path / "codes", show_progress=False)
+    codes = CodesDataset(tmp_path / "codes")
+    assert codes.captions == ["picture 0", "picture 1", "picture 2"]
+    assert codes[2]["caption"] == "picture 2" and codes[2]["variants"] == "picture 2\nthe picture: 2"

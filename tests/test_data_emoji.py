@@ -12,7 +12,7 @@ from PIL import Image
 
 from dalle.data import emoji
 from dalle.data.emoji import caption, code_point_key, held_out_style, write_emoji
-from dalle.data.folder import ImageCaptionFolder
+from dalle.data.folder import ImageCaptionFolder, read_captions
 from dalle.errors import DalleError
 
 SKIN = "1F3FB"
@@ -251,13 +251,22 @@ def test_resize(source, tmp_path):
     write_emoji(tmp_path / "out", ["google"], source=source, image_size=32, tags=2)
     out = tmp_path / "out" / "train"
     assert Image.open(out / f"{P1.lower()}-google.png").size == (32, 32)
-    # tags that are words of the label ("face", "grinning") are dropped
-    assert (out / f"{P1.lower()}-google.txt").read_text() == "grinning face, google style, grin"
+    # tags that are words of the label ("face", "grinning") are dropped; an emoji with no other
+    # tag keeps one line
+    assert (out / f"{P1.lower()}-google.txt").read_text() == (
+        "grinning face, google style\ngrinning face: grin, google style")
+    assert (out / f"{HT.lower()}-google.txt").read_text() == "thumbs up, google style"
+    dataset = ImageCaptionFolder(out, 32)
+    index = dataset.captions.index("grinning face, google style")
+    assert dataset[index]["variants"] == "grinning face, google style\ngrinning face: grin, google style"
+    assert "grinning face: grin, google style" in list(read_captions(out))
 
 
 def test_caption_tags():
-    assert caption("Grinning Face", "twitter", ["face", "grin", "grin", "smile"], 2) == (
-        "grinning face, twitter style, grin, smile")
+    assert caption("Grinning Face", "twitter", ["face", "grin", "grin", "smile", "happy"], 2) == (
+        "grinning face, twitter style\ngrinning face: grin, smile, twitter style")
+    assert caption("red apple", "fluent-3d", ["apple", "fruit"], 4) == (
+        "red apple, fluent 3d style\nred apple: fruit, fluent 3d style")
     assert caption("man’s shoe", "google", ["shoe"], 0) == "man's shoe, google style"
     assert code_point_key("263a-fe0f") == "263A"
 

@@ -1,8 +1,11 @@
+import random
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from dalle.data.folder import ImageCaptionFolder
+from dalle.data.captions import caption_variants, pick_caption
+from dalle.data.folder import ImageCaptionFolder, read_captions
 
 
 def write_pair(root, name, image, caption="a caption"):
@@ -84,3 +87,15 @@ def test_missing_or_empty_folder(tmp_path):
         ImageCaptionFolder(tmp_path / "nope", 8)
     with pytest.raises(ValueError, match="no readable"):
         ImageCaptionFolder(tmp_path, 8)
+
+
+def test_a_caption_file_may_hold_variants_one_per_line(tmp_path):
+    write_pair(tmp_path, "a", Image.new("RGB", (8, 8)), "a cat\n\n  a small cat: pet  \n")
+    write_pair(tmp_path, "b", Image.new("RGB", (8, 8)), "a dog")
+    dataset = ImageCaptionFolder(tmp_path, 8)
+    assert dataset.captions == ["a cat", "a dog"]  # what is shown and evaluated: the first line
+    assert dataset[0]["variants"] == "a cat\n\n  a small cat: pet" and dataset[1]["variants"] == "a dog"
+    assert caption_variants(dataset[0]["variants"]) == ["a cat", "a small cat: pet"]
+    assert list(read_captions(tmp_path)) == ["a cat", "a small cat: pet", "a dog"]
+    draws = {pick_caption(dataset[0]["variants"], random.Random(seed)) for seed in range(20)}
+    assert draws == {"a cat", "a small cat: pet"}

@@ -178,3 +178,19 @@ def test_the_attention_backend_is_recorded_and_the_same_model_trains_with_blocks
     assert json.loads((tmp_path / "blocks" / "config.json").read_text())["attention"] == "blocks"
     with pytest.raises(DalleError, match="unknown attention backend 'bogus'"):
         PriorRun(data / "codes", tmp_path / "bogus", tokenizer=data / "tokenizer", attention="bogus")
+
+
+
+def test_each_sample_draws_one_of_its_caption_variants(data):
+    tokenizer = TextTokenizer.from_pretrained(data / "tokenizer")
+    loss = PriorLoss(tokenizer, seed=0)
+    plain, tagged = "a red circle on the left", "a blue square: big"
+    texts = [f"{plain}\n{tagged}"] * 64
+    drawn = [tokenizer.decode(row) for row in loss.encode(texts, torch.arange(64), step=3)]
+    assert set(drawn) == {plain, tagged}
+    assert 16 < drawn.count(plain) < 48
+    # keyed to the sample, as caption drop and BPE dropout are
+    assert drawn[:32] == [tokenizer.decode(r) for r in loss.encode(texts[:32], torch.arange(32), step=3)]
+    # one caption per file draws nothing for it: the same ids as before variants existed
+    assert torch.equal(loss.encode([plain] * 8, torch.arange(8), step=5),
+                       loss.encode([f"{plain}\n"] * 8, torch.arange(8), step=5))

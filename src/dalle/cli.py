@@ -50,7 +50,7 @@ def data_emoji(
     out: Annotated[Path, typer.Option(help="Output folder (new or empty): train/, test-zero-shot/, licences.")],
     styles: Annotated[str, typer.Option(help="Comma-separated art styles: google, twitter, fluent-flat, fluent-3d.")] = "google,twitter",
     source: Annotated[Path | None, typer.Option("--from", help="Folder holding the npm packages (unpacked or as .tgz) instead of fetching them with npm pack.")] = None,
-    tags: Annotated[int, typer.Option(help="Emojibase tags to append to each caption.")] = 0,
+    tags: Annotated[int, typer.Option(help="Emojibase tags in a second caption line that training samples as often as the first.")] = 0,
     cache: Annotated[Path | None, typer.Option(help="Keep the fetched npm tarballs here for the next build.")] = None,
     image_size: Annotated[int, typer.Option(help="Image side (the art is 64).")] = 64,
     skin_tones: Annotated[bool, typer.Option(help="Include the skin-tone variants (about half of all pairs).")] = True,

@@ -4,7 +4,8 @@ from the result.
 A codes directory holds
 - `codes.bin`: the argmax codes, row-major (N, grid, grid), uint16 (int32 when K > 65,536),
   read back as a NumPy memory map so a set larger than memory costs nothing to open;
-- `captions.jsonl`: one JSON string per line, caption i belongs to row i;
+- `captions.jsonl`: one JSON string per line, the caption text of row i (all its variants,
+  `dalle.data.captions`);
 - `index.json`: written last, so its presence means the set is complete: count, grid, dtype,
   codebook size, and the dVAE config that made the codes.
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dalle.data.captions import caption_fields, first_caption
 from dalle.errors import DalleError
 
 CODES_NAME, CAPTIONS_NAME, INDEX_NAME, PROGRESS_NAME = (
@@ -27,7 +29,8 @@ CODES_NAME, CAPTIONS_NAME, INDEX_NAME, PROGRESS_NAME = (
 
 
 class CodesDataset(Dataset):
-    """A finished codes directory as items `{"codes": (grid, grid) long, "caption", "index"}`."""
+    """A finished codes directory as items `{"codes": (grid, grid) long, "caption", "variants",
+    "index"}`."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -49,14 +52,15 @@ class CodesDataset(Dataset):
         self.codes = np.memmap(self.directory / CODES_NAME, dtype=self.index["dtype"], mode="r",
                                shape=(n, grid, grid))
         with open(self.directory / CAPTIONS_NAME, encoding="utf-8") as f:
-            self.captions = [json.loads(line) for line in f]
-        if len(self.captions) != n:
-            raise DalleError(f"{self.directory / CAPTIONS_NAME} has {len(self.captions)} captions "
+            self.variants = [json.loads(line) for line in f]
+        if len(self.variants) != n:
+            raise DalleError(f"{self.directory / CAPTIONS_NAME} has {len(self.variants)} captions "
                              f"for {n} code grids")
+        self.captions = [first_caption(text) for text in self.variants]
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, index: int) -> dict:
         codes = torch.from_numpy(self.codes[index].astype(np.int64))
-        return {"codes": codes, "caption": self.captions[index], "index": index}
+        return {"codes": codes, **caption_fields(self.variants[index]), "index": index}

@@ -24,9 +24,12 @@ The Apple and Facebook sets are never used (their art is not licensed for this).
   emoji. They are about half of all pairs (five near-copies of each person or hand), so a model
   with few steps to spend sees every other emoji twice as often without them.
 * Captions: ``{label}, {style} style`` in lower case, curly quotes made ASCII, e.g.
-  ``grinning face, twitter style`` (the Fluent styles as ``fluent flat`` and ``fluent 3d``); the style is always named so that it is controllable. With
-  ``tags=n`` the first ``n`` emojibase tags (their order, alphabetical) that are not already words
-  of the label follow: ``grinning face, twitter style, grin``. Skin tones use their base's tags.
+  ``grinning face, twitter style`` (the Fluent styles as ``fluent flat`` and ``fluent 3d``); the
+  style is always named so that it is controllable. With ``tags=n`` the caption file has a second
+  line, a variant that training samples as often as the first (``dalle.data.captions``): the
+  label, then the first ``n`` emojibase tags (their order, alphabetical) that are not already
+  words of the label, then the style: ``grinning face: face, grin, twitter style``. Skin tones
+  use their base's tags; an emoji with no such tag keeps one line.
 * Splits, when two or more styles are built: ``train`` and ``test-zero-shot``. An emoji is held
   out in one style when the first 8 bytes of SHA-256 of its code point (upper-case hex joined by
   ``-``, no FE0F, no skin tone, e.g. ``1F44B``), read as a big-endian integer ``v``, have
@@ -203,12 +206,15 @@ def held_out_style(code_point: str, styles: Sequence[str] = DEFAULT_STYLES) -> s
 
 
 def caption(label: str, style: str, tags: Sequence[str] = (), n_tags: int = 0) -> str:
-    """``{label}, {style} style`` plus the first ``n_tags`` tags not already words of the label."""
+    """``{label}, {style} style``, and with ``n_tags`` a second line naming the first ``n_tags``
+    tags that are not already words of the label: ``{label}: {tags}, {style} style``."""
     text = label.translate(_QUOTES).lower().strip()
     words = set(re.findall(r"[\w']+", text))
     extra = [t.translate(_QUOTES).lower().strip() for t in tags]
-    extra = list(dict.fromkeys(t for t in extra if t and t not in words))
-    return ", ".join([text, f"{_STYLE_WORDS.get(style, style)} style", *extra[:n_tags]])
+    extra = list(dict.fromkeys(t for t in extra if t and t not in words))[:n_tags]
+    style_words = f"{_STYLE_WORDS.get(style, style)} style"
+    plain = f"{text}, {style_words}"
+    return f"{plain}\n{text}: {', '.join(extra)}, {style_words}" if extra else plain
 
 
 def _file_stem(name: str) -> str:
@@ -529,7 +535,7 @@ def write_emoji(
     subfolder; a ``node_modules`` folder works) or the tarball ``npm pack`` writes,
     ``<name>-<version>.tgz`` (:func:`tarball_name`). Without it the tarballs are fetched with ``npm pack`` into
     ``cache_dir`` (reused when present) or a temporary folder. ``styles`` may be a list or a
-    comma-separated string; ``tags`` is the number of emojibase tags appended to each caption;
+    comma-separated string; ``tags`` is the number of emojibase tags in each caption's variant;
     ``skin_tones=False`` leaves out the skin-tone variants (each emoji keeps its base image).
     """
     chosen = _check_styles(styles)

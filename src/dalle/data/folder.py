@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dalle.data.captions import caption_fields, caption_variants, first_caption
 from dalle.errors import DalleError
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,9 @@ def find_pairs(root: Path, report: ScanReport) -> Iterator[tuple[Path, Path]]:
 class ImageCaptionFolder(Dataset):
     """Image-caption pairs from a folder (searched recursively), decoded once into memory.
 
-    Items are dicts: `image` (3, S, S) float in [0, 1], `caption` str, `index` int. The whole set
-    is kept as uint8, which suits the small sets this loader is for; large sets use shards.
+    Items are dicts: `image` (3, S, S) float in [0, 1], `caption` and `variants` str
+    (`dalle.data.captions`), `index` int. The whole set is kept as uint8, which suits the small
+    sets this loader is for; large sets use shards.
     """
 
     def __init__(self, root: str | Path, image_size: int, background: tuple[int, int, int] = (0, 0, 0)) -> None:
@@ -165,13 +167,14 @@ class ImageCaptionFolder(Dataset):
         if self.report.skipped:
             log.warning("%s: %s", self.root, self.report)
         self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-        self.captions = captions
+        self.variants = captions
+        self.captions = [first_caption(text) for text in captions]
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index].float() / 255, "caption": self.captions[index],
+        return {"image": self.images[index].float() / 255, **caption_fields(self.variants[index]),
                 "index": index}
 
 
@@ -191,7 +194,8 @@ def _shard_captions(folder: Path) -> Iterator[bytes]:
 
 def read_captions(path: str | Path) -> Iterator[str]:
     """Captions for tokenizer training: each `.txt` file under a folder, each `.txt` member of a
-    folder of WebDataset shards (`*.tar`; the images are not read), or each line of one file.
+    folder of WebDataset shards (`*.tar`; the images are not read), or each line of one file;
+    every variant of a caption file with several (`dalle.data.captions`).
 
     Captions that are not UTF-8 or are empty are skipped and counted in a warning at the end.
     """
@@ -219,7 +223,7 @@ def read_captions(path: str | Path) -> Iterator[str]:
                 skipped["caption not UTF-8"] += 1
                 continue
             if caption:
-                yield caption
+                yield from caption_variants(caption)
             else:
                 skipped["empty caption"] += 1
     if skipped:

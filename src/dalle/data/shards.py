@@ -40,6 +40,7 @@ from tqdm import tqdm
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
+from dalle.data.captions import caption_fields
 from dalle.data.folder import IMAGE_SUFFIXES, ScanReport, SkippedPair, center_square, decode_pair, find_pairs
 from dalle.errors import DalleError
 from dalle.utils import ensure_writable_dir
@@ -306,4 +307,5 @@ class ShardDataset(IterableDataset):
                 skip -= 1
                 continue
             pixels = torch.from_numpy(np.array(center_square(image, self.image_size), dtype=np.uint8))
-            yield {"image": pixels.permute(2, 0, 1).float() / 255, "caption": caption, "index": index}
+            yield {"image": pixels.permute(2, 0, 1).float() / 255, **caption_fields(caption),
+                   "index": index}

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dalle.data.captions import first_caption
 from dalle.data.emoji import SKIN_TONES, STYLES
 from dalle.data.folder import center_square, load_image, to_rgb
 from dalle.errors import DalleError
@@ -128,7 +129,8 @@ def evaluate_emoji(pipeline: DallePipeline, data: str | Path, out: str | Path | 
             if not asked:
                 continue
             true = [stems[path.stem][1] for path in asked]
-            captions = [path.with_suffix(".txt").read_text(encoding="utf-8").strip() for path in asked]
+            captions = [first_caption(path.with_suffix(".txt").read_text(encoding="utf-8"))
+                        for path in asked]
             generations = pipeline(captions, images=1, candidates=candidates, seed=seed, **kwargs)
             images = torch.cat([g.images for g in generations]).float().cpu()
             drawn += ranks(images, pictures[style], true)

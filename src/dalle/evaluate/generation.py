@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from dalle.data.captions import first_caption
 from dalle.errors import DalleError
 from dalle.evaluate.shapes import METRICS, evaluate
 from dalle.pipeline import DallePipeline
@@ -29,7 +30,7 @@ def split_prompts(folder: str | Path, limit: int | None = None) -> list[str]:
     files = sorted(Path(folder).glob("*.txt"))
     if not files:
         raise FileNotFoundError(f"no captions (.txt files) in {folder}")
-    return [f.read_text(encoding="utf-8").strip() for f in files[:limit]]
+    return [first_caption(f.read_text(encoding="utf-8")) for f in files[:limit]]
 
 
 def evaluate_split(pipeline: DallePipeline, prompts: list[str], candidates: int, *,

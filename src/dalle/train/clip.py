@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, IterableDataset
 from dalle.clip import CLIP
 from dalle.config import CLIPConfig
 from dalle.data.augment import random_crops, sample_rng
+from dalle.data.captions import caption_variants, pick_caption
 from dalle.data.sources import open_images
 from dalle.errors import DalleError
 from dalle.text import TextTokenizer, clean_caption
@@ -86,7 +87,8 @@ class WordSwaps:
 class CLIPLoss:
     """The loop's loss function for CLIP: images + captions -> (loss, metrics).
 
-    Captions get BPE dropout and images an optional random crop, both drawn from a generator
+    Each sample's caption is one of its variants (`pick_caption`). Captions get BPE dropout and
+    images an optional random crop, all drawn from a generator
     keyed on (seed, step, index) so that resumed and data-parallel runs see the same batches.
     Repeats of a caption within a batch count as matches, not as negatives. With `swaps`, each
     caption also brings its hard negatives (a replaced and an exchanged word).
@@ -99,10 +101,12 @@ class CLIPLoss:
         self.tokenizer, self.seed, self.max_crop, self.swaps = tokenizer, seed, max_crop, swaps
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict]:
-        images, captions = batch["image"], list(batch["caption"])
+        images = batch["image"]
         rngs = [sample_rng(self.seed, step, i) for i in batch["index"].tolist()]
         if self.max_crop:
             images = random_crops(images, rngs, self.max_crop)
+        captions = [pick_caption(text, rng)
+                    for text, rng in zip(batch.get("variants", batch["caption"]), rngs)]
         texts, text_rngs = list(captions), list(rngs)
         if self.swaps is not None:
             for caption, rng in zip(captions, rngs):
@@ -167,7 +171,7 @@ def train_clip(run: CLIPRun, *, resume: bool = False, overwrite: bool = False,
     check_compatible(run.model, tokenizer)
     dataset = open_images(run.data, run.model.image_size, training=True)
     run = run.sized_for(len(dataset) if isinstance(dataset, Sized) else None)
-    if run.hard_negatives and not hasattr(dataset, "captions"):
+    if run.hard_negatives and not hasattr(dataset, "variants"):
         warnings.warn(f"hard negatives learn word swaps from the captions of an image folder; "
                       f"{run.data} is a stream of shards, so CLIP trains without them", stacklevel=2)
         run = dataclasses.replace(run, hard_negatives=False)
@@ -180,7 +184,8 @@ def train_clip(run: CLIPRun, *, resume: bool = False, overwrite: bool = False,
     model = CLIP(run.model)
     swaps = None
     if run.hard_negatives:
-        swaps = WordSwaps(dataset.captions)  # type: ignore[union-attr]
+        swaps = WordSwaps(line for text in dataset.variants  # type: ignore[union-attr]
+                          for line in caption_variants(text))
     loss = CLIPLoss(tokenizer, run.train.seed, run.max_crop, swaps)
     trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate,
                       resume=resume, overwrite=overwrite, show_progress=show_progress)

@@ -46,7 +46,8 @@ def _batches(items: Iterable[dict], size: int) -> Iterable[list[dict]]:
 def encode_dataset(vae: DiscreteVAE, items: Iterable[dict], out: str | Path, *,
                    batch_size: int = 64, resume: bool = False, total: int | None = None,
                    show_progress: bool = True) -> dict:
-    """Encode every `{"image", "caption"}` item of `items` into the codes directory `out`.
+    """Encode every `{"image", "caption"}` item of `items` (its `variants` where it has them)
+    into the codes directory `out`.
 
     `items` must yield the same sequence on every call (a folder or shards in a fixed order);
     `resume` skips the rows an interrupted run already committed. Returns the index.
@@ -78,7 +79,8 @@ def encode_dataset(vae: DiscreteVAE, items: Iterable[dict], out: str | Path, *,
             codes = vae.encode(images).cpu().numpy().astype(dtype)
             codes_file.write(codes.tobytes())
             for item in batch:
-                captions_file.write((json.dumps(item["caption"], ensure_ascii=False) + "\n").encode())
+                text = item.get("variants", item["caption"])
+                captions_file.write((json.dumps(text, ensure_ascii=False) + "\n").encode())
             for f in (codes_file, captions_file):
                 f.flush()
                 os.fsync(f.fileno())

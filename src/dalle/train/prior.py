@@ -12,6 +12,7 @@ from torch import nn
 
 from dalle.config import PriorConfig, VAEConfig
 from dalle.data.augment import sample_rng
+from dalle.data.captions import pick_caption
 from dalle.data.codes import CodesDataset
 from dalle.errors import DalleError
 from dalle.prior import Prior
@@ -27,9 +28,9 @@ from dalle.vae import DiscreteVAE
 class PriorLoss:
     """The loop's loss function for the prior: captions + codes -> (loss, metrics).
 
-    Captions are encoded here with BPE dropout (training only) and, with probability
-    `caption_drop`, replaced by the empty caption (all pads), which classifier-free guidance
-    uses as its unconditional stream at sampling time.
+    Each sample's caption is one of its variants (`pick_caption`), encoded here with BPE dropout
+    (training only) and, with probability `caption_drop`, replaced by the empty caption (all
+    pads), which classifier-free guidance uses as its unconditional stream at sampling time.
     """
 
     def __init__(self, tokenizer: TextTokenizer, seed: int, caption_drop: float = 0.0) -> None:
@@ -39,12 +40,13 @@ class PriorLoss:
 
     def encode(self, captions: list[str], indices: torch.Tensor, step: int) -> torch.Tensor:
         rngs = [sample_rng(self.seed, step, i) for i in indices.tolist()]
+        captions = [pick_caption(c, rng) for c, rng in zip(captions, rngs)]
         captions = ["" if rng.random() < self.caption_drop else c for c, rng in zip(captions, rngs)]
         return self.tokenizer.encode_batch(captions, rngs)
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict]:
         codes = batch["codes"]
-        text = self.encode(batch["caption"], batch["index"], step).to(codes.device)
+        text = self.encode(batch.get("variants", batch["caption"]), batch["index"], step).to(codes.device)
         out = model(text, codes)
         return out.loss, {"text_loss": out.text_loss.detach(), "image_loss": out.image_loss.detach()}
 
