@@ -6,6 +6,7 @@ import json
 import pytest
 from safetensors import safe_open
 
+from dalle import recipe as recipe_module
 from dalle.card import example_prompts
 from dalle.hub import read_front_matter
 from dalle.pipeline import DallePipeline
@@ -179,17 +180,27 @@ def test_budgets_change_training_lengths_not_model_sizes(tmp_path):
     assert (cpu["train-vae"].model.hidden, cpu["train-prior"].model.dim) == (32, 256)  # the small presets
     emoji_cpu, emoji_gpu = runs(emoji_recipe(tmp_path, "cpu")), runs(emoji_recipe(tmp_path, "gpu"))
     assert emoji_gpu["train-prior"].model.dropout == 0.1
-    assert emoji_cpu["train-vae"].train.bf16 and emoji_cpu["train-prior"].train.steps == 9000
+    assert emoji_cpu["train-prior"].train.steps == 9000
     assert cpu["train-prior"].train.steps == 5000 and cpu["train-clip"].train.steps == 2700
     # The dVAE's schedules follow each budget's length (the preset's are for 150,000 steps).
     assert gpu["train-vae"].model.tau_steps == 4000 and gpu["train-vae"].model.kl_warmup_steps == 2000
-    # The recipe's own settings win over the budget's; the prior trains in bf16 on every budget.
+    # The recipe's own settings win over the budget's.
     assert cpu["train-vae"].train.lr == 1e-3 and cpu["train-vae"].model.likelihood == "gaussian"
-    assert all(r["train-prior"].train.bf16 for r in (cpu, gpu, emoji_cpu))
     emoji_data = next(s for s in emoji_recipe(tmp_path, "cpu").steps if s.name == "data")
     assert emoji_data.args["skin_tones"] is False
     assembles = [next(s for s in shapes_recipe(tmp_path, b).steps if s.name == "assemble") for b in ("cpu", "gpu")]
     assert all(a.args["sampling"].guidance_scale == 2.0 for a in assembles)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_cpu_stages_train_and_sample_in_bf16_only_where_it_is_fast(tmp_path, monkeypatch, fast):
+    monkeypatch.setattr(recipe_module, "fast_bf16", lambda device="auto": fast)
+    for recipe in (emoji_recipe(tmp_path, "cpu"), shapes_recipe(tmp_path, "cpu")):
+        steps = {s.name: s.args for s in recipe.steps}
+        assert steps["train-prior"]["run"].train.bf16 is fast and steps["eval"]["bf16"] is fast
+        assert steps["assemble"]["bf16_weights"]  # storage only: loading casts back
+    emoji_vae = next(s for s in emoji_recipe(tmp_path, "cpu").steps if s.name == "train-vae")
+    assert emoji_vae.args["run"].train.bf16 is fast
 
 
 def test_versions_are_kept_and_named(tmp_path):

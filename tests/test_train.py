@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dalle.train import loop as loop_module
 from dalle.train.checkpoint import load_checkpoint, save_checkpoint
 from dalle.train.ema import EMA
 from dalle.train.sampler import StepBatchSampler
@@ -333,3 +334,9 @@ def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_previous_one(tmp
     assert str(caught.value).startswith(f"no space left on device for the checkpoint {path}")
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
+
+
+def test_bf16_on_a_cpu_without_fast_bf16_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop_module, "fast_bf16", lambda device: False)
+    with pytest.warns(UserWarning, match="no fast bf16"):
+        make_trainer(tmp_path / "run", tiny_train_config(bf16=True)).close()

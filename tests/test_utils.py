@@ -5,7 +5,7 @@ import stat
 import pytest
 import torch
 
-from dalle.utils import UMASK, atomic_write, resolve_device
+from dalle.utils import UMASK, atomic_write, fast_bf16, resolve_device
 
 
 def test_atomic_write_gives_normal_permissions(tmp_path):
@@ -63,3 +63,9 @@ def test_busy_cores_reads_the_machines_load():
 
     busy = busy_cores(0.05)
     assert busy is None or 0 <= busy <= os.cpu_count()
+
+
+def test_fast_bf16_follows_the_devices_kernels(monkeypatch):
+    assert fast_bf16("cpu") is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert fast_bf16("cpu") is False

@@ -34,7 +34,7 @@ from dalle.train.run_folder import RunFolder
 from dalle.train.sampler import StepBatchSampler
 from dalle.train.schedules import WarmupDecay
 from dalle.train.signals import StopRequest, TrainingStopped
-from dalle.utils import resolve_device
+from dalle.utils import fast_bf16, resolve_device
 
 # The TrainConfig fields that shape a run's trajectory: a resumed run must keep them.
 TRAJECTORY = ("steps", "batch_size", "lr", "schedule", "warmup_steps", "min_lr_ratio", "betas",
@@ -130,6 +130,10 @@ class Trainer:
         self.flops_per_token: float | None = count() if count is not None else None
         self.tokens_per_sample: int = getattr(model, "sequence_length", 0)
         self.peak_flops = peak_flops or known_peak_flops(self.ctx.device, config.bf16)
+        if config.bf16 and self.ctx.device.type == "cpu" and not fast_bf16(self.ctx.device):
+            warnings.warn("this CPU has no fast bf16 (oneDNN needs AVX-512 or AMX), so bf16 "
+                          "autocast trains many times slower than fp32 here; leave out --bf16",
+                          stacklevel=2)
         if config.activation_checkpointing:
             D.apply_activation_checkpointing(self.model)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
