@@ -1,4 +1,5 @@
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from dalle.data.codes import CodesDataset
+from dalle.errors import DalleError
 from dalle.text import TextTokenizer
 from dalle.train.prior import PriorLoss, check_compatible, train_prior
 from dalle.train.runs import PriorRun
@@ -194,3 +196,57 @@ def test_each_sample_draws_one_of_its_caption_variants(data):
     # one caption per file draws nothing for it: the same ids as before variants existed
     assert torch.equal(loss.encode([plain] * 8, torch.arange(8), step=5),
                        loss.encode([f"{plain}\n"] * 8, torch.arange(8), step=5))
+
+
+def keep_best_run(data: Path, out: Path, until: int | None = None, resume: bool = False):
+    config = tiny_train_config(steps=24, lr=3e-2, schedule="constant", eval_every=3,
+                               checkpoint_every=3, keep_best=True)
+    run = PriorRun(data / "codes", out, tokenizer=data / "tokenizer", val_data=data / "val-codes",
+                   model=tiny_prior_config(data), train=config, caption_drop=0.0)
+    if until is None:
+        return train_prior(run, resume=resume, show_progress=False)
+    from dalle.prior import Prior
+    from dalle.train.loop import Trainer
+    from dalle.train.prior import validation_loss
+
+    torch.manual_seed(config.seed)
+    tokenizer = TextTokenizer.from_pretrained(data / "tokenizer")
+    val = CodesDataset(data / "val-codes")
+    trainer = Trainer(Prior(run.fitted().model), CodesDataset(data / "codes"), config, out,
+                      PriorLoss(tokenizer, config.seed), best_metric="val_image_loss",
+                      validate_fn=lambda m, autocast: validation_loss(m, tokenizer, val, autocast=autocast),
+                      show_progress=False)
+    trainer.fit(until=until)
+    trainer.close()
+
+
+def test_keep_best_exports_the_lowest_validation_and_survives_a_resume(data, tmp_path):
+    # validation on the training codes under each other's captions: a prior that learns the
+    # training pairs gets worse at these, so the lowest validation comes before the end
+    val = CodesDataset(data / "codes")
+    (data / "val-codes").mkdir(exist_ok=True)
+    for name in ("codes.bin", "index.json"):
+        (data / "val-codes" / name).write_bytes((data / "codes" / name).read_bytes())
+    (data / "val-codes" / "captions.jsonl").write_text(
+        "".join(json.dumps(c) + "\n" for c in val.captions[1:] + val.captions[:1]))
+    keep_best_run(data, tmp_path / "whole")
+    rows = [r for r in csv.DictReader((tmp_path / "whole" / "metrics.csv").open()) if r["val_image_loss"]]
+    losses = {int(r["step"]): float(r["val_image_loss"]) for r in rows}
+    best = json.loads((tmp_path / "whole" / "best" / "best.json").read_text())
+    assert best["step"] == min(losses, key=losses.get) and best["metric"] == "val_image_loss"
+    assert best["value"] == pytest.approx(min(losses.values()), abs=1e-6)  # metrics.csv rounds
+    assert best["step"] < 24  # the last step is not the best here, so model/ is not the last weights
+    exported = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    kept = load_file(tmp_path / "whole" / "best" / "model.safetensors")
+    assert all(torch.equal(exported[k], kept[k]) for k in kept)
+    # cut after the best step, then resumed: the same best is kept
+    keep_best_run(data, tmp_path / "cut", until=best["step"] + 3)
+    keep_best_run(data, tmp_path / "cut", resume=True)
+    assert json.loads((tmp_path / "cut" / "best" / "best.json").read_text()) == best
+    resumed = load_file(tmp_path / "cut" / "model" / "model.safetensors")
+    assert all(torch.equal(exported[k], resumed[k]) for k in kept)
+
+
+def test_keep_best_without_validation_data_is_one_line(data, tmp_path):
+    with pytest.raises(DalleError, match="keep_best chooses among validations"):
+        run(data, tmp_path, keep_best=True)

@@ -87,6 +87,7 @@ FIELD_HELP = {
     "grad_clip": "Gradient norm clip; 0 disables it.",
     "ema_decay": "EMA decay; 0 disables the EMA.",
     "export": "Weights model/ receives at the end: ema or raw.",
+    "keep_best": "Export the weights of the validation with the lowest loss (kept in best/ as the run goes), not the last: early stopping that still trains every step.",
     "bf16": "bf16 autocast (CPU and CUDA).",
     "activation_checkpointing": "Recompute each block's activations in the backward pass.",
     "fsdp": "Shard parameters, gradients and optimizer state over the torchrun processes (FSDP2).",

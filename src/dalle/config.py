@@ -343,6 +343,7 @@ class TrainConfig(JSONConfig):
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
     ema_decay: float = 0.999  # 0 disables the EMA
     export: str = "ema"  # which weights `model/` receives at the end: ema | raw
+    keep_best: bool = False  # model/ receives the weights of the lowest validation loss, not the last
     bf16: bool = False  # bf16 autocast (CPU and CUDA)
     activation_checkpointing: bool = False  # recompute each block in the backward pass
     fsdp: bool = False  # shard over torchrun processes with FSDP2 instead of DDP

@@ -187,7 +187,7 @@ def train_clip(run: CLIPRun, *, resume: bool = False, overwrite: bool = False,
         swaps = WordSwaps(line for text in dataset.variants  # type: ignore[union-attr]
                           for line in caption_variants(text))
     loss = CLIPLoss(tokenizer, run.train.seed, run.max_crop, swaps)
-    trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate,
+    trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate, best_metric="val_loss",
                       resume=resume, overwrite=overwrite, show_progress=show_progress)
     try:
         if trainer.ctx.is_main:

@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
 from dalle.config import JSONConfig, TrainConfig
 from dalle.errors import DalleError
-from dalle.pretrained import PretrainedModel
+from dalle.pretrained import WEIGHTS_NAME, PretrainedModel
 from dalle.prior import estimate_mfu
 from dalle.train import distributed as D
 from dalle.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -34,7 +35,7 @@ from dalle.train.run_folder import RunFolder
 from dalle.train.sampler import StepBatchSampler
 from dalle.train.schedules import WarmupDecay
 from dalle.train.signals import StopRequest, TrainingStopped
-from dalle.utils import fast_bf16, resolve_device
+from dalle.utils import atomic_write, fast_bf16, resolve_device
 
 # The TrainConfig fields that shape a run's trajectory: a resumed run must keep them.
 TRAJECTORY = ("steps", "batch_size", "lr", "schedule", "warmup_steps", "min_lr_ratio", "betas",
@@ -94,6 +95,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
 
 
+BEST_DIR = "best"  # with keep_best: the weights of the lowest validation so far
+
+
 class Trainer:
     """Trains `model` on `dataset` with `loss_fn`, writing everything under `out_dir`.
 
@@ -108,7 +112,9 @@ class Trainer:
     out_dir/samples/       a grid from `sample_fn` every `sample_every` steps
     `validate_fn(model, autocast) -> metrics` runs every `eval_every` steps and at the end on
     the export weights; its metrics join metrics.csv.
-    out_dir/model/         the final weights (EMA or raw), `from_pretrained`-loadable
+    out_dir/model/         the final weights (EMA or raw), `from_pretrained`-loadable; with
+                           `keep_best`, those of the validation with the lowest `best_metric`
+    out_dir/best/          with `keep_best`: the best weights so far, and best.json its step
     A model with `flops_per_token()` and `sequence_length` (the prior) also logs `model_tflops`
     and, with `peak_flops` (one device's peak FLOP/s) given or known for its GPU, `mfu`.
     """
@@ -116,8 +122,14 @@ class Trainer:
     def __init__(self, model: PretrainedModel, dataset: Dataset, config: TrainConfig,
                  out_dir: str | Path, loss_fn: LossFn, *, collate_fn: Callable | None = None,
                  sample_fn: SampleFn | None = None, sample_batch: Any = None,
-                 validate_fn: ValidateFn | None = None, peak_flops: float | None = None,
-                 resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> None:
+                 validate_fn: ValidateFn | None = None, best_metric: str | None = None,
+                 peak_flops: float | None = None, resume: bool = False, overwrite: bool = False,
+                 show_progress: bool = True) -> None:
+        if config.keep_best and (validate_fn is None or best_metric is None):
+            raise DalleError("keep_best chooses among validations: give the run validation data "
+                             "(--val-data)")
+        self.best_metric = best_metric
+        self.best: dict[str, Any] | None = None  # step, metric and value of the best validation
         self.config, self.loss_fn, self.sample_fn = config, loss_fn, sample_fn
         self.sample_batch, self.validate_fn = sample_batch, validate_fn
         self.ctx = D.setup_distributed(resolve_device(config.device))
@@ -226,6 +238,7 @@ class Trainer:
         D.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
+        self.best = state.get("best")
         set_rng_state(state["rng"][self.ctx.rank])
 
     def _checkpoint(self) -> None:
@@ -244,6 +257,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rngs,
                 "world_size": self.ctx.world_size,
+                "best": self.best,
                 "train_config": self.config.to_dict(),
                 "model_config": model_config.to_dict() if isinstance(model_config, JSONConfig) else None,
             })
@@ -305,7 +319,29 @@ class Trainer:
         metrics = self._evaluation(lambda model: self.validate_fn(model, self.autocast))  # type: ignore[misc]
         if metrics is not None and self.logger is not None:
             self.logger.log(self.step, metrics)
+        if self.config.keep_best:
+            self._keep_if_best(metrics)
         D.barrier(self.ctx)
+
+    def _keep_if_best(self, metrics: dict[str, float] | None) -> None:
+        """Save the export weights to best/ when this validation is the lowest so far (rank 0
+        decides; under FSDP every process gathers the weights)."""
+        value = None if metrics is None else float(metrics[self.best_metric])  # type: ignore[index]
+        better = value is not None and (self.best is None or value < self.best["value"])
+        if self.ctx.enabled:  # only rank 0 validates: its decision, agreed by every process
+            flag = torch.tensor(float(better), device=self.ctx.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            better = bool(flag.item())
+        if not better:
+            return
+        model = self.eval_model
+        if not isinstance(model, PretrainedModel):
+            return
+        state = D.full_model_state(model)
+        if self.ctx.is_main:
+            self.best = {"step": self.step, "metric": self.best_metric, "value": value}
+            model.save_pretrained(self.out_dir / BEST_DIR, state)
+            atomic_write(self.out_dir / BEST_DIR / "best.json", (json.dumps(self.best) + "\n").encode())
 
     def _compile(self) -> bool:
         """Compile the model's units (`distributed.compile_units`); False if torch.compile
@@ -401,6 +437,8 @@ class Trainer:
         if self.step >= c.steps and isinstance(self.eval_model, PretrainedModel):
             state = D.full_model_state(self.eval_model)
             if self.ctx.is_main:
+                if c.keep_best and self.best is not None:
+                    state = load_file(self.out_dir / BEST_DIR / WEIGHTS_NAME)
                 self.eval_model.save_pretrained(self.out_dir / "model", state)
         self._draw_curves(force=True)
         return self.eval_model

@@ -147,7 +147,9 @@ def train_prior(run: PriorRun, *, resume: bool = False, overwrite: bool = False,
                                  "give --vae the one that encoded them")
             samples = {"sample_fn": lambda m, batch: sample_grid(cast(Prior, unwrap(m)), vae, batch),
                        "sample_batch": sample_batch(tokenizer, dataset)}
-    trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate, **samples,
+    # Early stopping (`keep_best`) watches the image tokens' loss: the paper's goal (§2.2, B.2).
+    trainer = Trainer(model, dataset, run.train, run.out, loss, validate_fn=validate,
+                      best_metric="val_image_loss", **samples,
                       resume=resume, overwrite=overwrite, show_progress=show_progress)
     try:
         if trainer.ctx.is_main:
