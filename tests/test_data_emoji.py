@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from dalle.data import emoji
-from dalle.data.emoji import caption, code_point_key, held_out_style, write_emoji
+from dalle.data.emoji import (
+    VALIDATION_SPLIT,
+    caption,
+    code_point_key,
+    held_out_style,
+    validation_style,
+    write_emoji,
+)
 from dalle.data.folder import ImageCaptionFolder, read_captions
 from dalle.errors import DalleError
 
@@ -22,7 +29,8 @@ def _pick_codes() -> dict[str, list[str]]:
     """Code points by their fate under the hold-out rule: plain, held out in google / twitter."""
     found: dict[str, list[str]] = {"plain": [], "google": [], "twitter": []}
     for cp in range(0x1F300, 0x1F700):
-        found[held_out_style(f"{cp:X}") or "plain"].append(f"{cp:X}")
+        if not validation_style(f"{cp:X}"):
+            found[held_out_style(f"{cp:X}") or "plain"].append(f"{cp:X}")
     return found
 
 
@@ -177,6 +185,25 @@ def test_held_out_rule(source, tmp_path):
     assert zero_shot == {f"{hg}-google", f"{hgs}-google", f"{ht}-twitter"}
     assert not zero_shot & train
     assert {f"{hg}-twitter", f"{hgs}-twitter", f"{ht}-google"} <= train
+
+
+def test_validation_holds_out_the_next_band_into_its_own_split(source, tmp_path, monkeypatch):
+    fates = [validation_style(f"{cp:X}") for cp in range(0x1F300, 0x1FB00)]
+    assert 0.03 < sum(f is not None for f in fates) / len(fates) < 0.07
+    assert not any(held_out_style(f"{cp:X}") and validation_style(f"{cp:X}") for cp in range(0x1F300, 0x1FB00))
+    without = write_emoji(tmp_path / "plain", ["google", "twitter"], source=source)
+    # the fixture's emoji fall outside the band: let the first plain one fall in it, in twitter
+    monkeypatch.setattr(emoji, "validation_style",
+                        lambda code, styles: "twitter" if code_point_key(code) == P1 else None)
+    report = write_emoji(tmp_path / "out", ["google", "twitter"], source=source, validation=True)
+    val = names(tmp_path / "out", "val-zero-shot")
+    assert val == {f"{P1.lower()}-twitter", f"{P1}-{SKIN}-twitter".lower()}
+    assert f"{P1.lower()}-google" in names(tmp_path / "out", "train") and not val & names(tmp_path / "out", "train")
+    assert names(tmp_path / "out", "test-zero-shot") == names(tmp_path / "plain", "test-zero-shot")
+    assert report.written["val-zero-shot"] == {"google": 0, "twitter": 2}
+    assert VALIDATION_SPLIT not in without.written
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["validation_per_mille"] == 50 and manifest["counts"]["val-zero-shot"]["twitter"] == 2
 
 
 def test_single_style_has_no_hold_out(source, tmp_path):

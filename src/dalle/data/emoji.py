@@ -40,7 +40,9 @@ The Apple and Facebook sets are never used (their art is not licensed for this).
   if no other style of it made it into ``train`` (every zero-shot pair has its emoji seen in
   another style) or if ``train`` holds the same picture in the same style under another code
   point (the packages reuse art for some family emoji and flags). With one style everything is
-  ``train``.
+  ``train``. With ``validation=True`` the next 5% (``100 <= v % 1000 < 150``) are held out the same
+  way into ``val-zero-shot``: held-out pairs to validate and early-stop on, so that the pairs
+  evaluated in ``test-zero-shot`` choose nothing.
 * Each style writes every emoji it draws; ``manifest.json`` counts the emoji (without skin tones)
   of each style and those that all the built styles draw.
 
@@ -85,11 +87,14 @@ __all__ = [
     "VERSIONS",
     "BACKGROUND",
     "HELD_OUT_PER_MILLE",
+    "VALIDATION_PER_MILLE",
+    "VALIDATION_SPLIT",
     "EmojiReport",
     "code_point_key",
     "fluent_key",
     "tarball_name",
     "held_out_style",
+    "validation_style",
     "caption",
     "fetch_packages",
     "write_emoji",
@@ -98,6 +103,7 @@ __all__ = [
 STYLES: tuple[str, ...] = ("google", "twitter", "fluent-flat", "fluent-3d")
 DEFAULT_STYLES: tuple[str, ...] = ("google", "twitter")
 SPLITS: tuple[str, ...] = ("train", "test-zero-shot")
+VALIDATION_SPLIT = "val-zero-shot"  # written only with validation=True
 IMAGE_PACKAGES: dict[str, str] = {
     "google": "emoji-datasource-google",
     "twitter": "emoji-datasource-twitter",
@@ -117,6 +123,7 @@ APACHE_LICENSE = Path(__file__).parent / "licenses" / "Apache-2.0.txt"
 FLUENT_LICENSE = Path(__file__).parent / "licenses" / "MIT-Fluent-Emoji.txt"  # the packages ship none
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 HELD_OUT_PER_MILLE = 100
+VALIDATION_PER_MILLE = 50  # with validation=True: held out into val-zero-shot
 NATIVE_SIZE = 64
 
 _ART = {
@@ -201,6 +208,16 @@ def held_out_style(code_point: str, styles: Sequence[str] = DEFAULT_STYLES) -> s
     digest = hashlib.sha256(code_point_key(code_point).encode("ascii")).digest()
     value = int.from_bytes(digest[:8], "big")
     if value % 1000 >= HELD_OUT_PER_MILLE:
+        return None
+    return styles[value // 1000 % len(styles)]
+
+
+def validation_style(code_point: str, styles: Sequence[str] = DEFAULT_STYLES) -> str | None:
+    """The style whose image of this emoji goes to ``val-zero-shot`` in a build with validation,
+    or None (module docstring)."""
+    digest = hashlib.sha256(code_point_key(code_point).encode("ascii")).digest()
+    value = int.from_bytes(digest[:8], "big")
+    if not HELD_OUT_PER_MILLE <= value % 1000 < HELD_OUT_PER_MILLE + VALIDATION_PER_MILLE:
         return None
     return styles[value // 1000 % len(styles)]
 
@@ -448,14 +465,15 @@ def _digest(image: Image.Image) -> bytes:
 
 def _build(root: Path, styles: Sequence[str], image_dirs: dict[str, Path],
            catalogues: dict[str, object], labels: dict[str, tuple[str, tuple[str, ...]]],
-           image_size: int, n_tags: int, skin_tones: bool) -> EmojiReport:
+           image_size: int, n_tags: int, skin_tones: bool, validation: bool) -> EmojiReport:
     """Join, caption, split and write every image; held-out images wait for their counterparts."""
-    report = EmojiReport(root, {split: {style: 0 for style in styles} for split in SPLITS})
-    for split in SPLITS:
+    splits = (*SPLITS, VALIDATION_SPLIT) if validation and len(styles) > 1 else SPLITS
+    report = EmojiReport(root, {split: {style: 0 for style in styles} for split in splits})
+    for split in splits:
         (root / split).mkdir(parents=True, exist_ok=True)
     trained: set[tuple[str, str]] = set()  # (style, code point)
     trained_pixels: set[tuple[str, bytes]] = set()  # (style, digest of the written image)
-    held: list[tuple[str, _Entry, str, Image.Image, str]] = []
+    held: list[tuple[str, str, _Entry, str, Image.Image, str]] = []  # split first
     drawn: dict[str, set[str]] = {style: set() for style in styles}  # emoji written, by style
     for style in styles:
         if style in FLUENT_SUFFIXES:
@@ -489,7 +507,10 @@ def _build(root: Path, styles: Sequence[str], image_dirs: dict[str, Path],
             label, label_tags = labels[entry.key]
             text, name = caption(label, style, label_tags, n_tags), f"{entry.name}-{style}"
             if len(styles) > 1 and held_out_style(entry.base, styles) == style:
-                held.append((style, entry, name, image, text))
+                held.append(("test-zero-shot", style, entry, name, image, text))
+                continue
+            if VALIDATION_SPLIT in splits and validation_style(entry.base, styles) == style:
+                held.append((VALIDATION_SPLIT, style, entry, name, image, text))
                 continue
             _save(root / "train", name, image, text)
             trained.add((style, entry.key))
@@ -498,17 +519,17 @@ def _build(root: Path, styles: Sequence[str], image_dirs: dict[str, Path],
             report.written["train"][style] += 1
             report.skin_tones += int(entry.key != entry.base)
     held_emoji: set[str] = set()
-    for style, entry, name, image, text in held:
+    for split, style, entry, name, image, text in held:
         if not any((other, entry.key) in trained for other in styles if other != style):
             report.skipped["held out, other style not in train"] += 1
             continue
         if (style, _digest(image)) in trained_pixels:
             report.skipped["held out, same picture in train"] += 1
             continue
-        _save(root / "test-zero-shot", name, image, text)
+        _save(root / split, name, image, text)
         held_emoji.add(entry.base)
         drawn[style].add(entry.base)
-        report.written["test-zero-shot"][style] += 1
+        report.written[split][style] += 1
         report.skin_tones += int(entry.key != entry.base)
     report.held_out_emoji = len(held_emoji)
     report.emoji_per_style = {style: len(drawn[style]) for style in styles}
@@ -524,6 +545,7 @@ def write_emoji(
     tags: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
     skin_tones: bool = True,
+    validation: bool = False,
 ) -> EmojiReport:
     """Build the Emoji set into ``out_dir`` (which must be new or empty); see the module docstring.
 
@@ -536,7 +558,8 @@ def write_emoji(
     ``<name>-<version>.tgz`` (:func:`tarball_name`). Without it the tarballs are fetched with ``npm pack`` into
     ``cache_dir`` (reused when present) or a temporary folder. ``styles`` may be a list or a
     comma-separated string; ``tags`` is the number of emojibase tags in each caption's variant;
-    ``skin_tones=False`` leaves out the skin-tone variants (each emoji keeps its base image).
+    ``skin_tones=False`` leaves out the skin-tone variants (each emoji keeps its base image);
+    ``validation=True`` also writes ``val-zero-shot``, held-out pairs to validate on.
     """
     chosen = _check_styles(styles)
     if not isinstance(image_size, int) or image_size < 1:
@@ -562,7 +585,7 @@ def write_emoji(
         image_dirs = {s: roots[IMAGE_PACKAGES[s]] / ("assets" if s in FLUENT_SUFFIXES else f"img/{s}/64")
                       for s in chosen}
         report = _build(root, chosen, image_dirs, catalogues, labels, image_size, tags,
-                        skin_tones)
+                        skin_tones, validation)
         (root / "licenses").mkdir()
         for name in names:
             for licence in sorted(roots[name].glob("LICENSE*")):
@@ -582,6 +605,7 @@ def write_emoji(
         "caption_tags": tags,
         "skin_tones": skin_tones,
         "held_out_per_mille": HELD_OUT_PER_MILLE if len(chosen) > 1 else 0,
+        "validation_per_mille": VALIDATION_PER_MILLE if VALIDATION_SPLIT in report.written else 0,
         "counts": report.written,
         "held_out_pairs": sum(report.written["test-zero-shot"].values()),
         "held_out_emoji": report.held_out_emoji,
