@@ -196,14 +196,14 @@ def test_validation_holds_out_the_next_band_into_its_own_split(source, tmp_path,
     monkeypatch.setattr(emoji, "validation_style",
                         lambda code, styles: "twitter" if code_point_key(code) == P1 else None)
     report = write_emoji(tmp_path / "out", ["google", "twitter"], source=source, validation=True)
-    val = names(tmp_path / "out", "val-zero-shot")
+    val = names(tmp_path / "out", "val")
     assert val == {f"{P1.lower()}-twitter", f"{P1}-{SKIN}-twitter".lower()}
     assert f"{P1.lower()}-google" in names(tmp_path / "out", "train") and not val & names(tmp_path / "out", "train")
     assert names(tmp_path / "out", "test-zero-shot") == names(tmp_path / "plain", "test-zero-shot")
-    assert report.written["val-zero-shot"] == {"google": 0, "twitter": 2}
+    assert report.written["val"] == {"google": 0, "twitter": 2}
     assert VALIDATION_SPLIT not in without.written
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["validation_per_mille"] == 50 and manifest["counts"]["val-zero-shot"]["twitter"] == 2
+    assert manifest["validation_per_mille"] == 50 and manifest["counts"]["val"]["twitter"] == 2
 
 
 def test_single_style_has_no_hold_out(source, tmp_path):

@@ -54,7 +54,7 @@ def data_emoji(
     cache: Annotated[Path | None, typer.Option(help="Keep the fetched npm tarballs here for the next build.")] = None,
     image_size: Annotated[int, typer.Option(help="Image side (the art is 64).")] = 64,
     skin_tones: Annotated[bool, typer.Option(help="Include the skin-tone variants (about half of all pairs).")] = True,
-    validation: Annotated[bool, typer.Option(help="Also hold out 5% of emoji in one style as val-zero-shot, to validate and early-stop on.")] = False,
+    validation: Annotated[bool, typer.Option(help="Also hold out 5% of emoji in one style as val/ (held-out pairs, as test-zero-shot), to validate and early-stop on; `dalle recipe folder` reads it.")] = False,
 ) -> None:
     """Build the Emoji image-caption set from npm packages: emoji-datasource (google, twitter),
     LobeHub's Fluent Emoji (fluent-flat, fluent-3d) and emojibase (captions).

@@ -41,7 +41,7 @@ The Apple and Facebook sets are never used (their art is not licensed for this).
   another style) or if ``train`` holds the same picture in the same style under another code
   point (the packages reuse art for some family emoji and flags). With one style everything is
   ``train``. With ``validation=True`` the next 5% (``100 <= v % 1000 < 150``) are held out the same
-  way into ``val-zero-shot``: held-out pairs to validate and early-stop on, so that the pairs
+  way into ``val``: held-out pairs to validate and early-stop on, so that the pairs
   evaluated in ``test-zero-shot`` choose nothing.
 * Each style writes every emoji it draws; ``manifest.json`` counts the emoji (without skin tones)
   of each style and those that all the built styles draw.
@@ -103,7 +103,7 @@ __all__ = [
 STYLES: tuple[str, ...] = ("google", "twitter", "fluent-flat", "fluent-3d")
 DEFAULT_STYLES: tuple[str, ...] = ("google", "twitter")
 SPLITS: tuple[str, ...] = ("train", "test-zero-shot")
-VALIDATION_SPLIT = "val-zero-shot"  # written only with validation=True
+VALIDATION_SPLIT = "val"  # written only with validation=True; the name `dalle recipe folder` reads
 IMAGE_PACKAGES: dict[str, str] = {
     "google": "emoji-datasource-google",
     "twitter": "emoji-datasource-twitter",
@@ -123,7 +123,7 @@ APACHE_LICENSE = Path(__file__).parent / "licenses" / "Apache-2.0.txt"
 FLUENT_LICENSE = Path(__file__).parent / "licenses" / "MIT-Fluent-Emoji.txt"  # the packages ship none
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 HELD_OUT_PER_MILLE = 100
-VALIDATION_PER_MILLE = 50  # with validation=True: held out into val-zero-shot
+VALIDATION_PER_MILLE = 50  # with validation=True: held out into val
 NATIVE_SIZE = 64
 
 _ART = {
@@ -213,7 +213,7 @@ def held_out_style(code_point: str, styles: Sequence[str] = DEFAULT_STYLES) -> s
 
 
 def validation_style(code_point: str, styles: Sequence[str] = DEFAULT_STYLES) -> str | None:
-    """The style whose image of this emoji goes to ``val-zero-shot`` in a build with validation,
+    """The style whose image of this emoji goes to ``val`` in a build with validation,
     or None (module docstring)."""
     digest = hashlib.sha256(code_point_key(code_point).encode("ascii")).digest()
     value = int.from_bytes(digest[:8], "big")
@@ -559,7 +559,7 @@ def write_emoji(
     ``cache_dir`` (reused when present) or a temporary folder. ``styles`` may be a list or a
     comma-separated string; ``tags`` is the number of emojibase tags in each caption's variant;
     ``skin_tones=False`` leaves out the skin-tone variants (each emoji keeps its base image);
-    ``validation=True`` also writes ``val-zero-shot``, held-out pairs to validate on.
+    ``validation=True`` also writes ``val``, held-out pairs to validate on.
     """
     chosen = _check_styles(styles)
     if not isinstance(image_size, int) or image_size < 1:
