@@ -20,7 +20,7 @@ from dalle.utils import ensure_writable_dir
 LOCK_NAME = ".lock"
 # What a run writes into its folder; a fresh run with overwrite=True removes these and only these.
 RUN_FILES = ("checkpoint.pt", "metrics.csv", "config.json", "curves.png", "samples", "model",
-             "tensorboard", "wandb")
+             "best", "tensorboard", "wandb")
 
 
 def _alive(pid: int) -> bool:
@@ -83,7 +83,7 @@ class RunFolder:
         raise DalleError(f"could not lock {self.out}: another process keeps taking {self.lock}")
 
     def _remove_orphans(self) -> None:
-        for folder in (self.out, self.out / "model"):
+        for folder in (self.out, self.out / "model", self.out / "best"):
             for orphan in folder.glob(".*.tmp") if folder.is_dir() else ():
                 orphan.unlink(missing_ok=True)
 
