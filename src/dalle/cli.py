@@ -69,7 +69,9 @@ def data_emoji(
     start = time.perf_counter()
     report = write_emoji(out, styles, source=source, image_size=image_size, tags=tags,
                          cache_dir=cache, skin_tones=skin_tones, validation=validation)
-    typer.echo(f"{report} -> {out} ({time.perf_counter() - start:.1f} s)")
+    written = f"-> {out} ({time.perf_counter() - start:.1f} s)"
+    # With skips the builder's warning has shown the whole report already.
+    typer.echo(written if report.skipped else f"{report} {written}")
 
 
 @data_app.command("fashion-mnist")
