@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from dalle.cli import app
@@ -43,6 +44,11 @@ def test_held_out_and_seen_pairs_with_ceiling_and_reference(emoji_folder, tmp_pa
             assert 1 <= metrics[f"{name}_median_rank"] <= 7  # pictures per style, both splits
         assert 0 <= metrics["style_accuracy"] <= 1 and 0 <= metrics["style_accuracy_real"] <= 1
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
+    # a row per style: its true pictures above its drawings, under a caption band
+    for split, pairs_per_style in (("held-out", 1), ("seen", 2)):
+        with Image.open(tmp_path / "out" / f"{split}.png") as picture:
+            assert picture.width >= 2 + pairs_per_style * (64 + 2)  # a long caption widens it
+            assert picture.height == 2 * (14 + 2 + 2 * (64 + 2))
     assert "| held-out (2) | drawn |" in markdown_table(results)
     assert "| held-out (2) | the true pictures |" in markdown_table(results)
     again = evaluate_emoji(pipe, emoji_folder, None, pairs=2, candidates=2)

@@ -18,7 +18,8 @@ accuracy on the real pictures of the same pairs comes with it (for held-out pair
 never saw).
 
 The pairs are spread over the sorted file names of each split (skin-tone variants left out), so
-the same data gives the same pairs.
+the same data gives the same pairs. With an output folder, `held-out.png` and `seen.png` show
+each style's pairs: the true pictures above, the drawings below.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ from dalle.data.folder import center_square, load_image, to_rgb
 from dalle.errors import DalleError
 from dalle.evaluate.classifier import ClassifierConfig, LabelClassifier, classifier_input, train_classifier
 from dalle.pipeline import DallePipeline
+from dalle.utils import captioned, image_grid
 
 THUMBNAIL = 16
 TOP = 5
+PICTURE_COLUMNS = 10  # pairs per row of held-out.png and seen.png
 STYLE_EPOCHS = 12  # the style classifier's passes over the training pictures (docs/design.md)
 SPLITS = {"held-out": "test-zero-shot", "seen": "train"}
 
@@ -123,6 +126,7 @@ def evaluate_emoji(pipeline: DallePipeline, data: str | Path, out: str | Path | 
     results: dict[str, dict[str, float]] = {}
     for split in SPLITS:
         drawn, ceiling, reference = [], [], []
+        rows, row_captions = [], []
         right, real_right = 0, 0
         for style in chosen:
             asked = _pairs([p for p in files[split] if _style_of(p.stem) == style], pairs)
@@ -134,6 +138,11 @@ def evaluate_emoji(pipeline: DallePipeline, data: str | Path, out: str | Path | 
             generations = pipeline(captions, images=1, candidates=candidates, seed=seed, **kwargs)
             images = torch.cat([g.images for g in generations]).float().cpu()
             drawn += ranks(images, pictures[style], true)
+            for start in range(0, len(asked), PICTURE_COLUMNS):
+                shown = slice(start, start + PICTURE_COLUMNS)
+                rows.append(image_grid(torch.cat([pictures[style][true][shown], images[shown]]),
+                                       columns=len(true[shown])))
+                row_captions.append(f"{style}: true pictures above, drawn below")
             if judge is not None:
                 right += int((judge.predict(images) == labels[style]).sum())
                 real_right += int((judge.predict(pictures[style][true]) == labels[style]).sum())
@@ -153,6 +162,9 @@ def evaluate_emoji(pipeline: DallePipeline, data: str | Path, out: str | Path | 
         if judge is not None:
             results[split].update(style_accuracy=right / len(drawn),
                                   style_accuracy_real=real_right / len(drawn))
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            captioned(rows, row_captions).save(Path(out) / f"{split}.png")
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
