@@ -134,7 +134,7 @@ TRAINING: dict[str, dict[str, dict[str, Any]]] = {
             "prior": {"steps": 1500, "batch_size": 32, "lr": 1e-3, "warmup_steps": 100},
             "clip": {}},
     "gpu": {"vae": {"steps": 4000, "batch_size": 128, "bf16": True, "num_workers": 6},
-            "prior": {"steps": 2000, "batch_size": 256, "lr": 1e-3, "warmup_steps": 200},
+            "prior": {"steps": 2000, "batch_size": 256, "lr": 1e-3, "warmup_steps": 200, "bf16": True},
             "clip": {"steps": 1000, "batch_size": 128, "bf16": True, "num_workers": 6}},
 }
 BUDGETS = ("cpu", "gpu", "quick")
@@ -163,7 +163,7 @@ SHAPES_256_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
     # Radford et al. 2021's lr for ViT-B/16, half the small CLIP's.
     "gpu": {"vae": {"preset": "base", "steps": 8000, "batch_size": 32, "bf16": True, "num_workers": 6},
             "prior": {"preset": "base", "steps": 3500, "batch_size": 64, "lr": 4.5e-4,
-                      "warmup_steps": 350, "activation_checkpointing": True},
+                      "warmup_steps": 350, "activation_checkpointing": True, "bf16": True},
             "clip": {"preset": "base", "steps": 2000, "batch_size": 128, "lr": 5e-4,
                      "warmup_steps": 200, "bf16": True, "num_workers": 6}},
 }
@@ -249,7 +249,8 @@ def model_steps(run: Path, sizes: dict[str, dict[str, Any]], version: int, bpe_v
                                (val_split, {}))),
         Step("train-prior", train_prior, {"run": PriorRun.create(
             data=run / "codes/train", tokenizer=run / "tokenizer", out=run / "prior",
-            val_data=run / "codes" / val_split, bf16=fast_bf16(), **samples, **{**sizes["prior"], **(prior or {})})},
+            val_data=run / "codes" / val_split, **samples,
+            **{"bf16": fast_bf16(), **sizes["prior"], **(prior or {})})},
             resume_if="prior/checkpoint.pt", restart={"overwrite": True}),
         Step("train-clip", train_clip, {"run": CLIPRun.create(
             data=d / "train", tokenizer=run / "tokenizer", out=run / "clip",
