@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from dalle.attention import keep_plans_out_of_compilation
 from dalle.errors import DalleError
 from dalle.prior import Prior
 
@@ -116,6 +117,7 @@ def compiled_step(prior: Prior, cache: list) -> Callable[[torch.Tensor, int], to
     process before it warns and runs eagerly. Frozen weights are why this is for sampling a
     finished prior only: a weight changed after the first call is not seen.
     """
+    keep_plans_out_of_compilation()
     step = torch.compile(prior.step, options={"freezing": True})
     position = torch.ones((), dtype=torch.long, device=cache[0].k.device)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,17 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from dalle.attention import keep_plans_out_of_compilation
 from dalle.errors import DalleError
 
 
@@ -98,6 +91,10 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 
 def shard_model(model: nn.Module, ctx: DistributedContext) -> nn.Module:
     """Shard `model` in place over all processes with FSDP2: each unit, then the rest."""
+    # Imported here, as `_sharded_state` is: FSDP's import costs every command 1.1 s of start-up.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
     for unit in parallel_units(model):
         fully_shard(unit, mesh=mesh)
@@ -117,6 +114,7 @@ def compile_units(model: nn.Module) -> None:
     change at every cached step, would recompile again and again. A unit's `forward` becomes an
     attribute of the unit, not a wrapper module, so parameter names and checkpoints are unchanged.
     """
+    keep_plans_out_of_compilation()
     for unit in parallel_units(model):
         unit.forward = _in_training(unit, torch.compile(unit.forward))
 
@@ -137,37 +135,49 @@ def uncompile_units(model: nn.Module) -> None:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+    # Nothing is sharded in a process that never imported FSDP (`shard_model` imports it).
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
-FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+def _sharded_state() -> Any:
+    """torch's state-dict functions for sharded models, imported on first use: only FSDP needs
+    them, and importing them costs every command 1.4 s of start-up (`python -X importtime -c
+    "import dalle.cli"` on a 2-core EPYC)."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
 
 
 def full_model_state(model: nn.Module) -> dict[str, Any]:
     """The whole model's state dict on CPU (a collective when sharded; only rank 0 gets it)."""
     if is_sharded(model):
-        return get_model_state_dict(model, options=FULL_STATE)
+        s = _sharded_state()
+        return s.get_model_state_dict(model, options=s.StateDictOptions(full_state_dict=True, cpu_offload=True))
     return model.state_dict()
 
 
 def load_full_model_state(model: nn.Module, state: dict[str, Any]) -> None:
     if is_sharded(model):
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        s = _sharded_state()
+        s.set_model_state_dict(model, state, options=s.StateDictOptions(full_state_dict=True))
     else:
         model.load_state_dict(state)
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     if is_sharded(model):
-        return get_optimizer_state_dict(model, optimizer, options=FULL_STATE)
+        s = _sharded_state()
+        return s.get_optimizer_state_dict(model, optimizer, options=s.StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
     return optimizer.state_dict()
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                               state: dict[str, Any]) -> None:
     if is_sharded(model):
-        set_optimizer_state_dict(model, optimizer, state,
-                                 options=StateDictOptions(full_state_dict=True))
+        s = _sharded_state()
+        s.set_optimizer_state_dict(model, optimizer, state, options=s.StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(state)
 
