@@ -202,6 +202,8 @@ def test_validation_holds_out_the_next_band_into_its_own_split(source, tmp_path,
     assert names(tmp_path / "out", "test-zero-shot") == names(tmp_path / "plain", "test-zero-shot")
     assert report.written["val"] == {"google": 0, "twitter": 2}
     assert VALIDATION_SPLIT not in without.written
+    with pytest.raises(DalleError, match="two or more --styles"):
+        write_emoji(tmp_path / "one", ["twitter"], source=source, validation=True)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["validation_per_mille"] == 50 and manifest["counts"]["val"]["twitter"] == 2
 

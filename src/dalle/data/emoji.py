@@ -566,6 +566,9 @@ def write_emoji(
         raise DalleError(f"image_size must be a positive integer, got {image_size!r}")
     if not isinstance(tags, int) or tags < 0:
         raise DalleError(f"tags must be a non-negative integer, got {tags!r}")
+    if validation and len(chosen) < 2:
+        raise DalleError("--validation holds out pairs in one style while the others stay in "
+                         "train: give two or more --styles")
     if source is not None and cache_dir is not None:
         raise DalleError("pass either a local emoji source folder or a cache folder, not both")
     if source is not None and not Path(source).is_dir():
