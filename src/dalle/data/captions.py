@@ -3,7 +3,8 @@
 The first line is the picture's caption: the one shown, evaluated, validated on and matched
 against other captions. Training draws one line per sample (`pick_caption`), so a picture can be
 named plainly in one epoch and by a richer description in the next, e.g. `dalle data emoji
---tags 4` writes `red apple, twitter style` and `red apple: fruit, food, red, twitter style`.
+--tags 4` writes `red apple, twitter style` and `red apple: diet, food, fruit, health, twitter
+style`.
 Items of every image or code dataset carry both: `caption` (the first line) and `variants` (the
 whole text, one caption per line).
 """

@@ -202,11 +202,15 @@ def _is_flag(key: str) -> bool:
     return regional or (parts[0] == "1F3F4" and len(parts) > 1 and parts[1].startswith("E00"))
 
 
+def _split_hash(code_point: str) -> int:
+    """``v`` of the module docstring: the first 8 bytes of SHA-256 of the code point, big-endian."""
+    return int.from_bytes(hashlib.sha256(code_point_key(code_point).encode("ascii")).digest()[:8], "big")
+
+
 def held_out_style(code_point: str, styles: Sequence[str] = DEFAULT_STYLES) -> str | None:
     """The style of ``styles`` (those built, in :data:`STYLES` order) whose image of this emoji is
     held out of training, or None (module docstring)."""
-    digest = hashlib.sha256(code_point_key(code_point).encode("ascii")).digest()
-    value = int.from_bytes(digest[:8], "big")
+    value = _split_hash(code_point)
     if value % 1000 >= HELD_OUT_PER_MILLE:
         return None
     return styles[value // 1000 % len(styles)]
@@ -215,8 +219,7 @@ def held_out_style(code_point: str, styles: Sequence[str] = DEFAULT_STYLES) -> s
 def validation_style(code_point: str, styles: Sequence[str] = DEFAULT_STYLES) -> str | None:
     """The style whose image of this emoji goes to ``val`` in a build with validation,
     or None (module docstring)."""
-    digest = hashlib.sha256(code_point_key(code_point).encode("ascii")).digest()
-    value = int.from_bytes(digest[:8], "big")
+    value = _split_hash(code_point)
     if not HELD_OUT_PER_MILLE <= value % 1000 < HELD_OUT_PER_MILLE + VALIDATION_PER_MILLE:
         return None
     return styles[value // 1000 % len(styles)]
@@ -467,7 +470,7 @@ def _build(root: Path, styles: Sequence[str], image_dirs: dict[str, Path],
            catalogues: dict[str, object], labels: dict[str, tuple[str, tuple[str, ...]]],
            image_size: int, n_tags: int, skin_tones: bool, validation: bool) -> EmojiReport:
     """Join, caption, split and write every image; held-out images wait for their counterparts."""
-    splits = (*SPLITS, VALIDATION_SPLIT) if validation and len(styles) > 1 else SPLITS
+    splits = (*SPLITS, VALIDATION_SPLIT) if validation else SPLITS
     report = EmojiReport(root, {split: {style: 0 for style in styles} for split in splits})
     for split in splits:
         (root / split).mkdir(parents=True, exist_ok=True)
