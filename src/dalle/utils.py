@@ -98,7 +98,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def fast_bf16(device: str | torch.device = "auto") -> bool:
     """Whether bf16 arithmetic is fast on `device`: a CUDA GPU that supports it, or a CPU that
     oneDNN runs bf16 on (AVX-512 or AMX). An AVX2-only CPU emulates it: there a 1024x1024 matmul
-    ran at 0.8 GFLOP/s in bf16 against 52 in fp32 (docs/benchmarks.md), so the recipes choose
+    ran at 0.8 GFLOP/s in bf16 against 50-100 in fp32 (docs/benchmarks.md), so the recipes choose
     bf16 only where this is true."""
     device = resolve_device(device)
     if device.type == "cuda":
