@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dalle.data.captions import caption_fields, first_caption
+from dalle.data.captions import first_caption
 from dalle.errors import DalleError
 
 CODES_NAME, CAPTIONS_NAME, INDEX_NAME, PROGRESS_NAME = (
@@ -63,4 +63,5 @@ class CodesDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         codes = torch.from_numpy(self.codes[index].astype(np.int64))
-        return {"codes": codes, **caption_fields(self.variants[index]), "index": index}
+        return {"codes": codes, "caption": self.captions[index], "variants": self.variants[index],
+                "index": index}

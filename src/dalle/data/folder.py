@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dalle.data.captions import caption_fields, caption_variants, first_caption
+from dalle.data.captions import caption_variants, first_caption
 from dalle.errors import DalleError
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,8 @@ class ImageCaptionFolder(Dataset):
         return len(self.captions)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index].float() / 255, **caption_fields(self.variants[index]),
-                "index": index}
+        return {"image": self.images[index].float() / 255, "caption": self.captions[index],
+                "variants": self.variants[index], "index": index}
 
 
 def _shard_captions(folder: Path) -> Iterator[bytes]:
