@@ -230,3 +230,37 @@ def test_a_folder_with_train_and_val_keeps_its_split(glyphs, tmp_path):
     assert found.kind == "splits" and (found.pairs, found.held_out) == (30, 10)
     split_data(tmp_path / "mine", tmp_path / "data", found.kind)
     assert len(list((tmp_path / "data/val").glob("*.txt"))) == 10
+
+
+def test_keep_best_is_planned_for_the_prior_and_clip_and_a_rerun_must_ask_the_same(
+        glyphs, tmp_path, monkeypatch):
+    import dalle.folder_recipe as folder_recipe
+
+    monkeypatch.setattr(folder_recipe, "time_stages", fake_timing)
+    root, run = glyphs[0], tmp_path / "best"
+    recipe = folder_recipe.folder_recipe(root, run, "10", lambda _: None, keep_best=True)
+    runs = {step.name: step.args["run"] for step in recipe.steps if "run" in step.args}
+    assert runs["train-prior"].train.keep_best and runs["train-clip"].train.keep_best
+    assert not runs["train-vae"].train.keep_best  # the dVAE has no validation to choose by
+    assert recipe.reproduce.endswith("--budget 10 --keep-best")
+    assert any("keeping its best validation" in line for line in describe_plan(
+        json.loads((run / PLAN_FILE).read_text())))
+    with pytest.raises(DalleError, match="planned with --keep-best"):
+        folder_recipe.folder_recipe(root, run, "10", lambda _: None)
+    plain = tmp_path / "plain"
+    folder_recipe.folder_recipe(root, plain, "10", lambda _: None)
+    with pytest.raises(DalleError, match="planned without --keep-best"):
+        folder_recipe.folder_recipe(root, plain, "10", lambda _: None, keep_best=True)
+
+
+def test_keep_best_is_for_the_folder_recipe_only(tmp_path):
+    from typer.testing import CliRunner
+
+    from dalle.cli import app
+
+    result = CliRunner().invoke(app, ["recipe", "shapes", "--quick", "--keep-best", "--out",
+                                      str(tmp_path / "run")])
+    # The app raises the DalleError that `dalle.cli.main` prints as one line.
+    assert isinstance(result.exception, DalleError)
+    assert str(result.exception).startswith("--keep-best is for `dalle recipe folder`")
+    assert not (tmp_path / "run").exists()

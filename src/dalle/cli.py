@@ -258,6 +258,7 @@ def recipe_command(
     source: Annotated[Path | None, typer.Option("--from", help="emoji: folder holding the npm packages instead of fetching them; fashion-mnist: folder of the IDX files \\[default: the Debian package's].")] = None,
     cache: Annotated[Path | None, typer.Option(help="emoji: keep the fetched npm tarballs here.")] = None,
     threads: Annotated[int | None, typer.Option(help=TRAINING_HELP, min=1, show_default=False)] = None,
+    keep_best: Annotated[bool, typer.Option(help="folder: give the pipeline the prior and CLIP of their lowest loss on the held-out pairs rather than their last weights (early stopping).")] = False,
 ) -> None:
     """Everything from data to a pipeline with its model card: data, tokenizer, dVAE, codes,
     prior, CLIP, evaluation. Run it again after an interruption: finished stages are skipped and
@@ -278,10 +279,13 @@ def recipe_command(
             raise DalleError("dalle recipe folder needs the data: dalle recipe folder DATA --out RUN")
         if recipe_version is not None or source is not None or cache is not None:
             raise DalleError("--recipe-version, --from and --cache are for the bundled recipes; "
-                             "dalle recipe folder takes DATA, --out and --budget")
+                             "dalle recipe folder takes DATA, --out, --budget and --keep-best")
         run = out or Path(f"runs/recipe-{data.absolute().name}")
-        recipe = folder_recipe(data, run, budget, typer.echo)
+        recipe = folder_recipe(data, run, budget, typer.echo, keep_best=keep_best)
     else:
+        if keep_best:
+            raise DalleError(f"--keep-best is for `dalle recipe folder`; the {name} recipe trains "
+                             "as its model card records")
         if data is not None:
             raise DalleError(f"the {name} recipe makes its own data; DATA is for `dalle recipe folder`")
         run = out or Path(f"runs/recipe-{name}")

@@ -362,8 +362,10 @@ def _rounded(steps: float) -> int:
     return max(10, int(steps // 10 * 10))
 
 
-def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None]) -> dict[str, Any]:
-    """Survey, size and time: the plan that `folder_recipe` runs (see the module docstring)."""
+def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None], *,
+              keep_best: bool = False) -> dict[str, Any]:
+    """Survey, size and time: the plan that `folder_recipe` runs (see the module docstring);
+    `keep_best` exports the prior's and CLIP's weights of their lowest validation loss."""
     minutes = 0.0 if budget == "quick" else parse_budget(budget)
     device = resolve_device("auto")
     gpu = device.type == "cuda"
@@ -373,6 +375,9 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None]) -
     echo(f"[plan] surveying {data}")
     found = survey(data)
     settings = model_settings(found, gpu)
+    if keep_best:
+        for stage in ("prior", "clip"):
+            settings[stage]["keep_best"] = True
     tokenizer = tokenizer_settings(found, data)
     eval_prompts = min(100, found.held_out)
     runs = {"vae": VAERun.create(data=run / "data/train", out=run / "vae", **settings["vae"]),
@@ -469,8 +474,10 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
                       f"{vae['likelihood']} likelihood; {training('vae')}"),
         ("encode", "the training pictures" + (f" x {views} views (random crops)" if views > 1 else "")
                    + " and the held-out ones to codes"),
-        ("train-prior", f"{training('prior')}, dropout {prior.get('dropout', 0.0)}"),
-        ("train-clip", f"{clip['image_size']} px; {training('clip')}"),
+        ("train-prior", f"{training('prior')}, dropout {prior.get('dropout', 0.0)}"
+                        + (", keeping its best validation" if prior.get("keep_best") else "")),
+        ("train-clip", f"{clip['image_size']} px; {training('clip')}"
+                       + (", keeping its best validation" if clip.get("keep_best") else "")),
         ("eval", f"{plan['eval_prompts']} held-out captions" + (", FID" if plan["fid"] else "")),
     ]
     where = f"this {plan['device']} ({plan['threads']} threads)"
@@ -484,9 +491,10 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
     return lines
 
 
-def load_or_make_plan(data: Path, run: Path, budget: str,
-                      echo: Callable[[str], None]) -> dict[str, Any]:
-    """The plan in `run/plan.json`, checked against this call's data and budget, or a new one."""
+def load_or_make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None], *,
+                      keep_best: bool = False) -> dict[str, Any]:
+    """The plan in `run/plan.json`, checked against this call's data, budget and `keep_best`, or
+    a new one."""
     path = run / PLAN_FILE
     if path.exists():
         try:
@@ -499,6 +507,10 @@ def load_or_make_plan(data: Path, run: Path, budget: str,
         if (plan["data"], plan["budget"]) != asked:
             raise DalleError(f"{run} was planned for {plan['data']} with --budget {plan['budget']}; "
                              "run it with those, or give a new --out")
+        planned = bool(plan["settings"]["prior"].get("keep_best", False))
+        if planned != keep_best:
+            raise DalleError(f"{run} was planned {'with' if planned else 'without'} --keep-best; "
+                             "run it the same way, or give a new --out")
         echo(f"[plan] the plan made {plan['made']}, from {path}")
         if plan["device"] == "cpu" and plan["threads"] != torch.get_num_threads():
             warnings.warn(f"the plan was made with {plan['threads']} CPU threads and this run has "
@@ -508,17 +520,18 @@ def load_or_make_plan(data: Path, run: Path, budget: str,
         return plan
     if run.exists() and any(p.name != PLAN_FILE for p in run.iterdir()):
         raise DalleError(f"{run} holds files but no {PLAN_FILE}; give a new --out")
-    plan = make_plan(data, run, budget, echo)
+    plan = make_plan(data, run, budget, echo, keep_best=keep_best)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write(path, (json.dumps(plan, indent=2) + "\n").encode())
     return plan
 
 
 def folder_recipe(data: Path, run: Path, budget: str = "minutes",
-                  echo: Callable[[str], None] = print) -> Recipe:
+                  echo: Callable[[str], None] = print, *, keep_best: bool = False) -> Recipe:
     """The recipe for the pictures in `data` within `budget` (named, or minutes), planning it
-    first (or reading `run/plan.json`) and printing the plan."""
-    plan = load_or_make_plan(data, run, budget, echo)
+    first (or reading `run/plan.json`) and printing the plan; `keep_best` (early stopping) gives
+    the pipeline the prior and CLIP of their lowest loss on the held-out pairs."""
+    plan = load_or_make_plan(data, run, budget, echo, keep_best=keep_best)
     for line in describe_plan(plan):
         echo(line)
     found, s = plan["survey"], plan["settings"]
@@ -546,5 +559,6 @@ def folder_recipe(data: Path, run: Path, budget: str = "minutes",
                    + (f"Notices found with the data and copied here: {', '.join(notices)}."
                       if notices else "No licence or attribution file was found with the data: "
                       "add one before sharing this pipeline.")),
-        reproduce=f"dalle recipe folder {plan['data']} --out RUN --budget {budget}",
+        reproduce=(f"dalle recipe folder {plan['data']} --out RUN --budget {budget}"
+                   + (" --keep-best" if keep_best else "")),
         estimates=plan["estimates"])
