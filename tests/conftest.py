@@ -3,8 +3,11 @@ import os
 import pytest
 import torch
 
-# Tests run on 2 cores next to other work; keep torch from oversubscribing them.
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
+# Tests run on 2 cores, one pytest-xdist worker per core (pyproject's addopts), beside the `dalle`
+# processes some of them start: each worker keeps torch to its share of the cores, at most 2.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS",
+                                         max(1, min(2, (os.cpu_count() or 1) // WORKERS)))))
 
 
 def pytest_addoption(parser):
