@@ -85,7 +85,7 @@ def test_quick_folder_recipe_plans_first_then_trains_a_pipeline_that_keeps_the_n
     assert (pipeline / "LICENSE.md").read_text() == "CC0: the test rendered these.\n"
     assert (pipeline / "ATTRIBUTION.md").exists()
     card = (pipeline / "README.md").read_text()
-    for needed in (f"dalle recipe folder {root} --out RUN --budget quick", "LICENSE.md",
+    for needed in (f"dalle recipe folder {root} --out RUN --quick", "LICENSE.md",
                    f"Pairs per split: train {len(train)}, val {len(val)}.", "| prior |"):
         assert needed in card, needed
     pipe = DallePipeline.from_pretrained(pipeline)

@@ -40,7 +40,7 @@ def test_quick_shapes_recipe_makes_a_pipeline_with_a_card(tmp_path):
         assert weight_dtypes(pipeline / part) == {"BF16"}
     card = (pipeline / "README.md").read_text()
     for needed in ("## Data", "| prior |", "PSNR", "bits per image token", "| test-zero-shot | first |",
-                   f"dalle recipe shapes --budget quick --recipe-version {VERSIONS['shapes']}",
+                   f"dalle recipe shapes --quick --recipe-version {VERSIONS['shapes']}",
                    "guidance scale 2.0", f"recipe `shapes` version {VERSIONS['shapes']}",
                    "dalle train-prior --config $RUN/prior/config.json"):
         assert needed in card

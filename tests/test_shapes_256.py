@@ -106,5 +106,5 @@ def test_quick_recipe_draws_256_px_pictures_from_a_32x32_grid(tmp_path):
     assert pipe.clip is not None and pipe.clip.config.image_size == 256
     assert pipe("a small red circle", images=1, candidates=2).images.shape == (1, 3, 256, 256)
     card = (run / "pipeline" / "README.md").read_text()
-    assert "dalle recipe shapes-256 --budget quick --recipe-version 1" in card
+    assert "dalle recipe shapes-256 --quick --recipe-version 1" in card
     assert "| test-zero-shot | first |" in card

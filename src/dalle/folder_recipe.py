@@ -44,7 +44,7 @@ from dalle.data.shards import list_shards
 from dalle.data.sources import is_shards
 from dalle.errors import DalleError
 from dalle.evaluate.fid import inception_available
-from dalle.recipe import TRAINING, Recipe, Step, evaluate_images_pipeline, model_steps
+from dalle.recipe import TRAINING, Recipe, Step, budget_option, evaluate_images_pipeline, model_steps
 from dalle.text import TextTokenizer
 from dalle.train.runs import CLIPRun, PriorRun, VAERun
 from dalle.utils import atomic_write, fast_bf16, resolve_device
@@ -559,6 +559,6 @@ def folder_recipe(data: Path, run: Path, budget: str = "minutes",
                    + (f"Notices found with the data and copied here: {', '.join(notices)}."
                       if notices else "No licence or attribution file was found with the data: "
                       "add one before sharing this pipeline.")),
-        reproduce=(f"dalle recipe folder {plan['data']} --out RUN --budget {budget}"
+        reproduce=(f"dalle recipe folder {plan['data']} --out RUN {budget_option(budget)}"
                    + (" --keep-best" if keep_best else "")),
         estimates=plan["estimates"])

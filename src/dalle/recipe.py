@@ -169,6 +169,11 @@ SHAPES_256_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+def budget_option(budget: str) -> str:
+    """The `dalle recipe` option that asks for `budget`: quick is a flag of its own."""
+    return "--quick" if budget == "quick" else f"--budget {budget}"
+
+
 def default_budget() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
@@ -546,7 +551,7 @@ def model_card(recipe: Recipe, run: Path) -> str:
     if recipe.examples:
         lines += ["", EXAMPLES_HEADING, "", *(f"- `{prompt}`" for prompt in recipe.examples)]
     lines += ["", "## Reproduce", "", "```bash",
-              (recipe.reproduce or f"dalle recipe {recipe.name} --budget {recipe.budget} "
+              (recipe.reproduce or f"dalle recipe {recipe.name} {budget_option(recipe.budget)} "
                                     f"--recipe-version {recipe.version}") + "   # resumable",
               "```", "", f"Every step's function and arguments are in `{RECIPE_FILE}`; a training "
               "stage reruns alone from its run folder's config.json, e.g. "
