@@ -140,44 +140,44 @@ def is_sharded(model: nn.Module) -> bool:
     return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
-def _sharded_state() -> Any:
-    """torch's state-dict functions for sharded models, imported on first use: only FSDP needs
-    them, and importing them costs every command 1.4 s of start-up (`python -X importtime -c
-    "import dalle.cli"` on a 2-core EPYC)."""
+def _sharded_state(*, cpu_offload: bool = False) -> tuple[Any, Any]:
+    """torch's state-dict functions for sharded models and the options that gather (or, for the
+    setters, scatter) whole state dicts, `cpu_offload` putting them on CPU. Imported on first use:
+    only FSDP needs them, and importing them costs every command 1.4 s of start-up (`python -X
+    importtime -c "import dalle.cli"` on a 2-core EPYC)."""
     from torch.distributed.checkpoint import state_dict
 
-    return state_dict
+    return state_dict, state_dict.StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
 
 
 def full_model_state(model: nn.Module) -> dict[str, Any]:
     """The whole model's state dict on CPU (a collective when sharded; only rank 0 gets it)."""
     if is_sharded(model):
-        s = _sharded_state()
-        return s.get_model_state_dict(model, options=s.StateDictOptions(full_state_dict=True, cpu_offload=True))
+        s, full = _sharded_state(cpu_offload=True)
+        return s.get_model_state_dict(model, options=full)
     return model.state_dict()
 
 
 def load_full_model_state(model: nn.Module, state: dict[str, Any]) -> None:
     if is_sharded(model):
-        s = _sharded_state()
-        s.set_model_state_dict(model, state, options=s.StateDictOptions(full_state_dict=True))
+        s, full = _sharded_state()
+        s.set_model_state_dict(model, state, options=full)
     else:
         model.load_state_dict(state)
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     if is_sharded(model):
-        s = _sharded_state()
-        return s.get_optimizer_state_dict(model, optimizer, options=s.StateDictOptions(
-            full_state_dict=True, cpu_offload=True))
+        s, full = _sharded_state(cpu_offload=True)
+        return s.get_optimizer_state_dict(model, optimizer, options=full)
     return optimizer.state_dict()
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                               state: dict[str, Any]) -> None:
     if is_sharded(model):
-        s = _sharded_state()
-        s.set_optimizer_state_dict(model, optimizer, state, options=s.StateDictOptions(full_state_dict=True))
+        s, full = _sharded_state()
+        s.set_optimizer_state_dict(model, optimizer, state, options=full)
     else:
         optimizer.load_state_dict(state)
 
