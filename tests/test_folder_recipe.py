@@ -12,8 +12,11 @@ from dalle.data.codes import CodesDataset
 from dalle.data.shards import pack_shards
 from dalle.errors import DalleError
 from dalle.folder_recipe import (
+    MIN_PRIOR_EPOCHS,
     PLAN_FILE,
+    PRIOR_SIZES,
     Survey,
+    choose_prior_size,
     code_views,
     describe_plan,
     is_validation,
@@ -151,7 +154,9 @@ def test_too_few_pairs_and_a_missing_folder_are_one_line(tmp_path):
 
 
 def fake_timing(*args, **kwargs):
-    return {"vae": 0.1, "prior": 0.3, "clip": 0.2, "encode": 0.002, "generate": 0.05}
+    return {"vae": 0.1, "clip": 0.2, "encode": 0.002,
+            **{f"prior-{size}": 0.1 * (i + 1) for i, size in enumerate(PRIOR_SIZES)},
+            **{f"generate-{size}": 0.02 * (i + 1) for i, size in enumerate(PRIOR_SIZES)}}
 
 
 def test_the_budget_is_split_among_the_stages_and_the_plan_fits_it(glyphs, tmp_path, monkeypatch):
@@ -175,6 +180,37 @@ def test_the_budget_is_split_among_the_stages_and_the_plan_fits_it(glyphs, tmp_p
     assert any(line.startswith("  train-prior") and "min" in line for line in lines)
     with pytest.raises(DalleError, match="leaves no time to train"):
         load_or_make_plan(root, tmp_path / "tiny", "1", lambda _: None)
+
+
+def test_the_prior_is_the_largest_size_the_budget_trains_for_enough_epochs():
+    per_step = fake_timing()
+    sizes = list(PRIOR_SIZES)
+
+    def seconds_for(epochs, size, pairs=3200, batch=32):
+        return epochs * pairs / batch * per_step[f"prior-{size}"]
+
+    assert choose_prior_size(seconds_for(MIN_PRIOR_EPOCHS, sizes[-1]), per_step, 32, 3200) == sizes[-1]
+    assert choose_prior_size(seconds_for(MIN_PRIOR_EPOCHS - 1, sizes[-1]), per_step, 32, 3200) == sizes[-2]
+    assert choose_prior_size(seconds_for(MIN_PRIOR_EPOCHS, sizes[0]), per_step, 32, 3200) == sizes[0]
+    # A budget too small for any: the smallest, which learns most from the few steps it gets.
+    assert choose_prior_size(1.0, per_step, 32, 3200) == sizes[0]
+
+
+def test_a_short_budget_on_many_pairs_plans_a_smaller_prior(glyphs, tmp_path, monkeypatch):
+    import dalle.folder_recipe as folder_recipe
+
+    monkeypatch.setattr(folder_recipe, "time_stages", fake_timing)
+    # 40 pairs at 0.1 s a step train the largest prior for hundreds of epochs in 10 minutes; made
+    # 100 times slower, the same budget gives the largest fewer than MIN_PRIOR_EPOCHS.
+    plan = load_or_make_plan(glyphs[0], tmp_path / "fast", "10", lambda _: None)
+    assert plan["settings"]["prior"]["dim"] == PRIOR_SIZES["256x8"]["dim"]
+    monkeypatch.setattr(folder_recipe, "time_stages", lambda *a, **k: {
+        name: seconds * (100 if name.startswith("prior-") else 1) for name, seconds in fake_timing().items()})
+    plan = load_or_make_plan(glyphs[0], tmp_path / "slow", "10", lambda _: None)
+    prior = plan["settings"]["prior"]
+    assert (prior["dim"], prior["depth"]) == (128, 4) and plan["epochs"]["prior"] < MIN_PRIOR_EPOCHS
+    assert plan["seconds_per_step"]["prior"] == plan["seconds_per_step"]["prior-128x4"]
+    assert any(line.startswith("  train-prior  4 layers of width 128;") for line in describe_plan(plan))
 
 
 def test_the_prior_gets_one_view_of_each_picture_per_sixteen_epochs_up_to_sixteen():
@@ -264,3 +300,18 @@ def test_keep_best_is_for_the_folder_recipe_only(tmp_path):
     assert isinstance(result.exception, DalleError)
     assert str(result.exception).startswith("--keep-best is for `dalle recipe folder`")
     assert not (tmp_path / "run").exists()
+
+
+def test_every_stage_and_every_prior_size_is_timed_on_this_machine():
+    from dalle.folder_recipe import time_stages
+    from dalle.train.runs import CLIPRun, PriorRun, VAERun
+
+    runs = {"vae": VAERun.create(preset="tiny", data="-", out="-", batch_size=2),
+            "prior": PriorRun.create(data="-", out="-", tokenizer="-", batch_size=2),
+            "clip": CLIPRun.create(preset="tiny", data="-", out="-", tokenizer="-", batch_size=2)}
+    seconds = time_stages(runs, {"bpe_vocab_size": 64, "text_length": 8}, torch.device("cpu"), 2)
+    assert set(seconds) == {"vae", "encode", "clip"} | {
+        f"{kind}-{size}" for kind in ("prior", "generate") for size in PRIOR_SIZES}
+    assert all(value > 0 for value in seconds.values())
+    # Each size is a different model: the largest's step takes longer than the smallest's.
+    assert seconds["prior-256x8"] > seconds["prior-128x4"]

@@ -8,7 +8,8 @@ card), with every setting derived from the data and a time budget where the user
    of code positions the data holds, the BPE vocabulary from the caption words, the text length
    from the longest tokenised caption, batches cut to the set.
 3. **Time** one training step of each stage on this machine (a synthetic batch: 1 warm-up step,
-   then 2 timed) and split the budget among the stages: that gives each stage's steps.
+   then 2 timed) and split the budget among the stages: that gives each stage's steps, and the
+   prior's size, the largest that its share trains for enough epochs (`choose_prior_size`).
 
 The plan is written to `RUN/plan.json` before anything trains, and a second call reads it
 instead of timing again: a run interrupted and restarted continues with the same steps, so it
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 
 from dalle.card import copy_notices, find_notices
-from dalle.config import SamplingConfig
+from dalle.config import PriorConfig, SamplingConfig, TrainConfig
 from dalle.data.folder import IMAGE_SUFFIXES, ScanReport, find_pairs, read_captions
 from dalle.data.shards import list_shards
 from dalle.data.sources import is_shards
@@ -69,6 +70,16 @@ MIN_PAIRS = 20
 # augmentation before encoding, appendix B.2): one view per EPOCHS_PER_VIEW passes the budget
 # gives the prior, so that it sees each code grid about that often, up to MAX_VIEWS.
 EPOCHS_PER_VIEW, MAX_VIEWS = 16, 16
+# The priors the plan chooses among, by width x depth (heads of 32), smallest first; the last is
+# the `small` preset of the bundled pipelines. The plan takes the largest that the budget trains
+# for MIN_PRIOR_EPOCHS passes, or else the smallest: on four styles of emoji (docs/results.md) a
+# 128x4 prior's held-out loss fell until about 20 epochs, and at equal minutes of a CPU it ended
+# well below the 256x8 one, which had 4 epochs (3.75 against 3.90 bits per image token).
+PRIOR_SIZES: dict[str, dict[str, Any]] = {
+    "128x4": {"dim": 128, "depth": 4, "heads": 4, "head_dim": 32},
+    "192x6": {"dim": 192, "depth": 6, "heads": 6, "head_dim": 32},
+    "256x8": {"dim": 256, "depth": 8, "heads": 8, "head_dim": 32}}
+MIN_PRIOR_EPOCHS = 20
 VAL_PERCENT, MAX_VAL = 5, 500  # the held-out split of a folder without one
 
 
@@ -304,13 +315,31 @@ def _training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], bf1
     return step
 
 
+def _time_prior(config: PriorConfig, train: TrainConfig, bpe_vocab_size: int, device: torch.device,
+                eval_prompts: int) -> tuple[float, float]:
+    """Seconds per training step of a prior of `config`, and per evaluation image generated."""
+    from dalle.prior import Prior
+    from dalle.sampling import sample_codes
+
+    prior = Prior(config).to(device)
+    b = train.batch_size
+    text = torch.randint(0, bpe_vocab_size, (b, config.text_length + 1), device=device)
+    codes = torch.randint(0, config.codebook_size, (b, config.grid_size, config.grid_size), device=device)
+    step = _timed(_training_step(prior, lambda: prior(text, codes).loss, train.bf16, device), device)
+    prior.eval()
+    prompts = text[: min(b, eval_prompts, 16)]
+    with torch.no_grad():
+        # Guidance doubles the streams, as the pipeline samples with guidance 2.
+        generate = _timed(lambda: sample_codes(prior, torch.cat([prompts, prompts])), device)
+    return step, generate / len(prompts)
+
+
 def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.device,
                 eval_prompts: int) -> dict[str, float]:
     """Seconds per training step of each stage's model on `device`, on synthetic batches of the
-    planned size, and the seconds of encoding one image and generating one evaluation image."""
+    planned size, and the seconds of encoding one image and generating one evaluation image; the
+    prior's two for each of PRIOR_SIZES ("prior-128x4", "generate-128x4", ...)."""
     from dalle.clip import CLIP
-    from dalle.prior import Prior
-    from dalle.sampling import sample_codes
     from dalle.train.vae import VAELoss
     from dalle.vae import DiscreteVAE
 
@@ -328,22 +357,13 @@ def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.d
         images = torch.rand(64, 3, s, s, device=device)
         seconds["encode"] = _timed(lambda: vae.encode(images), device) / 64
     prior_run: PriorRun = runs["prior"]
-    config = dataclasses.replace(prior_run.model, text_vocab_size=text_vocab,
-                                 text_length=tokenizer["text_length"],
-                                 codebook_size=vae_run.model.codebook_size,
-                                 grid_size=vae_run.model.grid_size)
-    prior = Prior(config).to(device)
-    b = prior_run.train.batch_size
-    text = torch.randint(0, tokenizer["bpe_vocab_size"], (b, config.text_length + 1), device=device)
-    codes = torch.randint(0, config.codebook_size, (b, config.grid_size, config.grid_size), device=device)
-    seconds["prior"] = _timed(_training_step(prior, lambda: prior(text, codes).loss,
-                                             prior_run.train.bf16, device), device)
-    prior.eval()
-    batch_text = text[: min(b, eval_prompts, 16)]
-    with torch.no_grad():
-        # Guidance doubles the streams, as the pipeline samples with guidance 2.
-        seconds["generate"] = _timed(lambda: sample_codes(prior, torch.cat([batch_text, batch_text])),
-                                     device) / len(batch_text)
+    for name, size in PRIOR_SIZES.items():
+        config = dataclasses.replace(prior_run.model, **size, text_vocab_size=text_vocab,
+                                     text_length=tokenizer["text_length"],
+                                     codebook_size=vae_run.model.codebook_size,
+                                     grid_size=vae_run.model.grid_size)
+        seconds[f"prior-{name}"], seconds[f"generate-{name}"] = _time_prior(
+            config, prior_run.train, tokenizer["bpe_vocab_size"], device, eval_prompts)
     clip_run: CLIPRun = runs["clip"]
     clip_config = dataclasses.replace(clip_run.model, text_vocab_size=text_vocab,
                                       text_length=tokenizer["text_length"])
@@ -356,6 +376,14 @@ def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.d
     seconds["clip"] = _timed(_training_step(clip, lambda: clip(images, texts, positives=positives).loss,
                                             clip_run.train.bf16, device), device)
     return seconds
+
+
+def choose_prior_size(seconds: float, per_step: dict[str, float], batch_size: int, pairs: int) -> str:
+    """The largest of PRIOR_SIZES that `seconds` of training, at `per_step["prior-<size>"]` a
+    step of `batch_size`, takes MIN_PRIOR_EPOCHS times over `pairs`; else the smallest."""
+    trained = [name for name in PRIOR_SIZES
+               if seconds / per_step[f"prior-{name}"] * batch_size / pairs >= MIN_PRIOR_EPOCHS]
+    return trained[-1] if trained else next(iter(PRIOR_SIZES))
 
 
 def _rounded(steps: float) -> int:
@@ -395,14 +423,19 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None], *
          f"({torch.get_num_threads()} threads)")
     per_step = time_stages(runs, tokenizer, device, eval_prompts)
     total = minutes * 60
+    largest = list(PRIOR_SIZES)[-1]  # the evaluation's time before the prior's size is chosen
     fixed = (6 * STAGE_START + found.pairs * per_step["encode"] * 2 * (1 + MAX_VIEWS)
-             + eval_prompts * per_step["generate"] * 2)  # the 2s: data loading and decoding
+             + eval_prompts * per_step[f"generate-{largest}"] * 2)  # the 2s: loading and decoding
     training = (total - fixed) / OVERHEAD
     if training <= 0:
         raise DalleError(f"a budget of {minutes:g} minute{'' if minutes == 1 else 's'} leaves no time "
                          "to train after encoding "
                          f"and evaluating {found.pairs} pairs; give at least "
                          f"{math.ceil(fixed / 60) + 2} minutes")
+    prior_size = choose_prior_size(SHARES["prior"] * training, per_step,
+                                   settings["prior"]["batch_size"], found.pairs)
+    per_step.update(prior=per_step[f"prior-{prior_size}"], generate=per_step[f"generate-{prior_size}"])
+    settings["prior"].update(PRIOR_SIZES[prior_size])
     steps = {stage: _rounded(SHARES[stage] * training / per_step[stage]) for stage in SHARES}
     epochs = {stage: steps[stage] * settings[stage]["batch_size"] / found.pairs for stage in SHARES}
     warmup = {stage: max(10, min(200, steps[stage] // 20)) for stage in SHARES}
@@ -460,7 +493,9 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
     def training(stage: str) -> str:
         run = RUNS[stage].create(data="-", out="-", **({} if stage == "vae" else {"tokenizer": "-"}),
                                  **s[stage])
-        return (f"{run.train.steps} steps of {run.train.batch_size} ({epochs[stage]:.0f} epochs), "
+        model = run.model
+        size = f"{model.depth} layers of width {model.dim}; " if isinstance(model, PriorConfig) else ""
+        return (f"{size}{run.train.steps} steps of {run.train.batch_size} ({epochs[stage]:.0f} epochs), "
                 f"lr {run.train.lr:g}, warm-up {run.train.warmup_steps}")
 
     rows = [
