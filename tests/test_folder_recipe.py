@@ -213,6 +213,16 @@ def test_a_short_budget_on_many_pairs_plans_a_smaller_prior(glyphs, tmp_path, mo
     assert any(line.startswith("  train-prior  4 layers of width 128;") for line in describe_plan(plan))
 
 
+def test_the_time_set_aside_for_encoding_views_is_what_the_plan_encodes(glyphs, tmp_path, monkeypatch):
+    import dalle.folder_recipe as folder_recipe
+
+    # Encoding so slow that setting aside all 16 views would leave most of the budget unplanned.
+    monkeypatch.setattr(folder_recipe, "time_stages", lambda *a, **k: {**fake_timing(), "encode": 1.0})
+    plan = load_or_make_plan(glyphs[0], tmp_path / "run", "20", lambda _: None)
+    assert 1 < plan["views"] < 16
+    assert 0.9 * 20 * 60 <= sum(plan["estimates"].values()) <= 20 * 60
+
+
 def test_the_prior_gets_one_view_of_each_picture_per_sixteen_epochs_up_to_sixteen():
     assert [code_views(epochs) for epochs in (0.5, 16, 17, 100, 251, 10_000)] == [1, 1, 2, 7, 16, 16]
 

@@ -422,24 +422,40 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None], *
     echo(f"[plan] timing one training step of each stage on {device.type} "
          f"({torch.get_num_threads()} threads)")
     per_step = time_stages(runs, tokenizer, device, eval_prompts)
-    total = minutes * 60
+    total, batch = minutes * 60, settings["prior"]["batch_size"]
     largest = list(PRIOR_SIZES)[-1]  # the evaluation's time before the prior's size is chosen
-    fixed = (6 * STAGE_START + found.pairs * per_step["encode"] * 2 * (1 + MAX_VIEWS)
-             + eval_prompts * per_step[f"generate-{largest}"] * 2)  # the 2s: loading and decoding
-    training = (total - fixed) / OVERHEAD
+
+    def fixed(views: int) -> float:  # seconds outside training; the 2s: loading and decoding
+        return (6 * STAGE_START + found.pairs * per_step["encode"] * 2 * (1 + views)
+                + eval_prompts * per_step[f"generate-{largest}"] * 2)
+
+    def prior_epochs(training: float) -> float:
+        size = choose_prior_size(SHARES["prior"] * training, per_step, batch, found.pairs)
+        return SHARES["prior"] * training / per_step[f"prior-{size}"] * batch / found.pairs
+
+    def training_time(views: int) -> float:
+        return (total - fixed(views)) / OVERHEAD
+
+    # Encoding more views leaves less time to train, and so fewer epochs that need views: one
+    # more view while the epochs the rest of the budget gives the prior need it, and while the
+    # encoding leaves at least half the training time that one view would.
+    views = 1
+    while (views < MAX_VIEWS and code_views(prior_epochs(training_time(views))) > views
+           and training_time(views + 1) >= training_time(1) / 2):
+        views += 1
+    training = training_time(views)
     if training <= 0:
         raise DalleError(f"a budget of {minutes:g} minute{'' if minutes == 1 else 's'} leaves no time "
                          "to train after encoding "
                          f"and evaluating {found.pairs} pairs; give at least "
-                         f"{math.ceil(fixed / 60) + 2} minutes")
-    prior_size = choose_prior_size(SHARES["prior"] * training, per_step,
-                                   settings["prior"]["batch_size"], found.pairs)
+                         f"{math.ceil(fixed(1) / 60) + 2} minutes")
+    prior_size = choose_prior_size(SHARES["prior"] * training, per_step, batch, found.pairs)
     per_step.update(prior=per_step[f"prior-{prior_size}"], generate=per_step[f"generate-{prior_size}"])
     settings["prior"].update(PRIOR_SIZES[prior_size])
     steps = {stage: _rounded(SHARES[stage] * training / per_step[stage]) for stage in SHARES}
     epochs = {stage: steps[stage] * settings[stage]["batch_size"] / found.pairs for stage in SHARES}
     warmup = {stage: max(10, min(200, steps[stage] // 20)) for stage in SHARES}
-    views = code_views(epochs["prior"])
+    views = min(views, code_views(epochs["prior"]))  # at most the views set aside
     settings["vae"].update(steps=steps["vae"], warmup_steps=warmup["vae"])
     settings["prior"].update(steps=steps["prior"], warmup_steps=warmup["prior"],
                              sample_every=max(50, _rounded(steps["prior"] / 5)),
