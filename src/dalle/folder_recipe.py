@@ -503,16 +503,18 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
     """The plan as lines for the terminal: each stage, its settings and its estimated time."""
     s, found, est, epochs = plan["settings"], plan["survey"], plan["estimates"], plan["epochs"]
     views = plan.get("views", 1)  # plans written before views encoded each picture once
-    vae, prior, clip = s["vae"], s["prior"], s["clip"]
+    vae, clip = s["vae"], s["clip"]
     grid = vae["image_size"] // vae["downsample"]
 
     def training(stage: str) -> str:
         run = RUNS[stage].create(data="-", out="-", **({} if stage == "vae" else {"tokenizer": "-"}),
                                  **s[stage])
-        model = run.model
-        size = f"{model.depth} layers of width {model.dim}; " if isinstance(model, PriorConfig) else ""
-        return (f"{size}{run.train.steps} steps of {run.train.batch_size} ({epochs[stage]:.0f} epochs), "
-                f"lr {run.train.lr:g}, warm-up {run.train.warmup_steps}")
+        model, train = run.model, run.train
+        steps = (f"{train.steps} steps of {train.batch_size} ({epochs[stage]:.0f} epochs), "
+                 f"lr {train.lr:g}, warm-up {train.warmup_steps}")
+        if isinstance(model, PriorConfig):
+            steps = f"{model.depth} layers of width {model.dim}; {steps}, dropout {model.dropout}"
+        return steps + (", keeping its best validation" if train.keep_best else "")
 
     rows = [
         ("data", f"{found['pairs']} training pairs"
@@ -525,10 +527,8 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
                       f"{vae['likelihood']} likelihood; {training('vae')}"),
         ("encode", "the training pictures" + (f" x {views} views (random crops)" if views > 1 else "")
                    + " and the held-out ones to codes"),
-        ("train-prior", f"{training('prior')}, dropout {prior.get('dropout', 0.0)}"
-                        + (", keeping its best validation" if prior.get("keep_best") else "")),
-        ("train-clip", f"{clip['image_size']} px; {training('clip')}"
-                       + (", keeping its best validation" if clip.get("keep_best") else "")),
+        ("train-prior", training("prior")),
+        ("train-clip", f"{clip['image_size']} px; {training('clip')}"),
         ("eval", f"{plan['eval_prompts']} held-out captions" + (", FID" if plan["fid"] else "")),
     ]
     where = f"this {plan['device']} ({plan['threads']} threads)"
