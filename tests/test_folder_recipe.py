@@ -319,7 +319,7 @@ def test_every_stage_and_every_prior_size_is_timed_on_this_machine():
     runs = {"vae": VAERun.create(preset="tiny", data="-", out="-", batch_size=2),
             "prior": PriorRun.create(data="-", out="-", tokenizer="-", batch_size=2),
             "clip": CLIPRun.create(preset="tiny", data="-", out="-", tokenizer="-", batch_size=2)}
-    seconds = time_stages(runs, {"bpe_vocab_size": 64, "text_length": 8}, torch.device("cpu"), 2)
+    seconds = time_stages(runs, {"bpe_vocab_size": 64, "text_length": 8, "trained_vocab_size": 60}, torch.device("cpu"), 2)
     assert set(seconds) == {"vae", "encode", "clip"} | {
         f"{kind}-{size}" for kind in ("prior", "generate") for size in PRIOR_SIZES}
     assert all(value > 0 for value in seconds.values())

@@ -286,29 +286,37 @@ def tokenizer_settings(found: Survey, data: Path) -> dict[str, Any]:
     draws = sorted(len(tokenizer.tokenize(c, random.Random(draw)))
                    for c in captions[:2_000] for draw in range(10))
     covered = max(longest, draws[int(0.99 * (len(draws) - 1))])
-    return {"bpe_vocab_size": bpe, "text_length": min(256, 4 * math.ceil(covered / 4))}
+    # The captions may hold fewer merges than the setting allows: the timing sizes the prior's
+    # text embedding and head by the tokens this BPE learned (the recipe's learns the same).
+    return {"bpe_vocab_size": bpe, "text_length": min(256, 4 * math.ceil(covered / 4)),
+            "trained_vocab_size": tokenizer.config.bpe_vocab_size}
 
 
 def _timed(step: Callable[[], object], device: torch.device) -> float:
-    """Seconds per call of `step`: one warm-up call, then the mean of two."""
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(2):
+    """Seconds per call of `step`: the median of three after two warm-up calls (the first calls
+    allocate the optimizer's state and pick kernels; one warm-up left the dVAE's step timed at
+    up to 1.5x its training speed on 2 CPU cores)."""
+    times = []
+    for call in range(5):
+        start = time.perf_counter()
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / 2
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if call >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def _training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], bf16: bool,
+def _training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], train: TrainConfig,
                    device: torch.device) -> Callable[[], None]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    """One step as the training loop takes it: its optimizer (fused AdamW), bf16 if asked."""
+    from dalle.train.loop import build_optimizer
+
+    optimizer = build_optimizer(model, train)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.bf16):
             value = loss()
         value.backward()
         optimizer.step()
@@ -325,7 +333,7 @@ def _time_prior(config: PriorConfig, train: TrainConfig, bpe_vocab_size: int, de
     b = train.batch_size
     text = torch.randint(0, bpe_vocab_size, (b, config.text_length + 1), device=device)
     codes = torch.randint(0, config.codebook_size, (b, config.grid_size, config.grid_size), device=device)
-    step = _timed(_training_step(prior, lambda: prior(text, codes).loss, train.bf16, device), device)
+    step = _timed(_training_step(prior, lambda: prior(text, codes).loss, train, device), device)
     prior.eval()
     prompts = text[: min(b, eval_prompts, 16)]
     with torch.no_grad():
@@ -344,7 +352,8 @@ def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.d
     from dalle.vae import DiscreteVAE
 
     torch.manual_seed(0)
-    text_vocab = tokenizer["bpe_vocab_size"] + tokenizer["text_length"] + 1
+    bpe = tokenizer["trained_vocab_size"]
+    text_vocab = bpe + tokenizer["text_length"] + 1
     seconds: dict[str, float] = {}
     vae_run: VAERun = runs["vae"]
     vae = DiscreteVAE(vae_run.model).to(device)
@@ -352,7 +361,7 @@ def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.d
     batch = {"image": torch.rand(b, 3, s, s, device=device), "index": torch.arange(b)}
     vae_loss = VAELoss(0)
     seconds["vae"] = _timed(_training_step(vae, lambda: vae_loss(vae, batch, 1)[0],
-                                           vae_run.train.bf16, device), device)
+                                           vae_run.train, device), device)
     with torch.no_grad():
         images = torch.rand(64, 3, s, s, device=device)
         seconds["encode"] = _timed(lambda: vae.encode(images), device) / 64
@@ -363,7 +372,7 @@ def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.d
                                      codebook_size=vae_run.model.codebook_size,
                                      grid_size=vae_run.model.grid_size)
         seconds[f"prior-{name}"], seconds[f"generate-{name}"] = _time_prior(
-            config, prior_run.train, tokenizer["bpe_vocab_size"], device, eval_prompts)
+            config, prior_run.train, bpe, device, eval_prompts)
     clip_run: CLIPRun = runs["clip"]
     clip_config = dataclasses.replace(clip_run.model, text_vocab_size=text_vocab,
                                       text_length=tokenizer["text_length"])
@@ -371,10 +380,10 @@ def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.d
     b, s = clip_run.train.batch_size, clip_config.image_size
     images = torch.rand(b, 3, s, s, device=device)
     # Hard negatives bring two word-swapped captions per image.
-    texts = torch.randint(0, tokenizer["bpe_vocab_size"], (3 * b, clip_config.text_length + 1), device=device)
+    texts = torch.randint(0, bpe, (3 * b, clip_config.text_length + 1), device=device)
     positives = torch.eye(b, 3 * b, dtype=torch.bool, device=device)
     seconds["clip"] = _timed(_training_step(clip, lambda: clip(images, texts, positives=positives).loss,
-                                            clip_run.train.bf16, device), device)
+                                            clip_run.train, device), device)
     return seconds
 
 
@@ -503,6 +512,9 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
     """The plan as lines for the terminal: each stage, its settings and its estimated time."""
     s, found, est, epochs = plan["settings"], plan["survey"], plan["estimates"], plan["epochs"]
     views = plan.get("views", 1)  # plans written before views encoded each picture once
+    bpe = plan["tokenizer"]
+    tokens = (f"{bpe['trained_vocab_size']} (at most {bpe['bpe_vocab_size']})" if "trained_vocab_size" in bpe
+              else f"at most {bpe['bpe_vocab_size']}")  # plans written before the timing used it
     vae, clip = s["vae"], s["clip"]
     grid = vae["image_size"] // vae["downsample"]
 
@@ -521,7 +533,7 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
                  + (f" and {found['held_out']} held out" if "held_out" in found else "")
                  + f" ({found['kind']}), median side "
                  f"{found['image_side']} px" + (f", {found['skipped']} skipped" if found["skipped"] else "")),
-        ("tokenizer", f"BPE of at most {plan['tokenizer']['bpe_vocab_size']} tokens, "
+        ("tokenizer", f"BPE of {tokens} tokens, "
                       f"{plan['tokenizer']['text_length']} text positions"),
         ("train-vae", f"{vae['image_size']} px -> {grid}x{grid} codes of {vae['codebook_size']}, "
                       f"{vae['likelihood']} likelihood; {training('vae')}"),
