@@ -434,9 +434,11 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None], *
     total, batch = minutes * 60, settings["prior"]["batch_size"]
     largest = list(PRIOR_SIZES)[-1]  # the evaluation's time before the prior's size is chosen
 
-    def fixed(views: int) -> float:  # seconds outside training; the 2s: loading and decoding
-        return (6 * STAGE_START + found.pairs * per_step["encode"] * 2 * (1 + views)
-                + eval_prompts * per_step[f"generate-{largest}"] * 2)
+    def encoding(views: int) -> float:  # each training picture `views` times, the held-out once
+        return (found.pairs * views + found.held_out) * per_step["encode"] * OVERHEAD
+
+    def fixed(views: int) -> float:  # seconds outside training; the 2: decoding and reranking
+        return (6 * STAGE_START + encoding(views) + eval_prompts * per_step[f"generate-{largest}"] * 2)
 
     def prior_epochs(training: float) -> float:
         size = choose_prior_size(SHARES["prior"] * training, per_step, batch, found.pairs)
@@ -476,7 +478,7 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None], *
     settings["clip"].update(steps=steps["clip"], warmup_steps=warmup["clip"],
                             eval_every=max(50, _rounded(steps["clip"] / 5)))
     estimates = {"train-vae": steps["vae"] * per_step["vae"] * OVERHEAD + STAGE_START,
-                 "encode": found.pairs * per_step["encode"] * 2 * (1 + views) + 2 * STAGE_START,
+                 "encode": encoding(views) + 2 * STAGE_START,
                  "train-prior": steps["prior"] * per_step["prior"] * OVERHEAD + STAGE_START,
                  "train-clip": steps["clip"] * per_step["clip"] * OVERHEAD + STAGE_START,
                  "eval": eval_prompts * per_step["generate"] * 2 + STAGE_START}
