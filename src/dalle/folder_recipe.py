@@ -292,17 +292,16 @@ def tokenizer_settings(found: Survey, data: Path) -> dict[str, Any]:
             "trained_vocab_size": tokenizer.config.bpe_vocab_size}
 
 
-def _timed(step: Callable[[], object], device: torch.device) -> float:
-    """Seconds per call of `step`: the median of three after two warm-up calls (the first calls
-    allocate the optimizer's state and pick kernels; one warm-up left the dVAE's step timed at
-    up to 1.5x its training speed on 2 CPU cores)."""
+def _timed(step: Callable[[], object], device: torch.device, warmups: int = 2) -> float:
+    """Seconds per call of `step`: the median of three after `warmups` calls (the first calls
+    allocate the optimizer's state and pick kernels)."""
     times = []
-    for call in range(5):
+    for call in range(warmups + 3):
         start = time.perf_counter()
         step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if call >= 2:
+        if call >= warmups:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -360,8 +359,11 @@ def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.d
     b, s = vae_run.train.batch_size, vae_run.model.image_size
     batch = {"image": torch.rand(b, 3, s, s, device=device), "index": torch.arange(b)}
     vae_loss = VAELoss(0)
+    # The first model a process trains runs slow for several steps: on 2 CPU cores the dVAE,
+    # timed first with two warm-up calls, took 0.31-0.46 s a step, timed again in the same
+    # process 0.23-0.29, and trained at 0.24; with seven, 0.29-0.32.
     seconds["vae"] = _timed(_training_step(vae, lambda: vae_loss(vae, batch, 1)[0],
-                                           vae_run.train, device), device)
+                                           vae_run.train, device), device, warmups=7)
     with torch.no_grad():
         images = torch.rand(64, 3, s, s, device=device)
         seconds["encode"] = _timed(lambda: vae.encode(images), device) / 64
