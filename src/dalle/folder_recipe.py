@@ -7,9 +7,10 @@ card), with every setting derived from the data and a time budget where the user
 2. **Size** the models: image size and grid from the images' sides, the codebook from the number
    of code positions the data holds, the BPE vocabulary from the caption words, the text length
    from the longest tokenised caption, batches cut to the set.
-3. **Time** one training step of each stage on this machine (a synthetic batch: 1 warm-up step,
-   then 2 timed) and split the budget among the stages: that gives each stage's steps, and the
-   prior's size, the largest that its share trains for enough epochs (`choose_prior_size`).
+3. **Time** one training step of each stage on this machine (a synthetic batch, the median of 3
+   steps after 2 warm-up ones) and split the budget among the stages: that gives each stage's
+   steps, and the prior's size, the largest that its share trains for enough epochs
+   (`choose_prior_size`).
 
 The plan is written to `RUN/plan.json` before anything trains, and a second call reads it
 instead of timing again: a run interrupted and restarted continues with the same steps, so it
