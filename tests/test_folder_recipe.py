@@ -325,3 +325,31 @@ def test_every_stage_and_every_prior_size_is_timed_on_this_machine():
     assert all(value > 0 for value in seconds.values())
     # Each size is a different model: the largest's step takes longer than the smallest's.
     assert seconds["prior-256x8"] > seconds["prior-128x4"]
+
+
+def test_the_timed_dvae_is_laid_out_as_training_lays_it_out(monkeypatch):
+    """channels_last changes the dVAE's step time on CPU: the timing must build its dVAE with
+    train_vae's own constructor, not a plain one."""
+    from dalle.config import VAEConfig
+    from dalle.folder_recipe import time_stages
+    from dalle.train import vae as train_vae_module
+    from dalle.train.runs import CLIPRun, PriorRun, VAERun
+
+    built = []
+
+    def recording_new_vae(config: VAEConfig):
+        model = real_new_vae(config)
+        built.append(model)
+        return model
+
+    real_new_vae = train_vae_module.new_vae
+    monkeypatch.setattr(train_vae_module, "new_vae", recording_new_vae)
+    monkeypatch.setattr("dalle.folder_recipe.PRIOR_SIZES", {"128x4": {"dim": 32, "depth": 1, "heads": 1, "head_dim": 32}})
+    runs = {"vae": VAERun.create(preset="tiny", data="-", out="-", batch_size=2),
+            "prior": PriorRun.create(data="-", out="-", tokenizer="-", batch_size=2),
+            "clip": CLIPRun.create(preset="tiny", data="-", out="-", tokenizer="-", batch_size=2)}
+    time_stages(runs, {"bpe_vocab_size": 64, "text_length": 8, "trained_vocab_size": 60},
+                torch.device("cpu"), 2)
+    assert len(built) == 1
+    convs = [p for p in built[0].parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)

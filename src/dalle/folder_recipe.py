@@ -293,16 +293,16 @@ def tokenizer_settings(found: Survey, data: Path) -> dict[str, Any]:
             "trained_vocab_size": tokenizer.config.bpe_vocab_size}
 
 
-def _timed(step: Callable[[], object], device: torch.device, warmups: int = 2) -> float:
-    """Seconds per call of `step`: the median of three after `warmups` calls (the first calls
+def _timed(step: Callable[[], object], device: torch.device) -> float:
+    """Seconds per call of `step`: the median of three after two calls (the first calls
     allocate the optimizer's state and pick kernels)."""
     times = []
-    for call in range(warmups + 3):
+    for call in range(5):
         start = time.perf_counter()
         step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if call >= warmups:
+        if call >= 2:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -348,7 +348,7 @@ def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.d
     planned size, and the seconds of encoding one image and generating one evaluation image; the
     prior's two for each of PRIOR_SIZES ("prior-128x4", "generate-128x4", ...)."""
     from dalle.clip import CLIP
-    from dalle.train.vae import VAELoss
+    from dalle.train.vae import VAELoss, new_vae
     from dalle.vae import DiscreteVAE
 
     torch.manual_seed(0)
@@ -356,18 +356,18 @@ def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.d
     text_vocab = bpe + tokenizer["text_length"] + 1
     seconds: dict[str, float] = {}
     vae_run: VAERun = runs["vae"]
-    vae = DiscreteVAE(vae_run.model).to(device)
+    # Laid out as train_vae lays it out: on 2 CPU cores the plain layout timed 0.29 s a step where
+    # training ran at 0.23, and channels_last times at 0.23-0.26.
+    vae = new_vae(vae_run.model).to(device)
     b, s = vae_run.train.batch_size, vae_run.model.image_size
     batch = {"image": torch.rand(b, 3, s, s, device=device), "index": torch.arange(b)}
     vae_loss = VAELoss(0)
-    # The first model a process trains runs slow for several steps: on 2 CPU cores the dVAE,
-    # timed first with two warm-up calls, took 0.31-0.46 s a step, timed again in the same
-    # process 0.23-0.29, and trained at 0.24; with seven, 0.29-0.32.
     seconds["vae"] = _timed(_training_step(vae, lambda: vae_loss(vae, batch, 1)[0],
-                                           vae_run.train, device), device, warmups=7)
+                                           vae_run.train, device), device)
+    encoder = DiscreteVAE(vae_run.model).to(device).eval()  # as encode_codes loads the trained one
     with torch.no_grad():
         images = torch.rand(64, 3, s, s, device=device)
-        seconds["encode"] = _timed(lambda: vae.encode(images), device) / 64
+        seconds["encode"] = _timed(lambda: encoder.encode(images), device) / 64
     prior_run: PriorRun = runs["prior"]
     for name, size in PRIOR_SIZES.items():
         config = dataclasses.replace(prior_run.model, **size, text_vocab_size=text_vocab,
@@ -390,11 +390,17 @@ def time_stages(runs: dict[str, Any], tokenizer: dict[str, Any], device: torch.d
     return seconds
 
 
+def epochs_in(seconds: float, step_seconds: float, batch_size: int, pairs: int) -> float:
+    """How many times `seconds` of training, at `step_seconds` a step of `batch_size`, goes
+    over `pairs`."""
+    return seconds / step_seconds * batch_size / pairs
+
+
 def choose_prior_size(seconds: float, per_step: dict[str, float], batch_size: int, pairs: int) -> str:
     """The largest of PRIOR_SIZES that `seconds` of training, at `per_step["prior-<size>"]` a
     step of `batch_size`, takes MIN_PRIOR_EPOCHS times over `pairs`; else the smallest."""
     trained = [name for name in PRIOR_SIZES
-               if seconds / per_step[f"prior-{name}"] * batch_size / pairs >= MIN_PRIOR_EPOCHS]
+               if epochs_in(seconds, per_step[f"prior-{name}"], batch_size, pairs) >= MIN_PRIOR_EPOCHS]
     return trained[-1] if trained else next(iter(PRIOR_SIZES))
 
 
@@ -445,7 +451,7 @@ def make_plan(data: Path, run: Path, budget: str, echo: Callable[[str], None], *
 
     def prior_epochs(training: float) -> float:
         size = choose_prior_size(SHARES["prior"] * training, per_step, batch, found.pairs)
-        return SHARES["prior"] * training / per_step[f"prior-{size}"] * batch / found.pairs
+        return epochs_in(SHARES["prior"] * training, per_step[f"prior-{size}"], batch, found.pairs)
 
     def training_time(views: int) -> float:
         return (total - fixed(views)) / OVERHEAD

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from dalle.config import VAEConfig
 from dalle.data.augment import random_crops, sample_rng
 from dalle.data.sources import first_images, open_images
 from dalle.train.loop import Trainer
@@ -70,6 +71,12 @@ def reconstruction_grid(model: DiscreteVAE, images: torch.Tensor, columns: int =
     return image_grid(pairs, columns=2 * columns)
 
 
+def new_vae(config: VAEConfig) -> DiscreteVAE:
+    """A fresh dVAE laid out as training runs it: channels_last, as VAELoss gives its images."""
+    model = DiscreteVAE(config)
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
+
+
 def train_vae(run: VAERun, *, resume: bool = False, overwrite: bool = False,
               show_progress: bool = True) -> DiscreteVAE:
     """Train a dVAE as `run` says; the result lands in `<run.out>/model` and the run in
@@ -77,8 +84,7 @@ def train_vae(run: VAERun, *, resume: bool = False, overwrite: bool = False,
     dataset = open_images(run.data, run.model.image_size, training=True)
     run = run.sized_for(len(dataset) if isinstance(dataset, Sized) else None)
     torch.manual_seed(run.train.seed)
-    model = DiscreteVAE(run.model)
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
+    model = new_vae(run.model)
     preview = first_images(dataset, 16)
     trainer = Trainer(model, dataset, run.train, run.out, VAELoss(run.train.seed, run.max_crop),
                       sample_fn=lambda m, images: reconstruction_grid(cast(DiscreteVAE, m), images),
