@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from dalle import recipe as recipe_module
@@ -84,7 +85,11 @@ def test_quick_fashion_mnist_recipe_reports_label_accuracy(tmp_path):
     assert "Zalando" in card and read_front_matter(card)["datasets"] == ["zalando-datasets/fashion_mnist"]
 
 
-def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("checkpoint,stage_note", [
+    ({"trained_seconds": 30.0}, "resumed, earlier attempts included"),
+    ({}, "resumed, last attempt"),  # written before checkpoints recorded the time
+])
+def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch, checkpoint, stage_note):
     monkeypatch.setattr("dalle.recipe.model_card", lambda recipe, run: "card")
     run = tmp_path / "run"
     calls = []
@@ -97,7 +102,7 @@ def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch):
         calls.append(("train", resume))
         if not resume:  # dies after writing a checkpoint
             (run / "train").mkdir(exist_ok=True)
-            (run / "train" / "checkpoint.pt").write_bytes(b"")
+            torch.save(checkpoint, run / "train" / "checkpoint.pt")
             raise KeyboardInterrupt
 
     def last(out):
@@ -121,10 +126,13 @@ def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert calls == [("train", True), ("last", False)]
     assert (run / "pipeline" / "README.md").read_text() == "card"
     assert json.loads((run / "pipeline" / RECIPE_FILE).read_text())["recipe"] == "toy"
-    # The card must not pass off the last attempt's time as the whole stage's.
+    # The card counts the earlier attempt's time where the checkpoint knows it, and otherwise
+    # does not pass off the last attempt's time as the whole stage's.
     train_record, last_record = (json.loads((run / "stages" / f"{name}.json").read_text())
                                  for name in ("train", "last"))
-    assert _stage_time(train_record).endswith("resumed, last attempt)")
+    assert train_record["earlier_seconds"] == checkpoint.get("trained_seconds")
+    assert train_record["seconds"] >= checkpoint.get("trained_seconds", 0.0)
+    assert _stage_time(train_record).endswith(f"{stage_note})")
     assert "resumed" not in _stage_time(last_record)
 
 

@@ -52,6 +52,24 @@ def test_resume_is_bit_identical(tmp_path):
     assert steps == [2, 4, 6, 8]
 
 
+def test_a_resumed_run_counts_the_seconds_its_earlier_attempt_trained(tmp_path):
+    config = tiny_train_config(steps=8)
+    first = make_trainer(tmp_path, config)
+    first.fit(until=4)
+    first.close()
+    earlier = load_checkpoint(tmp_path / "checkpoint.pt")["trained_seconds"]
+    assert earlier > 0
+    resumed = make_trainer(tmp_path, config, resume=True)
+    assert resumed.earlier_seconds == earlier
+    resumed.fit()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["trained_seconds"] > earlier
+    # A checkpoint written before runs recorded their time leaves the total unknown.
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["trained_seconds"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert make_trainer(tmp_path, config, resume=True).trained_seconds() is None
+
+
 def test_resume_refuses_other_config(tmp_path):
     trainer = make_trainer(tmp_path, tiny_train_config(steps=4))
     trainer.fit(until=2)

@@ -8,7 +8,10 @@ inside one run folder:
 
 A step that finishes leaves `stages/<name>.json` (its function, arguments and seconds) and is
 skipped on the next call; an interrupted training or encoding step continues from its checkpoint
-(`resume=True`), and an interrupted data step is rebuilt from scratch (it is deterministic). The
+(`resume=True`), and an interrupted data step is rebuilt from scratch (it is deterministic). A
+resumed training step's seconds include its earlier attempts up to the checkpoint it resumed
+from, which records them (`trained_seconds`); the time an attempt trained past its last
+checkpoint is lost with its steps and not counted. The
 last step is followed by the model card, `pipeline/README.md`, and `pipeline/recipe.json`: the
 recipe's name, version and budget and every step's arguments. A card names the recipe version it
 was trained with and `build_recipe(..., version=N)` rebuilds that version, so an improved recipe
@@ -50,6 +53,7 @@ from dalle.evaluate.vae import evaluate_vae_folder
 from dalle.hub import with_front_matter
 from dalle.pipeline import DallePipeline
 from dalle.train import CLIPRun, PriorRun, VAERun, train_clip, train_prior, train_vae
+from dalle.train.checkpoint import CHECKPOINT_NAME, trained_seconds
 from dalle.train.codes import encode_codes
 from dalle.train.tokenizer import train_tokenizer
 from dalle.utils import atomic_write, fast_bf16
@@ -459,11 +463,16 @@ def run_recipe(recipe: Recipe, run: Path, echo: Callable[[str], None] = print) -
         if not resume and step.rebuild and (run / step.rebuild).exists():
             shutil.rmtree(run / step.rebuild)
         echo(f"[{step.name}] {step.describe(run)['function']}" + (" (resuming)" if resume else ""))
+        # A training checkpoint knows the seconds of the attempts before this one (None: unknown).
+        earlier = (trained_seconds(run / step.resume_if) if resume and step.resume_if
+                   and Path(step.resume_if).name == CHECKPOINT_NAME else None)
         start = time.perf_counter()
         step(resume=resume)
-        seconds = time.perf_counter() - start
-        atomic_write(record, json.dumps({**step.describe(run), "run": str(run), "resumed": resume,
-                                         "seconds": round(seconds, 1), **machine()}, indent=2).encode())
+        seconds = time.perf_counter() - start + (earlier or 0.0)
+        atomic_write(record, json.dumps({
+            **step.describe(run), "run": str(run), "resumed": resume, "seconds": round(seconds, 1),
+            "earlier_seconds": None if earlier is None else round(earlier, 1), **machine()},
+            indent=2).encode())
     atomic_write(run / "pipeline" / RECIPE_FILE, (json.dumps(recipe.describe(run), indent=2) + "\n").encode())
     card = run / "pipeline" / CARD_NAME
     atomic_write(card, model_card(recipe, run).encode())
@@ -478,9 +487,10 @@ def machine() -> dict:
             "gpu": gpu}
 
 
-def _resumed(stage: dict) -> bool:
-    """Whether a stage record is of a resumed run: its time is then the last attempt's only."""
-    return bool(stage.get("resumed"))
+def _partly_timed(stage: dict) -> bool:
+    """Whether a stage record is of a resumed run that does not know its earlier attempts' time:
+    its seconds are then the last attempt's only."""
+    return bool(stage.get("resumed")) and stage.get("earlier_seconds") is None
 
 
 def _stage_time(stage: dict | None, planned: float | None = None) -> str:
@@ -491,8 +501,10 @@ def _stage_time(stage: dict | None, planned: float | None = None) -> str:
     notes = [] if planned is None else [f"planned {planned / 60:.1f} min"]
     if not stage["gpu"]:
         notes.append(f"{stage['threads']} thread" + ("s" if stage["threads"] > 1 else ""))
-    if _resumed(stage):
+    if _partly_timed(stage):
         notes.append("resumed, last attempt")
+    elif stage.get("resumed"):
+        notes.append("resumed, earlier attempts included")
     return f"{stage['seconds'] / 60:.1f} min" + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -516,13 +528,13 @@ def model_card(recipe: Recipe, run: Path) -> str:
         stage = stage_of[part]
         lines.append(f"| {part} | {text} | {_stage_time(stages.get(stage), recipe.estimates.get(stage))} |")
     total = sum(s["seconds"] for s in stages.values())
-    resumed = any(_resumed(s) for s in stages.values())
+    partly = any(_partly_timed(s) for s in stages.values())
     where = stages.get("train-prior", {})
     if "torch" in where:
         lines += ["", f"Times measured with torch {where['torch']} on "
                   + (f"one {where['gpu']}." if where["gpu"] else f"a CPU with {where['cpus']} cores.")
-                  + (" A stage resumed after an interruption counts only its last attempt." if resumed else "")]
-    lines += ["", f"All stages together took {'at least ' if resumed else ''}{total / 60:.1f} min.",
+                  + (" A stage resumed after an interruption counts only its last attempt." if partly else "")]
+    lines += ["", f"All stages together took {'at least ' if partly else ''}{total / 60:.1f} min.",
               "", "## Metrics", ""]
     vae_metrics = run / "eval" / "vae.json"
     if vae_metrics.exists():

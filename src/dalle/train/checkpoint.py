@@ -54,13 +54,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         raise full from None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint without unpickling arbitrary objects."""
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint without unpickling arbitrary objects; `mmap` leaves its tensors on disk
+    until they are read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         # Not torch's message: it suggests weights_only=False, which would run what the file holds.
         raise DalleError(f"checkpoint {path} cannot be read: it is damaged, or holds objects other "
@@ -68,3 +69,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as e:  # torch raises several types for damaged files
         raise DalleError(f"checkpoint {path} cannot be read ({type(e).__name__}): "
                          f"{str(e).splitlines()[0] if str(e) else 'damaged file'}") from None
+
+
+def trained_seconds(path: str | Path) -> float | None:
+    """The seconds a checkpoint's run had trained when it was written, over every attempt; None
+    for a checkpoint written before runs recorded it."""
+    return load_checkpoint(path, mmap=True).get("trained_seconds")

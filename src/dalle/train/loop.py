@@ -105,7 +105,8 @@ class Trainer:
     IterableDataset (shards) must have `set_position(seed, step, global_batch, rank, world_size,
     num_workers)` and then yield exactly the batches of an uninterrupted run from `step` on.
 
-    out_dir/checkpoint.pt  latest checkpoint (atomic), resumed with `resume=True`
+    out_dir/checkpoint.pt  latest checkpoint (atomic), resumed with `resume=True`; it records
+                           the seconds trained over every attempt (`trained_seconds`)
     out_dir/metrics.csv    one row per `log_every` steps (also to TensorBoard or W&B, as
                            `log_format` says: out_dir/tensorboard, out_dir/wandb)
     out_dir/curves.png     metrics.csv drawn: losses, learning rate, throughput
@@ -160,6 +161,10 @@ class Trainer:
         schedule = WarmupDecay(config.steps, config.warmup_steps, config.schedule, config.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step = 0
+        # Seconds trained before this attempt (a resumed run's earlier ones, up to the checkpoint
+        # it resumes from; None when that checkpoint did not record them), and when it began.
+        self.earlier_seconds: float | None = 0.0
+        self.attempt_start = time.perf_counter()
         self._curves_drawn = -float("inf")
         streaming = isinstance(dataset, IterableDataset)
         if streaming and not hasattr(dataset, "set_position"):
@@ -239,6 +244,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         self.best = state.get("best")
+        self.earlier_seconds = state.get("trained_seconds")
         set_rng_state(state["rng"][self.ctx.rank])
 
     def _checkpoint(self) -> None:
@@ -258,6 +264,7 @@ class Trainer:
                 "rng": rngs,
                 "world_size": self.ctx.world_size,
                 "best": self.best,
+                "trained_seconds": self.trained_seconds(),
                 "train_config": self.config.to_dict(),
                 "model_config": model_config.to_dict() if isinstance(model_config, JSONConfig) else None,
             })
@@ -413,6 +420,12 @@ class Trainer:
             scalars["mfu"] = estimate_mfu(self.flops_per_token, tokens_per_s,
                                           self.peak_flops * self.ctx.world_size)
         return scalars
+
+    def trained_seconds(self) -> float | None:
+        """Seconds this run has trained so far, over every attempt (see earlier_seconds)."""
+        if self.earlier_seconds is None:
+            return None
+        return self.earlier_seconds + time.perf_counter() - self.attempt_start
 
     def fit(self, until: int | None = None) -> nn.Module:
         """Train up to step `until` (default: `config.steps`); returns the export weights."""
