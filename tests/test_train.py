@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from dalle.train import loop as loop_module
-from dalle.train.checkpoint import load_checkpoint, save_checkpoint
+from dalle.train.checkpoint import load_checkpoint, save_checkpoint, trained_seconds
 from dalle.train.ema import EMA
 from dalle.train.sampler import StepBatchSampler
 from dalle.train.schedules import WarmupDecay
@@ -182,6 +182,9 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read"):
         load_checkpoint(tmp_path / "checkpoint.pt")
+    # The recipe reads a resumed stage's seconds from it first, and names the damage the same way.
+    with pytest.raises(ValueError, match="cannot be read: it is damaged"):
+        trained_seconds(tmp_path / "checkpoint.pt")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -74,4 +75,6 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
 def trained_seconds(path: str | Path) -> float | None:
     """The seconds a checkpoint's run had trained when it was written, over every attempt; None
     for a checkpoint written before runs recorded it."""
-    return load_checkpoint(path, mmap=True).get("trained_seconds")
+    # Mapped, the tensors stay on disk; a file that is not torch's zip format (damaged) is read
+    # whole, which names the damage rather than asking for another torch.save option.
+    return load_checkpoint(path, mmap=zipfile.is_zipfile(path)).get("trained_seconds")
