@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dalle.config import VAEConfig
-from dalle.data.codes import CodesDataset
+from dalle.data.codes import CodesDataset, encoded_seconds
 from dalle.errors import DalleError
 from dalle.train.codes import encode_dataset
 from dalle.vae import DiscreteVAE
@@ -66,6 +66,31 @@ def test_interrupted_run_resumes_to_identical_output(vae, tmp_path):
     encode_dataset(vae, data, tmp_path / "cut", batch_size=8, resume=True, show_progress=False)
     for name in ("codes.bin", "captions.jsonl", "index.json"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes()
+
+
+def test_progress_counts_the_seconds_of_every_attempt(vae, tmp_path):
+    data, progress = RandomImages(n=30), tmp_path / "c" / "progress.json"
+    with pytest.raises(Interrupted):
+        encode_dataset(vae, items_then_crash(data, 10), tmp_path / "c", batch_size=8,
+                       show_progress=False)
+    assert 0 < encoded_seconds(progress) < 60
+    record = json.loads(progress.read_text())
+    progress.write_text(json.dumps({**record, "seconds": 1000.0}))  # a long first attempt
+    with pytest.raises(Interrupted):
+        encode_dataset(vae, items_then_crash(data, 20), tmp_path / "c", batch_size=8,
+                       resume=True, show_progress=False)
+    assert 1000 < encoded_seconds(progress) < 1060
+    progress.write_text(json.dumps({**record, "seconds": None}))  # before progress had seconds
+    with pytest.raises(Interrupted):
+        encode_dataset(vae, items_then_crash(data, 20), tmp_path / "c", batch_size=8,
+                       resume=True, show_progress=False)
+    assert encoded_seconds(progress) is None
+    del record["seconds"]
+    progress.write_text(json.dumps(record))
+    assert encoded_seconds(progress) is None
+    progress.write_bytes(b"\x00{garbage")
+    with pytest.raises(DalleError, match="damaged"):
+        encoded_seconds(progress)
 
 
 def test_resume_with_another_batch_size_is_refused(vae, tmp_path):

@@ -85,11 +85,13 @@ def test_quick_fashion_mnist_recipe_reports_label_accuracy(tmp_path):
     assert "Zalando" in card and read_front_matter(card)["datasets"] == ["zalando-datasets/fashion_mnist"]
 
 
-@pytest.mark.parametrize("checkpoint,stage_note", [
-    ({"trained_seconds": 30.0}, "resumed, earlier attempts included"),
-    ({}, "resumed, last attempt"),  # written before checkpoints recorded the time
+@pytest.mark.parametrize("left,earlier,stage_note", [
+    ("checkpoint.pt", {"trained_seconds": 30.0}, "resumed, earlier attempts included"),
+    ("checkpoint.pt", {}, "resumed, last attempt"),  # written before checkpoints recorded the time
+    ("progress.json", {"rows": 16, "seconds": 30.0}, "resumed, earlier attempts included"),
+    ("progress.json", {"rows": 16}, "resumed, last attempt"),
 ])
-def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch, checkpoint, stage_note):
+def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch, left, earlier, stage_note):
     monkeypatch.setattr("dalle.recipe.model_card", lambda recipe, run: "card")
     run = tmp_path / "run"
     calls = []
@@ -102,7 +104,10 @@ def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch, chec
         calls.append(("train", resume))
         if not resume:  # dies after writing a checkpoint
             (run / "train").mkdir(exist_ok=True)
-            torch.save(checkpoint, run / "train" / "checkpoint.pt")
+            if left.endswith(".pt"):
+                torch.save(earlier, run / "train" / left)
+            else:
+                (run / "train" / left).write_text(json.dumps(earlier))
             raise KeyboardInterrupt
 
     def last(out):
@@ -110,7 +115,7 @@ def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch, chec
 
     recipe = Recipe("toy", 1, "quick", [Step("data", data, {"out": run / "data"}, rebuild="data"),
                                         Step("train", train, {"out": run / "train"},
-                                             resume_if="train/checkpoint.pt"),
+                                             resume_if=f"train/{left}"),
                                         Step("last", last, {"out": run / "last"})],
                     evaluation="none.json", data_note="toy")
     (run / "pipeline").mkdir(parents=True)
@@ -126,12 +131,13 @@ def test_interrupted_recipe_resumes_where_it_stopped(tmp_path, monkeypatch, chec
     assert calls == [("train", True), ("last", False)]
     assert (run / "pipeline" / "README.md").read_text() == "card"
     assert json.loads((run / "pipeline" / RECIPE_FILE).read_text())["recipe"] == "toy"
-    # The card counts the earlier attempt's time where the checkpoint knows it, and otherwise
+    # The card counts the earlier attempt's time where what it left knows it, and otherwise
     # does not pass off the last attempt's time as the whole stage's.
     train_record, last_record = (json.loads((run / "stages" / f"{name}.json").read_text())
                                  for name in ("train", "last"))
-    assert train_record["earlier_seconds"] == checkpoint.get("trained_seconds")
-    assert train_record["seconds"] >= checkpoint.get("trained_seconds", 0.0)
+    seconds = earlier.get("trained_seconds", earlier.get("seconds"))
+    assert train_record["earlier_seconds"] == seconds
+    assert train_record["seconds"] >= (seconds or 0.0)
     assert _stage_time(train_record).endswith(f"{stage_note})")
     assert "resumed" not in _stage_time(last_record)
 

@@ -9,9 +9,9 @@ inside one run folder:
 A step that finishes leaves `stages/<name>.json` (its function, arguments and seconds) and is
 skipped on the next call; an interrupted training or encoding step continues from its checkpoint
 (`resume=True`), and an interrupted data step is rebuilt from scratch (it is deterministic). A
-resumed training step's seconds include its earlier attempts up to the checkpoint it resumed
-from, which records them (`trained_seconds`); the time an attempt trained past its last
-checkpoint is lost with its steps and not counted. The
+resumed training or encoding step's seconds include its earlier attempts up to the checkpoint or
+progress it resumed from, which records them (`trained_seconds`, `encoded_seconds`); the time an
+attempt spent past that point is lost with its work and not counted. The
 last step is followed by the model card, `pipeline/README.md`, and `pipeline/recipe.json`: the
 recipe's name, version and budget and every step's arguments. A card names the recipe version it
 was trained with and `build_recipe(..., version=N)` rebuilds that version, so an improved recipe
@@ -42,6 +42,7 @@ from dalle.card import (
     last_row_with,
 )
 from dalle.config import JSONConfig, SamplingConfig
+from dalle.data.codes import PROGRESS_NAME, encoded_seconds
 from dalle.data.emoji import write_emoji
 from dalle.data.fashion_mnist import DEFAULT_ROOT, write_fashion_mnist
 from dalle.data.shapes import write_shapes
@@ -253,7 +254,7 @@ def model_steps(run: Path, sizes: dict[str, dict[str, Any]], version: int, bpe_v
                                                "json_out": run / "eval/vae.json"}),
         *(Step(f"encode-{split}", encode_codes, {"vae": run / "vae/model", "data": d / split,
                                                  "out": run / "codes" / split, **views},
-               resume_if=f"codes/{split}/progress.json")
+               resume_if=f"codes/{split}/{PROGRESS_NAME}")
           for split, views in (("train", {"views": train_views} if train_views > 1 else {}),
                                (val_split, {}))),
         Step("train-prior", train_prior, {"run": PriorRun.create(
@@ -463,9 +464,7 @@ def run_recipe(recipe: Recipe, run: Path, echo: Callable[[str], None] = print) -
         if not resume and step.rebuild and (run / step.rebuild).exists():
             shutil.rmtree(run / step.rebuild)
         echo(f"[{step.name}] {step.describe(run)['function']}" + (" (resuming)" if resume else ""))
-        # A training checkpoint knows the seconds of the attempts before this one (None: unknown).
-        earlier = (trained_seconds(run / step.resume_if) if resume and step.resume_if
-                   and Path(step.resume_if).name == CHECKPOINT_NAME else None)
+        earlier = _earlier_seconds(run / step.resume_if) if resume and step.resume_if else None
         start = time.perf_counter()
         step(resume=resume)
         seconds = time.perf_counter() - start + (earlier or 0.0)
@@ -478,6 +477,16 @@ def run_recipe(recipe: Recipe, run: Path, echo: Callable[[str], None] = print) -
     atomic_write(card, model_card(recipe, run).encode())
     echo(f"[card] wrote {card}")
     return run / "pipeline"
+
+
+def _earlier_seconds(left: Path) -> float | None:
+    """The seconds that the attempts before this one spent on a stage, from what they left to
+    resume from: a training checkpoint or an encode's progress (None: unknown)."""
+    if left.name == CHECKPOINT_NAME:
+        return trained_seconds(left)
+    if left.name == PROGRESS_NAME:
+        return encoded_seconds(left)
+    return None
 
 
 def machine() -> dict:

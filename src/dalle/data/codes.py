@@ -9,7 +9,8 @@ A codes directory holds
 - `index.json`: written last, so its presence means the set is complete: count, grid, dtype,
   codebook size, and the dVAE config that made the codes.
 
-While it is written, `progress.json` records the rows and bytes committed so far.
+While it is written, `progress.json` records the rows and bytes committed so far, and the seconds
+spent encoding them (`encoded_seconds`).
 """
 
 from __future__ import annotations
@@ -65,3 +66,12 @@ class CodesDataset(Dataset):
         codes = torch.from_numpy(self.codes[index].astype(np.int64))
         return {"codes": codes, "caption": self.captions[index], "variants": self.variants[index],
                 "index": index}
+
+
+def encoded_seconds(progress: str | Path) -> float | None:
+    """The seconds an interrupted encode spent on the rows its `progress.json` commits, over every
+    attempt; None for one written before progress recorded them."""
+    try:
+        return json.loads(Path(progress).read_text()).get("seconds")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise DalleError(f"{progress} is damaged; encode again without --resume to start over") from None

@@ -6,8 +6,9 @@ The paper augments the images before encoding them for the transformer (appendix
 small set gives the prior several code grids per picture instead of one to memorise.
 
 Encoding goes in fixed batches in the source's order, so re-running on the same inputs writes the
-same bytes. An interrupted run keeps `progress.json` (rows and bytes committed after each batch);
-`resume=True` truncates both files to that point and continues, a fresh run starts over.
+same bytes. An interrupted run keeps `progress.json` (rows and bytes committed after each batch,
+and the seconds spent up to it over every attempt); `resume=True` truncates both files to that
+point and continues, a fresh run starts over.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,12 +59,15 @@ def encode_dataset(vae: DiscreteVAE, items: Iterable[dict], out: str | Path, *,
     dtype = _code_dtype(config.codebook_size)
     progress_path = out / PROGRESS_NAME
     done, codes_bytes, captions_bytes = 0, 0, 0
+    earlier: float | None = 0.0  # seconds of the attempts before this one (None: unknown)
     if resume and progress_path.is_file():
         progress = json.loads(progress_path.read_text())
         if progress["batch_size"] != batch_size or progress["vae"] != config.to_dict():
             raise DalleError(f"{out} was started with another batch size or dVAE; "
                              "run again without --resume to start over")
         done, codes_bytes, captions_bytes = (progress[k] for k in ("rows", "codes_bytes", "captions_bytes"))
+        earlier = progress.get("seconds")
+    start = time.perf_counter()
     (out / INDEX_NAME).unlink(missing_ok=True)
     device = vae.device
     with open(out / CODES_NAME, "r+b" if done else "wb") as codes_file, \
@@ -88,7 +93,9 @@ def encode_dataset(vae: DiscreteVAE, items: Iterable[dict], out: str | Path, *,
             codes_bytes, captions_bytes = codes_file.tell(), captions_file.tell()
             atomic_write(progress_path, json.dumps({
                 "rows": done, "codes_bytes": codes_bytes, "captions_bytes": captions_bytes,
-                "batch_size": batch_size, "vae": config.to_dict()}).encode())
+                "batch_size": batch_size, "vae": config.to_dict(),
+                "seconds": None if earlier is None else earlier + time.perf_counter() - start,
+            }).encode())
             bar.update(len(batch))
         bar.close()
     if not done:
