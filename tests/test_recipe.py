@@ -9,6 +9,7 @@ from safetensors import safe_open
 
 from dalle import recipe as recipe_module
 from dalle.card import example_prompts
+from dalle.config import VAEConfig
 from dalle.hub import read_front_matter
 from dalle.pipeline import DallePipeline
 from dalle.recipe import (
@@ -53,6 +54,11 @@ def test_quick_shapes_recipe_makes_a_pipeline_with_a_card(tmp_path):
     assert str(run) not in (pipeline / RECIPE_FILE).read_text()
     prior_run = json.loads((run / "prior" / "config.json").read_text())
     assert prior_run["train"]["betas"] == [0.9, 0.96] and prior_run["model"]["dim"] == 32
+    # What the data fixed is recorded as such in recipe.json, and as trained in the run's config.
+    recorded_prior = next(s["args"]["run"]["model"] for s in recorded["steps"] if s["name"] == "train-prior")
+    assert recorded_prior["codebook_size"] == recorded_prior["grid_size"] == "from the data"
+    vae = VAEConfig.load(run / "vae" / "model" / "config.json")
+    assert (prior_run["model"]["codebook_size"], prior_run["model"]["grid_size"]) == (vae.codebook_size, vae.grid_size)
     out = DallePipeline.from_pretrained(pipeline)("a small red circle", images=1, candidates=2)
     assert out.images.shape == (1, 3, 64, 64)
     # A second call finds every stage done and only rewrites the card.

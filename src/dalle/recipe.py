@@ -53,7 +53,7 @@ from dalle.evaluate.generation import evaluate_against_real, evaluate_shapes
 from dalle.evaluate.vae import evaluate_vae_folder
 from dalle.hub import with_front_matter
 from dalle.pipeline import DallePipeline
-from dalle.train import CLIPRun, PriorRun, VAERun, train_clip, train_prior, train_vae
+from dalle.train import CLIPRun, PriorRun, RunConfig, VAERun, train_clip, train_prior, train_vae
 from dalle.train.checkpoint import CHECKPOINT_NAME, trained_seconds
 from dalle.train.codes import encode_codes
 from dalle.train.tokenizer import train_tokenizer
@@ -65,6 +65,9 @@ from dalle.utils import atomic_write, fast_bf16
 # trains are those of version 1. shapes-256 began with the steps of version 2.
 VERSIONS = {"shapes": 2, "shapes-256": 1, "emoji": 2, "fashion-mnist": 2}
 RECIPE_FILE = "recipe.json"  # in the pipeline: the recipe's name, version, budget and steps
+
+
+FROM_DATA = "from the data"  # recipe.json's value for a model field that training reads from its data
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,14 @@ class Step:
 
 
 def _portable(value: Any, run: str) -> Any:
-    """`value` as JSON-ready data: configs as dicts, paths as strings with `run` as $RUN."""
-    if isinstance(value, JSONConfig):
+    """`value` as JSON-ready data: configs as dicts, paths as strings with `run` as $RUN. A
+    training run's model fields that its data fixes (`RunConfig.derived`) read FROM_DATA: the
+    preset's values there are not what trains (the run's own config.json has those)."""
+    if isinstance(value, RunConfig):
+        derived = dict.fromkeys(value.derived, FROM_DATA)
+        value = value.to_dict()
+        value["model"] = {**value["model"], **derived}
+    elif isinstance(value, JSONConfig):
         value = value.to_dict()
     if isinstance(value, dict):
         return {k: _portable(v, run) for k, v in value.items()}
