@@ -65,8 +65,6 @@ from dalle.utils import atomic_write, fast_bf16
 # trains are those of version 1. shapes-256 began with the steps of version 2.
 VERSIONS = {"shapes": 2, "shapes-256": 1, "emoji": 2, "fashion-mnist": 2}
 RECIPE_FILE = "recipe.json"  # in the pipeline: the recipe's name, version, budget and steps
-
-
 FROM_DATA = "from the data"  # recipe.json's value for a model field that training reads from its data
 
 
