@@ -91,6 +91,8 @@ def test_progress_counts_the_seconds_of_every_attempt(vae, tmp_path):
     progress.write_bytes(b"\x00{garbage")
     with pytest.raises(DalleError, match="damaged"):
         encoded_seconds(progress)
+    with pytest.raises(DalleError, match="damaged.*without --resume"):  # resuming reads it alike
+        encode_dataset(vae, data, tmp_path / "c", batch_size=8, resume=True, show_progress=False)
 
 
 def test_resume_with_another_batch_size_is_refused(vae, tmp_path):

@@ -68,10 +68,18 @@ class CodesDataset(Dataset):
                 "index": index}
 
 
+def read_progress(progress: str | Path) -> dict:
+    """An interrupted encode's `progress.json`, or one line naming it damaged."""
+    try:
+        record = json.loads(Path(progress).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        raise DalleError(f"{progress} is damaged; encode again without --resume to start over")
+    return record
+
+
 def encoded_seconds(progress: str | Path) -> float | None:
     """The seconds an interrupted encode spent on the rows its `progress.json` commits, over every
     attempt; None for one written before progress recorded them."""
-    try:
-        return json.loads(Path(progress).read_text()).get("seconds")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise DalleError(f"{progress} is damaged; encode again without --resume to start over") from None
+    return read_progress(progress).get("seconds")

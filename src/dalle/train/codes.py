@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from dalle.data.augment import check_max_crop, random_crops, sample_rng
-from dalle.data.codes import CAPTIONS_NAME, CODES_NAME, INDEX_NAME, PROGRESS_NAME
+from dalle.data.codes import CAPTIONS_NAME, CODES_NAME, INDEX_NAME, PROGRESS_NAME, read_progress
 from dalle.data.shards import ShardDataset
 from dalle.data.sources import open_images
 from dalle.errors import DalleError
@@ -61,7 +61,7 @@ def encode_dataset(vae: DiscreteVAE, items: Iterable[dict], out: str | Path, *,
     done, codes_bytes, captions_bytes = 0, 0, 0
     earlier: float | None = 0.0  # seconds of the attempts before this one (None: unknown)
     if resume and progress_path.is_file():
-        progress = json.loads(progress_path.read_text())
+        progress = read_progress(progress_path)
         if progress["batch_size"] != batch_size or progress["vae"] != config.to_dict():
             raise DalleError(f"{out} was started with another batch size or dVAE; "
                              "run again without --resume to start over")
